@@ -1,0 +1,30 @@
+"""E2EE and signing recipes. The raw primitives stay private underneath.
+
+>>> from enclaved.crypto import KeyPair, seal, Opener
+>>> node = KeyPair.generate()
+>>> Opener(node).open_text(seal("hi", node.public_key))
+'hi'
+"""
+
+from ._primitives import keccak256, sha256_hex
+from .envelope import MIN_HEX_LEN, Opener, Sealer, looks_like_envelope, seal
+from .keys import KeyPair, NodeKey, address_from_public_key, normalize_public_key
+from .signing import eip191_hash, eip191_recover_address, eip191_sign, signature_text
+
+__all__ = [
+    "MIN_HEX_LEN",
+    "KeyPair",
+    "NodeKey",
+    "Opener",
+    "Sealer",
+    "address_from_public_key",
+    "eip191_hash",
+    "eip191_recover_address",
+    "eip191_sign",
+    "keccak256",
+    "looks_like_envelope",
+    "normalize_public_key",
+    "seal",
+    "sha256_hex",
+    "signature_text",
+]

@@ -1,0 +1,81 @@
+"""secp256k1 identities: the node key, session keys, Ethereum addresses."""
+
+from __future__ import annotations
+
+from coincurve import PrivateKey
+
+from ..errors import InvalidKeyError
+from ._primitives import keccak256, parse_public_key
+
+
+def address_from_public_key(public_key: bytes | str) -> str:
+    """Ethereum address of a secp256k1 public key: ``0x`` + 40 lowercase hex.
+
+    Takes the 65-byte uncompressed key (``04...``), as bytes or hex, or the
+    64-byte form without the ``04`` prefix (PROTOCOL.md "Keys").
+    """
+    raw = normalize_public_key(public_key)
+    return "0x" + keccak256(raw[1:])[-20:].hex()
+
+
+def normalize_public_key(public_key: bytes | str) -> bytes:
+    """The 65-byte uncompressed form of a key given as bytes or hex, with or without ``04``.
+
+    Validates that the point is on the curve.
+    """
+    if isinstance(public_key, str):
+        text = public_key.strip()
+        if text[:2] in ("0x", "0X"):
+            text = text[2:]
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError as exc:
+            raise InvalidKeyError("public key is not valid hex") from exc
+    else:
+        raw = bytes(public_key)
+    if len(raw) == 64:
+        raw = b"\x04" + raw
+    parse_public_key(raw)
+    return raw
+
+
+class KeyPair:
+    """A secp256k1 key pair held only in memory.
+
+    The private scalar is never exposed as a property, never part of
+    ``repr``, and never written anywhere; the objects that need it
+    (:class:`~enclaved.crypto.envelope.Opener`, signing) take the key pair.
+    """
+
+    __slots__ = ("_private", "public_key", "public_key_hex", "address")
+
+    def __init__(self, private: PrivateKey | None = None) -> None:
+        self._private = private if private is not None else PrivateKey()
+        #: 65-byte uncompressed public key.
+        self.public_key: bytes = self._private.public_key.format(compressed=False)
+        #: lowercase hex of :attr:`public_key`, 130 chars, ``04...``.
+        self.public_key_hex: str = self.public_key.hex()
+        #: ``0x`` + 40 lowercase hex.
+        self.address: str = "0x" + keccak256(self.public_key[1:])[-20:].hex()
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        return cls()
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> KeyPair:
+        """For tests and vectors only: a key pair from a known 32-byte scalar."""
+        try:
+            return cls(PrivateKey(secret))
+        except Exception as exc:
+            raise InvalidKeyError("invalid secp256k1 private key") from exc
+
+    def __repr__(self) -> str:
+        return f"KeyPair(address={self.address})"
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError("key pairs cannot be pickled")
+
+
+#: The node's identity: one per serving node, made in memory at start.
+NodeKey = KeyPair

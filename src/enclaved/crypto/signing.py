@@ -1,0 +1,52 @@
+"""EIP-191 ``personal_sign`` over the response-signature text (PROTOCOL.md, "Response signatures")."""
+
+from __future__ import annotations
+
+from coincurve import PublicKey
+
+from ..errors import CryptoError
+from ._primitives import keccak256, sha256_hex
+from .keys import KeyPair
+
+
+def eip191_hash(message: bytes | str) -> bytes:
+    """keccak256("\\x19Ethereum Signed Message:\\n" + len(message) + message)."""
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    return keccak256(b"\x19Ethereum Signed Message:\n" + str(len(message)).encode() + message)
+
+
+def eip191_sign(keypair: KeyPair, message: bytes | str) -> str:
+    """``0x`` + r || s || v (65 bytes, v in {27, 28}), lowercase hex."""
+    sig = keypair._private.sign_recoverable(eip191_hash(message), hasher=None)
+    return "0x" + (sig[:64] + bytes([sig[64] + 27])).hex()
+
+
+def eip191_recover_address(message: bytes | str, signature: str) -> str:
+    """The address (``0x`` + 40 lowercase hex) that signed ``message``.
+
+    Accepts v as 27/28 or 0/1. Raises :class:`CryptoError` for a malformed or
+    unrecoverable signature. Callers compare the result with the attested address.
+    """
+    text = signature[2:] if signature[:2] in ("0x", "0X") else signature
+    try:
+        sig = bytes.fromhex(text)
+    except ValueError as exc:
+        raise CryptoError("signature is not valid hex") from exc
+    if len(sig) != 65:
+        raise CryptoError("signature must be 65 bytes (r || s || v)")
+    v = sig[64]
+    if v >= 27:
+        v -= 27
+    if v not in (0, 1):
+        raise CryptoError("signature recovery id must be 27 or 28")
+    try:
+        pub = PublicKey.from_signature_and_message(sig[:64] + bytes([v]), eip191_hash(message), hasher=None)
+    except Exception as exc:
+        raise CryptoError("signature does not recover to a public key") from exc
+    return "0x" + keccak256(pub.format(compressed=False)[1:])[-20:].hex()
+
+
+def signature_text(request_body: bytes, response_body: bytes) -> str:
+    """``sha256_hex(request bytes) + ":" + sha256_hex(response bytes)``."""
+    return sha256_hex(request_body) + ":" + sha256_hex(response_body)
