@@ -1,0 +1,71 @@
+"""Intel TDX evidence: parse a quote, verify it against Intel's roots and collateral.
+
+Three layers, three modules (the pipeline of go-tdx-guest):
+
+- :mod:`.parse`: bytes -> frozen :class:`Quote`; structural errors only
+  (:class:`~enclaved.errors.EvidenceParseError`).
+- :mod:`.verify`: signatures, the PCK chain to Intel's pinned root,
+  collateral, CRLs and the TCB status -> :class:`~..checks.Check` rows.
+- :mod:`.collateral`: what Intel publishes (TCB info, QE identity, CRLs) and
+  where it comes from (a recorded directory, or Intel PCS with a disk cache).
+
+Policy (debug off, measurements, accepted TCB statuses) is not here; see
+:mod:`enclaved.attestation.policy`.
+
+Example::
+
+    from enclaved.attestation.tdx import parse_quote, verify_quote, PcsCollateral, collateral_for
+
+    quote = parse_quote(raw)
+    checks = verify_quote(quote, collateral=collateral_for(quote, PcsCollateral()), now=now)
+"""
+
+from __future__ import annotations
+
+from .collateral import (
+    Collateral,
+    CollateralSource,
+    DirectoryCollateral,
+    PcsCollateral,
+    collateral_for,
+)
+from .parse import (
+    EnclaveReport,
+    PckExtensions,
+    Quote,
+    QuoteHeader,
+    TdAttributes,
+    TdReport,
+    decode_quote_text,
+    parse_quote,
+    pck_ca,
+    pck_extensions,
+    td_attributes_debug,
+)
+from .roots import INTEL_SGX_ROOT_CA_DER, intel_sgx_root_ca
+from .verify import CHECK_IDS, TcbResult, tcb_status, verify_quote
+
+__all__ = [
+    "CHECK_IDS",
+    "INTEL_SGX_ROOT_CA_DER",
+    "Collateral",
+    "CollateralSource",
+    "DirectoryCollateral",
+    "EnclaveReport",
+    "PckExtensions",
+    "PcsCollateral",
+    "Quote",
+    "QuoteHeader",
+    "TcbResult",
+    "TdAttributes",
+    "TdReport",
+    "collateral_for",
+    "decode_quote_text",
+    "intel_sgx_root_ca",
+    "parse_quote",
+    "pck_ca",
+    "pck_extensions",
+    "tcb_status",
+    "td_attributes_debug",
+    "verify_quote",
+]
