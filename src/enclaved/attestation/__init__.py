@@ -1,0 +1,38 @@
+"""Attestation: evidence in, verdict out.
+
+::
+
+    from enclaved.attestation import AttestationReport, Policy, Verifier
+
+    report = AttestationReport.from_json(body)          # structure only
+    verdict = Verifier(Policy.strict()).verify(report, nonce=my_nonce)
+    print(verdict.table())                               # one row per check
+    verdict.raise_for_status()                           # VerificationError / PolicyError
+
+Layers (each says what it does NOT check): :mod:`.document` parses the
+report; :mod:`.tdx` verifies the Intel TDX quote and its collateral;
+:mod:`.nvidia` the GPU evidence; :mod:`.binding` REPORTDATA, the signing key
+and the nonce; :mod:`.eventlog` and :mod:`.measurements` the event log and
+what it measures; :mod:`.policy` decides what is required; :mod:`.verifier`
+runs them all. Check ids are documented in ``docs/verification.md``.
+"""
+
+from __future__ import annotations
+
+from .checks import Check, Status, Verdict
+from .document import AttestationReport
+from .policy import InsecurePolicyWarning, Policy
+from .verifier import AttestationVerdict, Verifier, server_verification, verify_attestation
+
+__all__ = [
+    "AttestationReport",
+    "AttestationVerdict",
+    "Check",
+    "InsecurePolicyWarning",
+    "Policy",
+    "Status",
+    "Verdict",
+    "Verifier",
+    "server_verification",
+    "verify_attestation",
+]

@@ -1,0 +1,642 @@
+"""What must hold for an enclave to be trusted: a :class:`Policy` is data.
+
+The verifiers below this module produce :class:`~.checks.Check` rows for
+what they *found*; a policy decides what is *required*. It does so in two
+ways:
+
+1. It adds rows of its own, ``kind="policy"``: quote version, TD attributes
+   (debug off...), measurement allowlists, GPU count and architecture.
+2. It decides, row by row, whether a failed or skipped row is *enforced*
+   (:meth:`Policy.enforce`). A relaxation never turns a failure into a pass:
+   the row still says ``fail``, with ``enforced = no``, so the table shows
+   exactly what was waived. Rows no rule names stay enforced (fail closed).
+   The TCB status is judged this way: the tdx layer fails every status but
+   ``UpToDate`` as a ``kind="policy"`` row (``tdx.tcb.status``), and
+   ``allow_tcb_statuses`` waives the statuses it names (never ``Revoked``).
+
+Every relaxation is a field named ``allow_...``. A verification that runs
+under a policy with any relaxation emits an :class:`InsecurePolicyWarning`
+and logs it, *every* time (:meth:`Policy.warn_relaxations`).
+
+:meth:`Policy.strict` (the default) requires everything: a client nonce
+echoed and bound, a quote under Intel's pinned root, collateral, TCB status
+``UpToDate``, TD debug off and SEPT_VE_DISABLE on, REPORTDATA bound to the
+signing key, a replayable event log with its compose hash bound to
+MRCONFIGID, and verified NVIDIA GPU evidence for the same nonce.
+
+TD attributes (Intel TDX module ABI, TD_ATTRIBUTES, 64 bits little-endian):
+
+- bits 0-7, "TUD" (TD under debug): bit 0 is DEBUG; the others are reserved
+  for debug features. Any of them set fails ``policy.td_attributes.debug``
+  (a debuggable TD's memory and registers can be read by the host).
+- bit 28, SEPT_VE_DISABLE: set, EPT violations on private memory are not
+  reflected into the guest as #VE, closing a host-driven channel into the
+  guest. Linux TD guests expect it set; the production captures have it
+  (TD_ATTRIBUTES bytes ``0000001000000000`` = 0x10000000 = bit 28, and
+  nothing else). Required by default.
+- bit 29, MIGRATABLE: the TD may be migrated by a migration TD, which then
+  holds its keys. Refused by default.
+- other bits (LASS 27, PKS 30, KL 31, PERFMON 63 ...) are CPU features, not
+  trust properties, and are NOT checked.
+
+XFAM (the extended CPU features the TD may use) is NOT checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cryptography import x509
+
+from ..errors import PolicyError
+from .checks import Check, Status
+
+logger = logging.getLogger("enclaved.attestation.policy")
+
+
+class InsecurePolicyWarning(UserWarning):
+    """A verification ran under a policy that waives at least one check."""
+
+
+# --- TD attributes (TD_ATTRIBUTES, Intel TDX module ABI) -------------------
+
+TD_ATTR_DEBUG = 1 << 0
+#: TUD: "TD under debug", bits 0-7; any of them makes the TD debuggable.
+TD_ATTR_TUD_MASK = 0xFF
+TD_ATTR_SEPT_VE_DISABLE = 1 << 28
+TD_ATTR_MIGRATABLE = 1 << 29
+
+#: The TCB status a strict policy accepts (Intel PCS TCB info, "tcbStatus").
+UP_TO_DATE = "UpToDate"
+KNOWN_TCB_STATUSES = frozenset(
+    {
+        "UpToDate",
+        "SWHardeningNeeded",
+        "ConfigurationNeeded",
+        "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate",
+        "OutOfDateConfigurationNeeded",
+        "Revoked",
+    }
+)
+
+#: Measurement allowlists and the size of what they hold, in bytes.
+_QUOTE_ALLOWLISTS = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "mrseam": 48}
+_EVENT_ALLOWLISTS = {"compose_hash": 32, "os_image_hash": 32, "app_id": 20}
+
+#: The tdx layer's rows that need collateral (``tdx.verify.COLLATERAL_CHECK_IDS``);
+#: they are SKIPPED without it.
+_COLLATERAL_IDS = (
+    "tdx.collateral.tcb_info.signature",
+    "tdx.collateral.qe_identity.signature",
+    "tdx.collateral.pck_crl",
+    "tdx.collateral.root_ca_crl",
+    "tdx.collateral.fresh",
+    "tdx.fmspc",
+    "tdx.tcb.status",
+    "tdx.qe_identity.match",
+)
+
+
+def _hexset(name: str, values: Any, size: int) -> frozenset[str]:
+    """An allowlist: lowercase hex of exactly ``size`` bytes each."""
+    if isinstance(values, (str, bytes)):
+        raise PolicyError(f"policy {name}: expected a list of hex strings, got one string")
+    out = set()
+    for v in values:
+        if isinstance(v, (bytes, bytearray)):
+            v = bytes(v).hex()
+        if not isinstance(v, str):
+            raise PolicyError(f"policy {name}: expected hex strings")
+        text = v.strip().lower()
+        if text.startswith("0x"):
+            text = text[2:]
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError as exc:
+            raise PolicyError(f"policy {name}: {v!r} is not hex") from exc
+        if len(raw) != size:
+            raise PolicyError(f"policy {name}: {v!r} is {len(raw)} bytes, expected {size}")
+        out.add(raw.hex())
+    return frozenset(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Requirements for an attestation. Frozen; build variants with :func:`dataclasses.replace`.
+
+    Fields that waive a check are named ``allow_...`` and warn when used.
+    Allowlists (``mrtd``, ``rtmr0``... as lowercase hex) are empty by
+    default, meaning *not checked*: their rows are reported as skipped and
+    not enforced.
+    """
+
+    # 1. Freshness
+    #: Verify without a client nonce. The quote may then be a replay.
+    allow_missing_nonce: bool = False
+
+    # 2. The quote and its chain
+    #: Quote versions accepted (4: TDX 1.0, 5: TDX 1.5).
+    quote_versions: frozenset[int] = frozenset({4, 5})
+    #: Root certificates (PEM) trusted *besides* Intel's pinned SGX Root CA,
+    #: e.g. the development root of enclaved's simulated TEE. A quote that
+    #: chains to one of these proves nothing about hardware.
+    allow_development_roots: tuple[str, ...] = ()
+    #: Accept a quote whose collateral (TCB info, QE identity, CRLs) could not
+    #: be obtained. TCB status and revocation are then unknown.
+    allow_missing_collateral: bool = False
+    #: TCB statuses accepted besides ``UpToDate`` (e.g. ``SWHardeningNeeded``).
+    allow_tcb_statuses: frozenset[str] = frozenset()
+    #: Require Intel's root CA CRL (revocation of Intel's *intermediate* CAs).
+    #: Off by default, and documented as such: Intel PCS serves it from a
+    #: separate URL, recorded collateral (the captures) lacks it, and Intel
+    #: has never revoked a PCK CA. When present it is always checked and
+    #: enforced; only its absence is tolerated.
+    require_root_ca_crl: bool = False
+
+    # 3. TD attributes
+    allow_debug: bool = False
+    #: Accept SEPT_VE_DISABLE clear.
+    allow_sept_ve: bool = False
+    allow_migratable: bool = False
+
+    # 4. Binding
+    #: Accept a document without ``signing_key`` (REPORTDATA still binds the address).
+    allow_missing_signing_key: bool = False
+
+    # 5. Measurements: allowlists of lowercase hex; empty = not checked.
+    mrtd: frozenset[str] = frozenset()
+    rtmr0: frozenset[str] = frozenset()
+    rtmr1: frozenset[str] = frozenset()
+    rtmr2: frozenset[str] = frozenset()
+    mrseam: frozenset[str] = frozenset()
+    #: From the RTMR3 event log (trusted once replayed): dstack's compose hash ...
+    compose_hash: frozenset[str] = frozenset()
+    os_image_hash: frozenset[str] = frozenset()
+    app_id: frozenset[str] = frozenset()
+    #: Accept a report without an event log (RTMR3 facts then unknown).
+    allow_missing_event_log: bool = False
+    #: Accept no compose-hash event / MRCONFIGID not bound to it (non-dstack TDs).
+    allow_missing_compose_binding: bool = False
+
+    # 6. NVIDIA GPUs
+    #: Accept a report without GPU evidence (a CPU-only TD, or the simulated TEE).
+    allow_missing_nvidia: bool = False
+    #: Exactly this many GPUs must attest; ``None`` = at least one.
+    nvidia_gpu_count: int | None = None
+    #: GPU architectures accepted (e.g. ``{"HOPPER", "BLACKWELL"}``); empty = any.
+    nvidia_architectures: frozenset[str] = frozenset()
+    #: Require NVIDIA's remote attestation service (NRAS) to agree.
+    require_nras: bool = False
+
+    #: Fields whose truth weakens verification (documented, warned about).
+    RELAXATIONS: ClassVar[tuple[str, ...]] = (
+        "allow_missing_nonce",
+        "allow_development_roots",
+        "allow_missing_collateral",
+        "allow_tcb_statuses",
+        "allow_debug",
+        "allow_sept_ve",
+        "allow_migratable",
+        "allow_missing_signing_key",
+        "allow_missing_event_log",
+        "allow_missing_compose_binding",
+        "allow_missing_nvidia",
+    )
+
+    def __post_init__(self) -> None:
+        # Normalize whatever iterable a caller passed into frozen, lowercase
+        # forms, and validate sizes: a typo in an allowlist must not silently
+        # become "allow nothing" or "allow anything".
+        for name, size in {**_QUOTE_ALLOWLISTS, **_EVENT_ALLOWLISTS}.items():
+            object.__setattr__(self, name, _hexset(name, getattr(self, name), size))
+        versions = frozenset(int(v) for v in self.quote_versions)
+        if not versions or not versions <= {4, 5}:
+            raise PolicyError("policy quote_versions: a subset of {4, 5}, not empty")
+        object.__setattr__(self, "quote_versions", versions)
+        statuses = frozenset(self._strs("allow_tcb_statuses"))
+        unknown = statuses - KNOWN_TCB_STATUSES
+        if "Revoked" in statuses:
+            raise PolicyError("policy allow_tcb_statuses: a Revoked platform is never acceptable")
+        if unknown:
+            raise PolicyError(
+                f"policy allow_tcb_statuses: unknown {sorted(unknown)} "
+                f"(known: {sorted(KNOWN_TCB_STATUSES)})"
+            )
+        object.__setattr__(self, "allow_tcb_statuses", statuses)
+        object.__setattr__(
+            self,
+            "nvidia_architectures",
+            frozenset(a.upper() for a in self._strs("nvidia_architectures")),
+        )
+        roots = tuple(
+            r.decode("ascii", "replace") if isinstance(r, (bytes, bytearray)) else r
+            for r in _iter_roots(self.allow_development_roots)
+        )
+        for pem in roots:
+            _parse_pem_certs(pem)  # fail at construction, not at first use
+        object.__setattr__(self, "allow_development_roots", roots)
+        count = self.nvidia_gpu_count
+        if count is not None and (
+            not isinstance(count, int) or isinstance(count, bool) or count < 1
+        ):
+            raise PolicyError("policy nvidia_gpu_count: a positive integer")
+        for name in self.RELAXATIONS + ("require_nras", "require_root_ca_crl"):
+            if name in ("allow_development_roots", "allow_tcb_statuses"):
+                continue
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"policy {name}: expected true or false")
+
+    def _strs(self, name: str) -> Iterable[str]:
+        values = getattr(self, name)
+        if isinstance(values, str):
+            raise PolicyError(f"policy {name}: expected a list of strings, got one string")
+        for v in values:
+            if not isinstance(v, str):
+                raise PolicyError(f"policy {name}: expected strings")
+            yield v
+
+    # --- presets ---------------------------------------------------------
+
+    @classmethod
+    def strict(cls) -> Policy:
+        """Everything required; Intel's root only. The default."""
+        return cls()
+
+    @classmethod
+    def development(cls, dev_root_pem: str | bytes) -> Policy:
+        """For enclaved's simulated TEE: trusts ``dev_root_pem``; no collateral, GPUs or event log.
+
+        The simulated TEE signs its quotes with a development key under
+        that root and has neither Intel collateral, NVIDIA GPUs, nor an
+        event log or compose hash. Everything else (REPORTDATA binding,
+        nonce, signing key, TD attributes, the quote's signatures) is still
+        required. Every verification under this policy warns that it
+        proves nothing about hardware.
+        """
+        pem = dev_root_pem.decode("ascii") if isinstance(dev_root_pem, bytes) else dev_root_pem
+        return cls(
+            allow_development_roots=(pem,),
+            allow_missing_collateral=True,
+            allow_missing_nvidia=True,
+            allow_missing_event_log=True,
+            allow_missing_compose_binding=True,
+        )
+
+    def trust_roots(self) -> list[x509.Certificate]:
+        """The roots a PCK chain may lead to: Intel's pinned root, then any development roots."""
+        from .tdx.roots import intel_sgx_root_ca
+
+        roots = [intel_sgx_root_ca()]
+        for pem in self.allow_development_roots:
+            roots.extend(_parse_pem_certs(pem))
+        return roots
+
+    # --- loading ---------------------------------------------------------
+
+    @classmethod
+    def from_toml(cls, text: str, *, base_dir: Path | None = None) -> Policy:
+        """A policy from TOML. Keys are the field names; unknown keys are an error.
+
+        ``allow_development_roots`` entries are PEM text or paths to PEM
+        files (relative to ``base_dir``, default the working directory).
+        Omitted keys keep the strict defaults. Example::
+
+            mrtd = ["b24d3b24...e217"]
+            allow_tcb_statuses = ["SWHardeningNeeded"]
+            nvidia_gpu_count = 8
+        """
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"policy file: not valid TOML: {exc}") from exc
+        return cls.from_dict(data, base_dir=base_dir)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Policy:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"policy file {p}: {exc.strerror or exc}") from exc
+        return cls.from_toml(text, base_dir=p.parent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> Policy:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise PolicyError(
+                f"policy: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
+            )
+        kwargs = dict(data)
+        if "allow_development_roots" in kwargs:
+            kwargs["allow_development_roots"] = tuple(
+                _load_pem(v, base_dir) for v in _list(kwargs["allow_development_roots"])
+            )
+        for key in ("quote_versions", "allow_tcb_statuses", "nvidia_architectures"):
+            if key in kwargs:
+                kwargs[key] = frozenset(_list(kwargs[key]))
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"policy: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as TOML-ready data (allowlists sorted; roots as PEM text)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, frozenset):
+                v = sorted(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            if v is not None:
+                out[f.name] = v
+        return out
+
+    # --- relaxations -----------------------------------------------------
+
+    def relaxations(self) -> list[str]:
+        """One sentence per active relaxation; empty for a strict policy."""
+        out = []
+        if self.allow_missing_nonce:
+            out.append("allow_missing_nonce: freshness may not be checked (replays accepted)")
+        if self.allow_development_roots:
+            out.append(
+                f"allow_development_roots: {len(self.allow_development_roots)} non-Intel root(s) "
+                "trusted; a quote under them proves nothing about hardware"
+            )
+        if self.allow_missing_collateral:
+            out.append("allow_missing_collateral: TCB status and revocation may be unknown")
+        if self.allow_tcb_statuses:
+            out.append(
+                f"allow_tcb_statuses: {', '.join(sorted(self.allow_tcb_statuses))} accepted "
+                "besides UpToDate"
+            )
+        if self.allow_debug:
+            out.append("allow_debug: a debuggable TD (host can read its memory) is accepted")
+        if self.allow_sept_ve:
+            out.append("allow_sept_ve: SEPT_VE_DISABLE may be clear")
+        if self.allow_migratable:
+            out.append("allow_migratable: a migratable TD is accepted")
+        if self.allow_missing_signing_key:
+            out.append("allow_missing_signing_key: a report without signing_key is accepted")
+        if self.allow_missing_event_log:
+            out.append("allow_missing_event_log: RTMR3 facts may be unverified")
+        if self.allow_missing_compose_binding:
+            out.append("allow_missing_compose_binding: the app compose may be unbound")
+        if self.allow_missing_nvidia:
+            out.append("allow_missing_nvidia: GPU evidence is not required")
+        return out
+
+    def warn_relaxations(self, *, stacklevel: int = 3) -> list[str]:
+        """Warn (and log) once per active relaxation. Called on every verification."""
+        msgs = self.relaxations()
+        for msg in msgs:
+            text = f"INSECURE attestation policy: {msg}"
+            logger.warning(text)
+            warnings.warn(text, InsecurePolicyWarning, stacklevel=stacklevel)
+        return msgs
+
+    # --- enforcement -----------------------------------------------------
+
+    def enforce(
+        self, check: Check, *, nonce_given: bool = True, tcb_status: str | None = None
+    ) -> Check:
+        """The same row with ``enforced`` decided by this policy.
+
+        Rows that passed stay enforced (so the table shows what was relied
+        on). A failed or skipped row is waived only by the relaxation that
+        names it; any row not covered here stays enforced (fail closed).
+        """
+        if check.status is Status.PASS:
+            return check
+        enforced = self._enforced(check, nonce_given=nonce_given, tcb_status=tcb_status)
+        if enforced == check.enforced:
+            return check
+        return dataclasses.replace(check, enforced=enforced)
+
+    def _enforced(self, check: Check, *, nonce_given: bool, tcb_status: str | None) -> bool:
+        cid, skipped = check.id, check.status is Status.SKIPPED
+        if cid == "report.verified_flag":
+            return False  # never trusted, never required
+        if cid in ("report.nonce", "binding.report_data.nonce") and skipped:
+            return not (self.allow_missing_nonce and not nonce_given)
+        if cid == "binding.signing_key" and skipped:
+            return not self.allow_missing_signing_key
+        if cid == "policy.td_attributes.debug":
+            return not self.allow_debug
+        if cid == "policy.td_attributes.sept_ve_disable":
+            return not self.allow_sept_ve
+        if cid == "policy.td_attributes.migratable":
+            return not self.allow_migratable
+        if cid == "tdx.collateral.root_ca_crl" and skipped:
+            # Only ever skipped when the collateral has no root CA CRL.
+            return self.require_root_ca_crl
+        if cid in _COLLATERAL_IDS and skipped:
+            return not self.allow_missing_collateral
+        if cid == "tdx.tcb.status" and check.kind == "policy":
+            # The tdx layer fails every recognized status but UpToDate as a
+            # policy row; accepted statuses are waived here, by name.
+            return tcb_status not in self.allow_tcb_statuses
+        if cid.startswith("eventlog.") and skipped:
+            return not self.allow_missing_event_log
+        if cid in ("measurements.compose_hash", "measurements.mrconfigid") and skipped:
+            return not self.allow_missing_compose_binding
+        if cid.startswith("nvidia.nras"):
+            return self.require_nras
+        if cid.startswith("nvidia.") and skipped:
+            return not self.allow_missing_nvidia
+        return check.enforced
+
+    # --- the policy's own rows ---------------------------------------------
+
+    def check_quote_version(self, version: int) -> Check:
+        cid = "policy.quote_version"
+        if version not in self.quote_versions:
+            return Check.failed(
+                cid,
+                f"quote version {version}, accepted {sorted(self.quote_versions)}",
+                kind="policy",
+            )
+        return Check.passed(cid, f"quote version {version}", kind="policy")
+
+    def check_td_attributes(self, td_attributes: bytes | int) -> list[Check]:
+        """The TD attribute rules (see the module docstring)."""
+        attrs = (
+            int.from_bytes(td_attributes, "little")
+            if isinstance(td_attributes, (bytes, bytearray))
+            else int(td_attributes)
+        )
+        shown = attrs.to_bytes(8, "little").hex()
+        rows = []
+        tud = attrs & TD_ATTR_TUD_MASK
+        if tud:
+            what = "DEBUG" if tud & TD_ATTR_DEBUG else f"TUD bits {tud:#x}"
+            rows.append(
+                Check.failed(
+                    "policy.td_attributes.debug",
+                    f"TD_ATTRIBUTES {shown}: {what} set - the TD is debuggable",
+                    kind="policy",
+                )
+            )
+        else:
+            rows.append(
+                Check.passed(
+                    "policy.td_attributes.debug", f"TD_ATTRIBUTES {shown}: DEBUG off", kind="policy"
+                )
+            )
+        if attrs & TD_ATTR_SEPT_VE_DISABLE:
+            rows.append(
+                Check.passed(
+                    "policy.td_attributes.sept_ve_disable", "SEPT_VE_DISABLE set", kind="policy"
+                )
+            )
+        else:
+            rows.append(
+                Check.failed(
+                    "policy.td_attributes.sept_ve_disable", "SEPT_VE_DISABLE clear", kind="policy"
+                )
+            )
+        if attrs & TD_ATTR_MIGRATABLE:
+            rows.append(
+                Check.failed("policy.td_attributes.migratable", "MIGRATABLE set", kind="policy")
+            )
+        else:
+            rows.append(
+                Check.passed("policy.td_attributes.migratable", "MIGRATABLE clear", kind="policy")
+            )
+        return rows
+
+    def check_measurements(self, values: Mapping[str, bytes | None]) -> list[Check]:
+        """Allowlist rows ``policy.mrtd``, ``policy.rtmr0-2``, ``policy.mrseam``,
+        ``policy.compose_hash``, ``policy.os_image_hash``, ``policy.app_id``.
+
+        ``values`` maps those names to the measured bytes (``None`` when the
+        evidence has no such value). An empty allowlist gives a skipped,
+        not enforced row.
+        """
+        rows = []
+        for name in (*_QUOTE_ALLOWLISTS, *_EVENT_ALLOWLISTS):
+            allowed: frozenset[str] = getattr(self, name)
+            cid = f"policy.{name}"
+            value = values.get(name)
+            if not allowed:
+                rows.append(
+                    Check.skipped(
+                        cid, "no allowlist configured: not checked", enforced=False, kind="policy"
+                    )
+                )
+            elif value is None:
+                rows.append(Check.failed(cid, f"the evidence has no {name}", kind="policy"))
+            elif value.hex() in allowed:
+                rows.append(Check.passed(cid, f"{name} {value.hex()} is allowed", kind="policy"))
+            else:
+                rows.append(
+                    Check.failed(
+                        cid, f"{name} {value.hex()} is not in the allowlist", kind="policy"
+                    )
+                )
+        return rows
+
+    def check_nvidia_gpus(self, architectures: list[str]) -> list[Check]:
+        """``policy.nvidia.gpu_count`` and ``policy.nvidia.arch`` over the GPUs that attested."""
+        rows = []
+        count = len(architectures)
+        if self.nvidia_gpu_count is None:
+            if count >= 1:
+                rows.append(
+                    Check.passed("policy.nvidia.gpu_count", f"{count} GPU(s)", kind="policy")
+                )
+            else:
+                rows.append(
+                    Check.failed("policy.nvidia.gpu_count", "no GPU evidence", kind="policy")
+                )
+        elif count == self.nvidia_gpu_count:
+            rows.append(Check.passed("policy.nvidia.gpu_count", f"{count} GPU(s)", kind="policy"))
+        else:
+            rows.append(
+                Check.failed(
+                    "policy.nvidia.gpu_count",
+                    f"{count} GPU(s), expected {self.nvidia_gpu_count}",
+                    kind="policy",
+                )
+            )
+        if not self.nvidia_architectures:
+            rows.append(
+                Check.skipped(
+                    "policy.nvidia.arch",
+                    "no architecture allowlist: not checked",
+                    enforced=False,
+                    kind="policy",
+                )
+            )
+        else:
+            bad = sorted({a for a in architectures if a.upper() not in self.nvidia_architectures})
+            if bad or not architectures:
+                rows.append(
+                    Check.failed(
+                        "policy.nvidia.arch",
+                        f"architecture(s) {bad or 'none'} "
+                        f"not in {sorted(self.nvidia_architectures)}",
+                        kind="policy",
+                    )
+                )
+            else:
+                rows.append(
+                    Check.passed(
+                        "policy.nvidia.arch", ", ".join(sorted(set(architectures))), kind="policy"
+                    )
+                )
+        return rows
+
+
+def _iter_roots(value: Any) -> Iterable[Any]:
+    if isinstance(value, (str, bytes)):
+        raise PolicyError("policy allow_development_roots: expected a list of PEM certificates")
+    return value  # type: ignore[no-any-return]
+
+
+def _parse_pem_certs(pem: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise PolicyError("policy allow_development_roots: not a PEM certificate") from exc
+    return certs
+
+
+def _list(value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise PolicyError(f"policy: expected a list, got {value!r}")
+    return list(value)
+
+
+def _load_pem(value: Any, base_dir: Path | None) -> str:
+    if not isinstance(value, str):
+        raise PolicyError("policy allow_development_roots: expected PEM text or a path")
+    if "-----BEGIN" in value:
+        return value
+    path = Path(value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"policy allow_development_roots: cannot read {path}") from exc
+
+
+__all__ = [
+    "InsecurePolicyWarning",
+    "KNOWN_TCB_STATUSES",
+    "Policy",
+    "TD_ATTR_DEBUG",
+    "TD_ATTR_MIGRATABLE",
+    "TD_ATTR_SEPT_VE_DISABLE",
+]
