@@ -1,0 +1,166 @@
+"""What the client commands (``chat``, ``models``, ``signature``, ``proxy``) share.
+
+Options, with their environment fallbacks:
+
+===================  ======================  ==================================
+flag                 environment             default
+===================  ======================  ==================================
+``--base-url``       ``ENCLAVED_BASE_URL``   ``http://127.0.0.1:8000/v1`` (a
+                                             local ``enclaved serve``)
+``--api-key``        ``ENCLAVED_API_KEY``,   none (a server without keys)
+                     ``OPENAI_API_KEY``
+``--trust-root``     -                       none: Intel's root only
+``--policy``         -                       strict
+===================  ======================  ==================================
+
+Prefer the environment for the API key: a flag is visible to other users
+in ``ps`` and kept in shell history.
+
+Exit codes match ``enclaved verify``: 0 ok, 2 verification failed (the
+attestation, a response signature, or decryption), 3 network or server
+error, 4 policy, 5 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..errors import (
+    APIError,
+    ConfigError,
+    CryptoError,
+    EvidenceParseError,
+    NetworkError,
+    PolicyError,
+    VerificationError,
+)
+
+EXIT_OK = 0
+EXIT_VERIFICATION = 2
+EXIT_NETWORK = 3
+EXIT_POLICY = 4
+EXIT_INPUT = 5
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def add_connection_args(p: argparse.ArgumentParser, *, base_url_flag: str = "--base-url") -> None:
+    p.add_argument(
+        base_url_flag,
+        dest="base_url",
+        metavar="URL",
+        help=f"API root of the service [$ENCLAVED_BASE_URL, else {DEFAULT_BASE_URL}]",
+    )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="API key [$ENCLAVED_API_KEY, $OPENAI_API_KEY]; prefer the environment",
+    )
+    add_trust_args(p)
+    p.add_argument("--timeout", type=float, default=600.0, help="HTTP timeout in seconds (default 600)")
+
+
+def add_trust_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-root",
+        metavar="PEM",
+        help="also trust this root certificate: the development root of a SIMULATED TEE "
+        "(<data_dir>/dev-root-ca.pem). Proves nothing about hardware",
+    )
+    p.add_argument("--policy", metavar="TOML", help="attestation policy file (default: strict)")
+
+
+def base_url(args: argparse.Namespace) -> str:
+    return str(args.base_url or os.environ.get("ENCLAVED_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    return args.api_key or os.environ.get("ENCLAVED_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
+
+
+def policy(args: argparse.Namespace) -> Any:
+    """The :class:`Policy` the options describe (``--policy`` plus ``--trust-root``).
+
+    A relaxed policy announces every relaxation on every verification, both
+    as a log line and as an ``InsecurePolicyWarning``; on the command line
+    the log line (on stderr) is enough, so the duplicate warning is muted.
+    """
+    import warnings
+
+    from ..attestation.policy import InsecurePolicyWarning
+    from ..client.transport import build_policy
+
+    warnings.filterwarnings("ignore", category=InsecurePolicyWarning)
+    return build_policy(args.policy, args.trust_root)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """An exit code and a one-line message for an error a client command met.
+
+    Verification failures name the failing check (``attestation check
+    binding.report_data.nonce fail: ...``); decryption failures say only
+    that. When the development root is needed but not trusted, the message
+    says how to trust it.
+    """
+    import httpx
+
+    try:
+        import openai
+    except ImportError:  # pragma: no cover
+        openai = None  # type: ignore[assignment]
+
+    if isinstance(exc, VerificationError):
+        msg = f"verification failed: {exc}"
+        if _needs_dev_root(exc):
+            msg += (
+                " - is this a SIMULATED TEE? Then trust its development root explicitly: "
+                "--trust-root <data_dir>/dev-root-ca.pem"
+            )
+        return EXIT_VERIFICATION, msg
+    if isinstance(exc, PolicyError):
+        return EXIT_POLICY, f"policy not satisfied: {exc}"
+    if isinstance(exc, EvidenceParseError):
+        return EXIT_VERIFICATION, f"verification failed: malformed attestation: {exc}"
+    if isinstance(exc, CryptoError):
+        return EXIT_VERIFICATION, f"verification failed: {exc}"
+    if isinstance(exc, ConfigError):
+        return EXIT_INPUT, str(exc)
+    if isinstance(exc, APIError):
+        code = f" [{exc.code}]" if exc.code else ""
+        return EXIT_NETWORK, f"server error{code}: {exc.message}"
+    if isinstance(exc, NetworkError):
+        return EXIT_NETWORK, str(exc)
+    if openai is not None:
+        if isinstance(exc, openai.APIStatusError):
+            return EXIT_NETWORK, f"server answered HTTP {exc.status_code}: {_openai_message(exc)}"
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            what = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+            return EXIT_NETWORK, f"cannot reach the server: {what}"
+        if isinstance(exc, openai.APIError):
+            return EXIT_NETWORK, f"server error: {exc.message}"
+    if isinstance(exc, httpx.HTTPError):
+        return EXIT_NETWORK, f"cannot reach the server: {type(exc).__name__}: {exc}"
+    raise exc
+
+
+def _openai_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+    return str(getattr(exc, "message", exc))
+
+
+def _needs_dev_root(exc: VerificationError) -> bool:
+    """Did the quote fail because its chain ends at a root we do not trust?"""
+    verdict = getattr(exc, "verdict", None)
+    rows = verdict.failures if verdict is not None else []
+    for row in rows:
+        text = f"{row.id} {row.reason}".lower()
+        if ("root" in text or "chain" in text) and row.id.startswith("tdx"):
+            return True
+    return False

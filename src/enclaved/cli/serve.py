@@ -1,0 +1,262 @@
+"""``enclaved serve`` and ``enclaved hash-key``.
+
+``enclaved serve`` runs one node: it loads the configuration (built-in
+default, or ``--config``), makes the node key in memory, loads the model(s),
+and serves PROTOCOL.md on ``--host``/``--port``.
+
+Precedence: command-line flag > environment variable > config file > default.
+
+=================  ======================  ======================
+flag               environment             config key
+=================  ======================  ======================
+``--config``       ``ENCLAVED_CONFIG``     (the file itself)
+``--host``         ``ENCLAVED_HOST``       ``host``
+``--port``         ``ENCLAVED_PORT``       ``port``
+``--data-dir``     ``ENCLAVED_DATA_DIR``   ``data_dir``
+``--log-level``    ``ENCLAVED_LOG_LEVEL``  -
+=================  ======================  ======================
+
+Logging goes to stderr and never contains prompt or completion content, API
+keys, ``Authorization`` headers, E2EE keys or the node key; the access log
+shows method, path (no query string), status and time.
+
+``enclaved hash-key`` prints the SHA-256 of an API key for ``api_key_hashes``.
+It reads the key from standard input (never from the command line, where
+shell history and ``ps`` would see it), or makes a new one with
+``--generate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parsers(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run an enclaved node: OpenAI-compatible, attested, E2EE, signed answers",
+        description="Run an enclaved node. Without --config it serves e2ee-smollm2-135m and "
+        "tee-smollm2-135m from the embedded SmolLM2-135M model on a SIMULATED TEE (development).",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration (docs/configuration.md) [$ENCLAVED_CONFIG]",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1) [$ENCLAVED_HOST]")
+    p.add_argument("--port", type=int, help="port to listen on (default 8000) [$ENCLAVED_PORT]")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="state: dev root CA, signatures (default ./data) [$ENCLAVED_DATA_DIR]",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default info) [$ENCLAVED_LOG_LEVEL]",
+    )
+    p.set_defaults(func=run_serve)
+
+    h = subparsers.add_parser(
+        "hash-key",
+        help="print the SHA-256 of an API key, for api_key_hashes in the server config",
+        description="Reads an API key from standard input (or a prompt) and prints its SHA-256 for "
+        "api_key_hashes. With --generate, makes a new random key and prints the key and its hash.",
+    )
+    h.add_argument("--generate", action="store_true", help="make a new random key")
+    h.set_defaults(func=run_hash_key)
+
+
+# -- hash-key ----------------------------------------------------------------------
+
+
+def run_hash_key(args: argparse.Namespace) -> int:
+    from ..server.auth import generate_key, hash_key
+
+    if args.generate:
+        key = generate_key()
+        print(f"key:  {key}")
+        print(f"hash: {hash_key(key)}")
+        print("Give the key to the client; put only the hash in api_key_hashes.", file=sys.stderr)
+        return 0
+    if sys.stdin.isatty():
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.readline()
+    key = key.strip()
+    if not key:
+        print("enclaved hash-key: no key given", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+# -- serve -------------------------------------------------------------------------
+
+
+def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
+    """The effective :class:`ServerConfig` (flags > environment > file > default)."""
+    from ..errors import ConfigError
+    from ..server.config import ServerConfig
+
+    env = dict(os.environ) if env is None else env
+    data_dir = args.data_dir or env.get("ENCLAVED_DATA_DIR") or None
+    path = args.config or env.get("ENCLAVED_CONFIG") or None
+    if path:
+        config = ServerConfig.from_toml(path, data_dir=data_dir, env=env)
+    else:
+        config = ServerConfig.default(data_dir=data_dir, env=env)
+    host = args.host or env.get("ENCLAVED_HOST")
+    changes: dict[str, Any] = {}
+    if host:
+        changes["host"] = host
+    if args.port is not None:
+        changes["port"] = args.port
+    elif env.get("ENCLAVED_PORT"):
+        try:
+            changes["port"] = int(env["ENCLAVED_PORT"])
+        except ValueError:
+            raise ConfigError(
+                f"ENCLAVED_PORT: {env['ENCLAVED_PORT']!r} is not a port number"
+            ) from None
+    if not 0 <= changes.get("port", config.port) <= 65535:
+        raise ConfigError(f"port {changes['port']} is out of range")
+    return config.replace(**changes) if changes else config
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message of a logger through once.
+
+    The node verifies its own evidence on every ``/tee/attestation``; under
+    the simulated TEE the development policy logs its relaxations each time.
+    Once per process says it as loudly, without drowning the log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
+def _setup_logging(level: str) -> None:
+    import warnings
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("enclaved.attestation.policy").addFilter(_Once())
+    # The same relaxations also arrive as InsecurePolicyWarning: the log line says it already.
+    warnings.filterwarnings("ignore", message="INSECURE attestation policy")
+    # uvicorn's own access log prints query strings; ours (enclaved.access) does not.
+    logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request URL at INFO (upstream engines): keep it quiet.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _banner(config: Any, app: Any, url: str) -> str:
+    node = app.state.node
+    lines = [
+        "",
+        f"enclaved is serving on {url}/v1 (also {url}/api/v1)",
+        f"  models:          {', '.join(m.id for m in config.models)}",
+        f"  signing address: {node.key.address}",
+    ]
+    root_path = getattr(node.evidence, "root_path", None)
+    if node.evidence.tee_hardware == "simulated":
+        if root_path is not None:
+            lines.append(f"  dev root CA:     {root_path}")
+        lines += [
+            "",
+            "  !!! THE TEE IS SIMULATED: DEVELOPMENT ONLY !!!",
+            "  !!! Its attestation proves NOTHING about hardware. Send nothing secret to this node. !!!",
+        ]
+        if root_path is not None:
+            model = config.models[0].id
+            lines.append(
+                f"  check it with:   enclaved attest --model {model} --base-url {url}/v1 "
+                f"--trust-root {root_path}"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError, Error
+
+    level = args.log_level or os.environ.get("ENCLAVED_LOG_LEVEL") or "info"
+    _setup_logging(level)
+    log = logging.getLogger("enclaved.serve")
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"enclaved serve: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from ..crypto import KeyPair
+    from ..server.app import create_app
+
+    log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
+    key = KeyPair.generate()  # in memory only: never written, never logged
+    try:
+        app = create_app(config, node_key=key)
+    except Error as exc:
+        print(f"enclaved serve: {exc}", file=sys.stderr)
+        return 2
+
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        lifespan="on",
+        log_config=None,  # ours (above): uvicorn's loggers propagate to it
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SIGINT / SIGTERM is how a node is asked to stop: shut down
+            # gracefully and exit 0, instead of uvicorn's re-raising the signal
+            # afterwards. A second Ctrl-C still forces the exit.
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    server = Server(uv_config)
+
+    async def serve() -> None:
+        task = asyncio.ensure_future(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            host = config.host if ":" not in config.host else f"[{config.host}]"
+            port = config.port
+            for s in server.servers:
+                for sock in s.sockets or ():
+                    port = sock.getsockname()[1]
+                    break
+            print(_banner(config, app, f"http://{host}:{port}"), flush=True)
+        await task
+
+    asyncio.run(serve())
+    return 0 if server.started else 1

@@ -1,0 +1,258 @@
+"""Reading one chat-completions stream: hash, decrypt, fail closed.
+
+Sans-IO. :class:`ResponseDecoder` is fed the response body exactly as it
+came off the network and returns, event by event, what the caller may see:
+
+1. every byte is hashed as received (the response signature covers these
+   bytes, ciphertext included);
+2. the bytes are split into SSE events (:mod:`._sse`);
+3. an ``error`` event raises :class:`~enclaved.errors.APIError`;
+4. with E2EE, every non-empty ``delta.content`` / ``delta.reasoning_content``
+   (/ ``delta.reasoning``) must be an envelope to the session key and is
+   replaced by its plaintext. Anything else - plaintext where ciphertext
+   belongs, a bad tag, a foreign key, plaintext tool calls or logprobs -
+   raises :class:`~enclaved.errors.DecryptionError` ("failed to decrypt")
+   before that event reaches the caller;
+5. ``data: [DONE]`` is *not* passed on: the transport emits it only after
+   the response signature has been checked, so a caller that sees
+   ``[DONE]`` saw a verified answer. A stream that ends without it raises
+   :class:`~enclaved.errors.NetworkError` (it may be truncated).
+
+For a caller that asked for a non-streaming completion the decoder also
+assembles the ``chat.completion`` document from the decrypted deltas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from ..crypto import Opener, looks_like_envelope
+from ..errors import APIError, DecryptionError, NetworkError
+from ._sse import SSEEvent, SSEParser
+
+#: The delta fields that carry model text, and so must be encrypted under E2EE.
+TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
+#: The terminator the transport emits once the answer is verified.
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+class ResponseDecoder:
+    """One response body: feed bytes in, get caller-ready SSE bytes out.
+
+    ``opener`` is the session key's :class:`~enclaved.crypto.Opener` for an
+    E2EE response, ``None`` for a plain TEE one (nothing to decrypt, but the
+    same hashing, error and ``[DONE]`` handling). :meth:`forget_key` drops
+    it; the transport calls it as soon as the response is over.
+    """
+
+    def __init__(self, opener: Opener | None, *, assemble: bool = False) -> None:
+        self._opener = opener
+        self._e2ee = opener is not None
+        self._parser = SSEParser()
+        self._sha256 = hashlib.sha256()
+        self._done = False
+        self._finished = False
+        #: The completion id (``id`` of the chunks): the signature's ``request_id``.
+        self.completion_id: str | None = None
+        self._assembler = _Assembler() if assemble else None
+
+    # -- feeding --------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """Bytes as received -> SSE bytes for the caller, one item per event.
+
+        The bytes are hashed at once; events are checked (and decrypted) one
+        at a time as the result is iterated, so an event that fails never
+        holds back the good ones before it - nor is it ever yielded itself.
+        Iterate the result to the end before feeding more.
+        """
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        self._sha256.update(chunk)
+        events = self._parser.feed(chunk)
+        return (out for out in map(self._on_event, events) if out)
+
+    def finish(self) -> bytes:
+        """End of the body. Raises unless ``[DONE]`` arrived."""
+        self._finished = True
+        out = b"".join(self._on_event(event) for event in self._parser.close())
+        if not self._done:
+            raise NetworkError("the stream ended before [DONE]: the answer may be truncated")
+        return out
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def response_sha256(self) -> str:
+        """sha256 hex of every byte fed so far (the whole body once finished)."""
+        return self._sha256.hexdigest()
+
+    def forget_key(self) -> None:
+        """Drop the session key (and the AES keys derived from it)."""
+        if self._opener is not None:
+            self._opener.clear()
+        self._opener = None
+
+    # -- the assembled non-streaming answer -------------------------------------
+
+    def completion_body(self) -> bytes:
+        """The ``chat.completion`` JSON a non-streaming caller expects."""
+        if self._assembler is None or not self._done:
+            raise RuntimeError("completion_body() needs assemble=True and a finished stream")
+        return json.dumps(self._assembler.document(), ensure_ascii=False).encode("utf-8")
+
+    # -- one event --------------------------------------------------------------
+
+    def _on_event(self, event: SSEEvent) -> bytes:
+        if not event.data:
+            return b""
+        if self._done:
+            raise APIError("the server sent data after [DONE]", status=200, code="invalid_stream")
+        if event.data.strip() == "[DONE]":
+            self._done = True
+            return b""
+        try:
+            chunk = json.loads(event.data)
+        except ValueError:
+            raise APIError("the server sent an event that is not JSON", status=200, code="invalid_stream") from None
+        if not isinstance(chunk, dict):
+            raise APIError("the server sent an event that is not a JSON object", status=200, code="invalid_stream")
+        if chunk.get("error") or event.event == "error":
+            raise _stream_error(chunk)
+        if self.completion_id is None and isinstance(chunk.get("id"), str):
+            self.completion_id = chunk["id"]
+        if self._e2ee:
+            self._decrypt_chunk(chunk)
+        if self._assembler is not None:
+            self._assembler.add(chunk)
+            return b""
+        if self._e2ee:
+            data = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+        else:
+            data = event.data  # untouched: nothing was decrypted
+        return b"".join(b"data: " + line.encode("utf-8") + b"\n" for line in data.split("\n")) + b"\n"
+
+    def _decrypt_chunk(self, chunk: dict[str, Any]) -> None:
+        choices = chunk.get("choices")
+        if choices is None:
+            return
+        if not isinstance(choices, list):
+            raise DecryptionError()
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise DecryptionError()
+            # Token log-probabilities would be the answer in plaintext.
+            if not _empty(choice.get("logprobs")):
+                raise DecryptionError()
+            if "message" in choice and not _empty(choice["message"]):
+                raise DecryptionError()  # a non-stream message inside a stream: never encrypted
+            delta = choice.get("delta")
+            if delta is None:
+                continue
+            if not isinstance(delta, dict):
+                raise DecryptionError()
+            for key, value in delta.items():
+                if key in TEXT_FIELDS:
+                    if _empty(value):
+                        continue
+                    if not isinstance(value, str) or not looks_like_envelope(value):
+                        raise DecryptionError()  # plaintext where ciphertext is expected
+                    assert self._opener is not None
+                    delta[key] = self._opener.open_text(value)
+                elif key == "role":
+                    continue
+                elif not _empty(value):
+                    # tool_calls, refusal, function_call...: not part of E2EE,
+                    # so they could only be plaintext. Refuse rather than show.
+                    raise DecryptionError()
+
+
+def _stream_error(chunk: dict[str, Any]) -> APIError:
+    err = chunk.get("error")
+    if isinstance(err, dict):
+        message = err.get("message")
+        return APIError(
+            message if isinstance(message, str) else "the server reported an error",
+            status=200,
+            type=err.get("type") if isinstance(err.get("type"), str) else None,
+            code=err.get("code") if isinstance(err.get("code"), str) else None,
+            param=err.get("param") if isinstance(err.get("param"), str) else None,
+            body=chunk,
+        )
+    text = err if isinstance(err, str) else "the server reported an error"
+    return APIError(text, status=200, body=chunk)
+
+
+class _Assembler:
+    """Builds one ``chat.completion`` from its chunks."""
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self.usage: Any = None
+        self.choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if key not in self.head and chunk.get(key) is not None:
+                self.head[key] = chunk[key]
+        if chunk.get("usage") is not None:
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            slot = self.choices.setdefault(
+                index if isinstance(index, int) else 0,
+                {"role": None, "content": [], "reasoning": [], "finish_reason": None},
+            )
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("role"), str):
+                slot["role"] = delta["role"]
+            if isinstance(delta.get("content"), str):
+                slot["content"].append(delta["content"])
+            for key in ("reasoning_content", "reasoning"):
+                if isinstance(delta.get(key), str):
+                    slot["reasoning"].append(delta[key])
+            if choice.get("finish_reason") is not None:
+                slot["finish_reason"] = choice["finish_reason"]
+
+    def document(self) -> dict[str, Any]:
+        choices = []
+        for index in sorted(self.choices):
+            slot = self.choices[index]
+            message: dict[str, Any] = {
+                "role": slot["role"] or "assistant",
+                "content": "".join(slot["content"]),
+            }
+            if slot["reasoning"]:
+                message["reasoning_content"] = "".join(slot["reasoning"])
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": slot["finish_reason"] or "stop",
+                }
+            )
+        doc: dict[str, Any] = {
+            "id": self.head.get("id", ""),
+            "object": "chat.completion",
+            "created": self.head.get("created", 0),
+            "model": self.head.get("model", ""),
+            "choices": choices,
+        }
+        if "system_fingerprint" in self.head:
+            doc["system_fingerprint"] = self.head["system_fingerprint"]
+        if self.usage is not None:
+            doc["usage"] = self.usage
+        return doc
+
+
+__all__ = ["DONE_EVENT", "TEXT_FIELDS", "ResponseDecoder"]

@@ -1,0 +1,220 @@
+"""The local proxy: any OpenAI-compatible app gets attestation and E2EE.
+
+::
+
+    enclaved proxy --upstream https://api.venice.ai/api/v1
+    # then point any OpenAI client at http://127.0.0.1:8787/v1
+
+Plaintext in, E2EE out. The proxy listens on loopback only and forwards
+
+- ``GET /v1/models`` (and ``/v1/models/{id}``) as they are;
+- ``POST /v1/chat/completions`` through :class:`AsyncEnclavedTransport`:
+  the node is attested, the prompt sealed, the answer decrypted and its
+  signature checked, streaming preserved (each event is passed on as it is
+  decrypted).
+
+The same routes are served under ``/api/v1``.
+
+What it refuses:
+
+- chat for a model that is not ``e2ee-*`` (the prompt would leave the
+  machine in plaintext), unless started with ``allow_plaintext_models``;
+- requests whose ``Host`` is not a loopback name (DNS rebinding: a web page
+  must not be able to read answers through a name that resolves here).
+
+Errors are OpenAI-style JSON (``{"error": {"message", "type", "param",
+"code"}}``): 400 for requests enclaved will not send, 502 when the node
+fails verification or decryption or cannot be reached. A failure after the
+stream has started is sent as a ``data: {"error": ...}`` event, and the
+stream then ends *without* ``data: [DONE]``: from this proxy, ``[DONE]``
+means the answer was verified, signature included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import (
+    APIError,
+    AttestationError,
+    ConfigError,
+    CryptoError,
+    Error,
+    NetworkError,
+    StaleAttestationError,
+)
+from .transport import HEADER_ADDRESS, HEADER_HARDWARE, AsyncEnclavedTransport
+
+logger = logging.getLogger("enclaved.client.proxy")
+
+PREFIXES = ("/v1", "/api/v1")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+#: Response headers passed back to the local caller.
+_PASS_HEADERS = ("content-type", HEADER_HARDWARE, HEADER_ADDRESS, "x-venice-tee", "x-venice-tee-provider")
+
+
+def error_document(message: str, *, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and OpenAI-style body for an error raised while proxying.
+
+    Messages are enclaved's own (never content); decryption errors stay opaque.
+    """
+    if isinstance(exc, ConfigError):
+        return 400, error_document(str(exc), type="invalid_request_error", code="enclaved_refused")
+    if isinstance(exc, StaleAttestationError):
+        return 502, error_document(str(exc), type="enclaved_verification_error", code="e2ee_attestation_stale")
+    if isinstance(exc, AttestationError):
+        return 502, error_document(
+            f"enclave verification failed: {exc}", type="enclaved_verification_error", code="verification_failed"
+        )
+    if isinstance(exc, CryptoError):
+        return 502, error_document(str(exc), type="enclaved_verification_error", code="decryption_failed")
+    if isinstance(exc, APIError):
+        status = exc.status if 400 <= exc.status < 600 else 502
+        return status, error_document(exc.message, type=exc.type or "server_error", code=exc.code, param=exc.param)
+    if isinstance(exc, (NetworkError, httpx.TransportError)):
+        return 502, error_document(
+            f"upstream unreachable: {type(exc).__name__}", type="server_error", code="upstream_unreachable"
+        )
+    return 500, error_document("internal proxy error", type="server_error", code="internal_error")
+
+
+def _json(status: int, doc: dict[str, Any]) -> Response:
+    return Response(json.dumps(doc), status_code=status, media_type="application/json")
+
+
+def create_proxy_app(
+    upstream: str,
+    *,
+    policy: Any = None,
+    trust_root: str | os.PathLike[str] | None = None,
+    api_key: str | None = None,
+    allow_plaintext_models: bool = False,
+    transport: AsyncEnclavedTransport | None = None,
+    timeout: float = 600.0,
+) -> Starlette:
+    """The proxy as an ASGI app (``enclaved proxy`` serves it with uvicorn).
+
+    ``upstream`` is the API root of the real service (``.../v1`` or
+    ``.../api/v1``). ``api_key``, when given, is sent upstream on every
+    request (local callers may then send any placeholder key); without it
+    the caller's own ``Authorization`` is forwarded. ``transport`` replaces the
+    enclaved transport (tests); otherwise one is built from ``policy`` /
+    ``trust_root`` and shared by every request, so attestations are cached
+    across them.
+    """
+    root = upstream.rstrip("/")
+    if not root.startswith(("http://", "https://")):
+        raise ConfigError(f"--upstream must be an http(s) URL, got {upstream!r}")
+    if transport is None:
+        transport = AsyncEnclavedTransport(
+            policy=policy, trust_root=trust_root, require_e2ee=not allow_plaintext_models
+        )
+    client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def upstream_headers(request: Request) -> dict[str, str]:
+        headers = {"accept": request.headers.get("accept", "application/json")}
+        auth = request.headers.get("authorization")
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"  # the proxy's key wins
+        elif auth:
+            headers["authorization"] = auth
+        if "content-type" in request.headers:
+            headers["content-type"] = request.headers["content-type"]
+        return headers
+
+    def passed(resp: httpx.Response) -> dict[str, str]:
+        return {k: v for k, v in resp.headers.items() if k.lower() in _PASS_HEADERS}
+
+    async def models(request: Request) -> Response:
+        tail = request.path_params.get("model_id")
+        url = root + "/models" + (f"/{tail}" if tail else "")
+        try:
+            resp = await client.get(url, params=request.query_params, headers=upstream_headers(request))
+        except (Error, httpx.HTTPError) as exc:
+            return _json(*error_for(exc))
+        return Response(resp.content, status_code=resp.status_code, headers=passed(resp))
+
+    async def chat(request: Request) -> Response:
+        body = await request.body()
+        req = client.build_request("POST", root + "/chat/completions", content=body, headers=upstream_headers(request))
+        try:
+            resp = await client.send(req, stream=True)
+        except (Error, httpx.HTTPError) as exc:
+            logger.info("proxy: chat refused or failed: %s", type(exc).__name__)
+            return _json(*error_for(exc))
+        if "text/event-stream" not in resp.headers.get("content-type", ""):
+            try:
+                content = await resp.aread()
+            finally:
+                await resp.aclose()
+            return Response(content, status_code=resp.status_code, headers=passed(resp))
+        return StreamingResponse(_relay(resp), status_code=resp.status_code, headers=passed(resp))
+
+    async def _relay(resp: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_bytes():
+                yield chunk
+        except (Error, httpx.HTTPError) as exc:
+            logger.info("proxy: stream failed: %s", type(exc).__name__)
+            _, doc = error_for(exc)
+            yield b"data: " + json.dumps(doc).encode() + b"\n\n"  # and no [DONE]
+        finally:
+            await resp.aclose()
+
+    async def not_found(request: Request) -> Response:
+        return _json(404, error_document("not found", type="invalid_request_error", code="not_found"))
+
+    routes = []
+    for prefix in PREFIXES:
+        routes += [
+            Route(prefix + "/models", models, methods=["GET"]),
+            Route(prefix + "/models/{model_id:path}", models, methods=["GET"]),
+            Route(prefix + "/chat/completions", chat, methods=["POST"]),
+        ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))],
+        exception_handlers={404: not_found},  # type: ignore[dict-item]
+        lifespan=lifespan,
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``--host`` names a loopback address (the only kind the proxy binds)."""
+    import ipaddress
+
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["LOOPBACK_NAMES", "create_proxy_app", "error_for", "is_loopback_host"]

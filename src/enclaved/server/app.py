@@ -1,0 +1,343 @@
+"""The enclaved ASGI application.
+
+>>> from enclaved.server.app import create_app
+>>> from enclaved.server.config import ServerConfig
+>>> app = create_app(ServerConfig.default())  # doctest: +SKIP
+
+Routes (PROTOCOL.md "Routes"), under ``/api/v1`` and mirrored under ``/v1``:
+
+=========================  ====================================  ============
+route                      what                                  API key
+=========================  ====================================  ============
+``GET /models``            model list (``?type=text`` filters)   open
+``GET /models/{id}``       one model (OpenAI ``models.retrieve``) open
+``POST /chat/completions`` chat, SSE or JSON, E2EE or plain      required*
+``GET /tee/attestation``   attestation report                    open
+``GET /tee/signature``     response signature                    required*
+``GET /health``            liveness (top level only)             open
+=========================  ====================================  ============
+
+\\* only when the configuration lists API keys.
+
+Everything the app uses is passed in or built from the config: the node key
+(made in memory when not given), the evidence source, the signature store,
+the backends and the clock. There is no module-level state, so several
+nodes can run in one process.
+
+Ownership: what ``create_app`` builds it also closes at shutdown; what the
+caller injects the caller closes. Every backend is ``start()``-ed at
+startup (backends' ``start`` is idempotent), so a caller may share one
+backend between several apps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .. import __version__
+from ..crypto import KeyPair
+from ..errors import NetworkError
+from ..evidence.base import EvidenceSource
+from .attestation import VerifyFn, attestation_report
+from .auth import ApiKeys
+from .backends.base import Backend
+from .completions import ChatCompletions
+from .config import ModelConfig, ServerConfig
+from .errors import (
+    NOT_FOUND,
+    SERVER_ERROR,
+    HTTPError,
+    internal_error,
+    missing_parameter,
+    model_not_found,
+)
+from .node import Node
+from .signing import ResponseSigner
+from .store import open_store
+from .store.base import SignatureStore
+
+log = logging.getLogger("enclaved.server")
+access_log = logging.getLogger("enclaved.access")
+
+PREFIXES = ("/api/v1", "/v1")
+TEE_HEADERS = {"X-Venice-TEE": "true", "X-Venice-TEE-Provider": "enclaved"}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(obj), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def build_backends(config: ServerConfig) -> dict[str, Backend]:
+    """The backends the configuration names. One embedded model is shared by
+    every model id that uses it (the weights are loaded once); one upstream
+    client per (base_url, upstream model)."""
+    import os
+
+    backends: dict[str, Backend] = {}
+    shared: dict[tuple[str, ...], Backend] = {}
+    for m in config.models:
+        if m.backend == "embedded":
+            key: tuple[str, ...] = ("embedded",)
+            if key not in shared:
+                from .backends.embedded import EmbeddedBackend
+
+                shared[key] = EmbeddedBackend()
+        else:
+            assert m.base_url is not None and m.upstream_model is not None
+            key = ("upstream", m.base_url, m.upstream_model, m.api_key_env or "")
+            if key not in shared:
+                from .backends.upstream import UpstreamBackend
+
+                api_key = os.environ.get(m.api_key_env) if m.api_key_env else None
+                shared[key] = UpstreamBackend(m.base_url, m.upstream_model, api_key=api_key)
+        backends[m.id] = shared[key]
+    return backends
+
+
+def build_evidence(config: ServerConfig, *, now: float | None = None) -> EvidenceSource:
+    """The evidence source of the configured TEE mode (only ``simulated`` today)."""
+    from ..evidence.simulated_source import SimulatedEvidence
+
+    return SimulatedEvidence.load_or_create(config.data_dir, now=now)
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    node_key: KeyPair | None = None,
+    evidence: EvidenceSource | None = None,
+    store: SignatureStore | None = None,
+    backends: Mapping[str, Backend] | None = None,
+    clock: Callable[[], float] | None = None,
+    verify: VerifyFn | None = None,
+) -> Starlette:
+    """One serving node as an ASGI app. See the module docstring.
+
+    ``verify`` replaces the self-verification of attestation reports (tests
+    of the route layer only; the default runs :mod:`enclaved.attestation`).
+    """
+    clock = clock or time.time
+    owned: list[Any] = []
+    if backends is None:
+        backends = build_backends(config)
+        owned.extend({id(b): b for b in backends.values()}.values())
+    missing = [m.id for m in config.models if m.id not in backends]
+    if missing:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"no backend for model(s): {', '.join(missing)}")
+    if store is None:
+        store = open_store(config, clock=clock)
+        owned.append(store)
+    if evidence is None:
+        evidence = build_evidence(config, now=clock())
+    key = node_key or KeyPair.generate()
+    node = Node(
+        config=config,
+        key=key,
+        backends=dict(backends),
+        store=store,
+        evidence=evidence,
+        signer=ResponseSigner(key),
+        api_keys=ApiKeys(config.api_key_hashes),
+        clock=clock,
+    )
+    created = int(clock())
+    chat = ChatCompletions(node)
+
+    # -- routes ------------------------------------------------------------------
+
+    def model_entry(m: ModelConfig) -> dict[str, Any]:
+        return {
+            "id": m.id,
+            "object": "model",
+            "created": created,
+            "owned_by": "enclaved",
+            "type": "text",
+            "model_spec": {
+                "name": m.name,
+                "privacy": m.privacy,
+                "availableContextTokens": m.available_context_tokens,
+                "capabilities": m.capabilities.to_wire(),
+                "offline": False,
+            },
+        }
+
+    async def list_models(request: Request) -> Response:
+        kind = request.query_params.get("type", "text")
+        # Every enclaved model is a text model: ``text``/``all``/``code`` list
+        # them; any other type (image, tts, ...) is an empty list, as OpenAI does.
+        data = [model_entry(m) for m in config.models] if kind in ("text", "all", "code") else []
+        return json_response({"object": "list", "data": data})
+
+    async def get_model(request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        m = node.model(model_id)
+        if m is None:
+            raise model_not_found(model_id)
+        return json_response(model_entry(m))
+
+    async def attestation(request: Request) -> Response:
+        q = request.query_params
+        doc = await attestation_report(node, q.get("model"), q.get("nonce"), verify=verify)
+        return json_response(doc, headers={**TEE_HEADERS, "Cache-Control": "no-store"})
+
+    async def signature(request: Request) -> Response:
+        node.api_keys.check(request.headers.get("authorization"))
+        q = request.query_params
+        request_id = q.get("request_id")
+        if not request_id:
+            raise missing_parameter("request_id")
+        model_id = q.get("model")
+        if model_id and node.model(model_id) is None:
+            raise model_not_found(model_id)
+        record = None
+        if _REQUEST_ID.fullmatch(request_id):
+            try:
+                record = await node.store.get(request_id)
+            except NetworkError as exc:
+                log.error("signature store unavailable: %s", exc)
+                raise HTTPError(
+                    503,
+                    "Signature store unavailable, retry later",
+                    code="store_unavailable",
+                    type=SERVER_ERROR,
+                ) from None
+        if record is None or (model_id and record.model != model_id):
+            raise HTTPError(
+                404,
+                "Signature not found for this request_id",
+                code="signature_not_found",
+                type=NOT_FOUND,
+                param="request_id",
+            )
+        return json_response(record.to_dict(), headers=TEE_HEADERS)
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok", "version": __version__, "tee": config.tee})
+
+    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    for prefix in PREFIXES:
+        routes += [
+            Route(f"{prefix}/models", list_models, methods=["GET"]),
+            Route(f"{prefix}/models/{{model_id:path}}", get_model, methods=["GET"]),
+            Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
+            Route(f"{prefix}/tee/attestation", attestation, methods=["GET"]),
+            Route(f"{prefix}/tee/signature", signature, methods=["GET"]),
+        ]
+
+    # -- errors ------------------------------------------------------------------
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPError)
+        return Response(
+            exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+        )
+
+    async def on_starlette_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            err = HTTPError(405, f"Method {request.method} not allowed", code="method_not_allowed")
+            return Response(
+                err.body(), 405, media_type="application/json", headers=dict(exc.headers or {})
+            )
+        if exc.status_code == 404:
+            err = HTTPError(
+                404, f"No route {request.url.path}", code="route_not_found", type=NOT_FOUND
+            )
+        else:
+            err = HTTPError(exc.status_code, str(exc.detail), code="http_error")
+        return Response(err.body(), status_code=err.status, media_type="application/json")
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Type only: exception text may quote request content.
+        log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__)
+        err = internal_error()
+        return Response(err.body(), status_code=500, media_type="application/json")
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        unique = {id(b): b for b in node.backends.values()}.values()
+        for backend in unique:
+            ids = ", ".join(m for m, b in node.backends.items() if b is backend)
+            log.info("starting backend %s for %s", backend.model_name, ids)
+            started = time.monotonic()
+            await backend.start()
+            log.info("backend %s ready in %.1f s", backend.model_name, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            for thing in owned:
+                with contextlib.suppress(Exception):
+                    await thing.close()
+
+    app = EnclavedApp(
+        routes=routes,
+        exception_handlers={
+            HTTPError: on_http_error,
+            StarletteHTTPException: on_starlette_error,
+            Exception: on_unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    return app
+
+
+class EnclavedApp(Starlette):
+    """Starlette, plus two things every request needs and uvicorn gets wrong for us.
+
+    - A content-free access log (``enclaved.access``): method, path (never
+      the query string), status, milliseconds. Use it instead of uvicorn's,
+      which prints query strings. Headers are never looked at.
+    - No tracebacks reach the server's log: Starlette re-raises unhandled
+      errors after answering 500 so that the server can log them, and the
+      exception text may quote request content. Only the type is logged.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 0
+
+        async def send_wrapper(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_wrapper)
+        except Exception:  # noqa: BLE001, S110 - see below
+            # Already answered (500) and logged by type in ``on_unexpected``;
+            # re-raising would hand the traceback to uvicorn's log.
+            pass
+        finally:
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.monotonic() - started) * 1000,
+            )

@@ -1,0 +1,161 @@
+"""``GET /tee/attestation``: the node's evidence, bound to its key and a nonce.
+
+Steps (PROTOCOL.md, "Attestation"):
+
+1. ``model`` is required and served (404 ``Model <id> not found``) and
+   supports TEE attestation (400 otherwise).
+2. ``nonce``: hex (else ``Nonce must be hex-encoded``) of exactly 32 bytes
+   (else ``Nonce must be 32 bytes (64 hex characters)``). An empty ``nonce=``
+   is a 32-byte error, not "no nonce": a client that meant to send one must
+   not get a server-chosen nonce silently. Without the parameter the server
+   picks 32 random bytes and says ``nonce_source: "server"``.
+3. REPORTDATA = signing address (20 bytes) || 12 zero bytes || nonce (32 bytes).
+4. Quote and GPU evidence from the node's :class:`EvidenceSource`.
+5. The node runs the project's own verifier on the document it is about to
+   send, trusting what the evidence source says it should trust (the
+   development root for the simulated TEE), and reports the outcome in
+   ``verified`` and ``server_verification``. A verifier that cannot run
+   gives ``verified: false``, never true.
+
+The nonce is echoed exactly as sent (same case), because clients written
+from the public document compare it with ``!==``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..evidence.base import EvidenceSource
+from .errors import HTTPError, missing_parameter, model_not_found
+from .node import Node
+
+log = logging.getLogger("enclaved.server")
+
+MSG_NONCE_LENGTH = "Nonce must be 32 bytes (64 hex characters)"
+MSG_NONCE_HEX = "Nonce must be hex-encoded"
+TEE_PROVIDER = "enclaved"
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+#: ``verify(document, nonce, evidence, now) -> (verified, server_verification)``.
+VerifyFn = Callable[
+    [dict[str, Any], bytes, EvidenceSource, float], Awaitable[tuple[bool, dict[str, Any]]]
+]
+
+
+def parse_nonce(value: str | None) -> tuple[bytes, str, str]:
+    """Step 2: ``(nonce bytes, nonce text to echo, nonce_source)``."""
+    if value is None:
+        nonce = secrets.token_bytes(32)
+        return nonce, nonce.hex(), "server"
+    if not _HEX.fullmatch(value):
+        raise HTTPError(400, MSG_NONCE_HEX, code="invalid_nonce", param="nonce")
+    if len(value) != 64:
+        raise HTTPError(400, MSG_NONCE_LENGTH, code="invalid_nonce", param="nonce")
+    return bytes.fromhex(value), value, "client"
+
+
+def report_data(signing_address: str, nonce: bytes) -> bytes:
+    """Step 3: the 64 REPORTDATA bytes."""
+    address = bytes.fromhex(signing_address[2:])
+    if len(address) != 20 or len(nonce) != 32:
+        raise ValueError("report data needs a 20-byte address and a 32-byte nonce")
+    return address + bytes(12) + nonce
+
+
+async def attestation_report(
+    node: Node, model_id: str | None, nonce_param: str | None, *, verify: VerifyFn | None = None
+) -> dict[str, Any]:
+    """The full response document (every field of PROTOCOL.md's table)."""
+    # 1.
+    if not model_id:
+        raise missing_parameter("model")
+    model = node.model(model_id)
+    backend = node.backends.get(model_id)
+    if model is None or backend is None:
+        raise model_not_found(model_id)
+    if not model.capabilities.supports_tee_attestation:
+        raise HTTPError(
+            400,
+            f"Model {model_id} does not support TEE attestation",
+            code="tee_not_supported",
+            param="model",
+        )
+    # 2.
+    nonce, nonce_text, nonce_source = parse_nonce(nonce_param)
+    # 3-4.
+    key = node.key
+    evidence = node.evidence
+    quote = await evidence.quote(report_data(key.address, nonce))
+    nvidia = await evidence.nvidia_payload(nonce)
+
+    doc: dict[str, Any] = {
+        "verified": False,
+        "nonce": nonce_text,
+        "request_nonce": nonce_text,
+        "nonce_source": nonce_source,
+        "model": model.id,
+        "model_name": backend.model_name,
+        "upstream_model": backend.model_name,
+        "tee_provider": TEE_PROVIDER,
+        "tee_hardware": evidence.tee_hardware,
+        "intel_quote": quote.hex(),
+        "nvidia_payload": nvidia,
+        "signing_key": key.public_key_hex,
+        "signing_public_key": key.public_key_hex,
+        "signing_address": key.address,
+        "signing_algo": "ecdsa",
+        "event_log": evidence.event_log(),
+        "info": evidence.info(),
+        "server_verification": None,
+    }
+    # 5.
+    try:
+        verified, details = await (verify or verify_with_project_verifier)(
+            doc, nonce, evidence, node.clock()
+        )
+    except Exception as exc:  # noqa: BLE001 - fail closed: a verifier that cannot run verifies nothing
+        log.error("self-verification failed to run: %s", type(exc).__name__)
+        verified, details = False, {"ok": False, "error": f"verifier failed: {type(exc).__name__}"}
+    doc["verified"] = bool(verified)
+    doc["server_verification"] = details
+    return doc
+
+
+async def verify_with_project_verifier(
+    doc: dict[str, Any], nonce: bytes, evidence: EvidenceSource, now: float
+) -> tuple[bool, dict[str, Any]]:
+    """Step 5 with :mod:`enclaved.attestation`: the same verifier clients run.
+
+    Runs on a worker thread: quote verification is CPU work (signatures,
+    certificate chain) that must not stall streams on the event loop.
+    """
+    return await asyncio.to_thread(_verify_sync, doc, nonce, evidence, now)
+
+
+def _verify_sync(
+    doc: dict[str, Any], nonce: bytes, evidence: EvidenceSource, now: float
+) -> tuple[bool, dict[str, Any]]:
+    import datetime
+
+    from ..attestation import AttestationReport, Policy, Verifier, server_verification
+
+    when = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
+    root = evidence.trust_root_pem
+    # The development policy trusts only this node's development root (and says
+    # so loudly); hardware evidence gets the strict policy and Intel's root.
+    policy = Policy.development(root.decode()) if root else Policy.strict()
+    # ``verified`` is what we are computing: the verifier must not read a
+    # placeholder. The verifier plays the client here, and it knows the nonce
+    # even when the server chose it, so freshness and the REPORTDATA nonce
+    # binding are checked either way.
+    report = AttestationReport.from_json({**doc, "verified": None, "nonce_source": "client"})
+    collateral = evidence.collateral(when)
+    verifier = Verifier(policy) if collateral is None else Verifier(policy, collateral=collateral)
+    verdict = verifier.verify(report, nonce=nonce, now=when)
+    return verdict.ok, server_verification(verdict)

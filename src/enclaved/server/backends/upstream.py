@@ -1,0 +1,277 @@
+"""An OpenAI-compatible inference engine reached over HTTP (vLLM, SGLang, ...).
+
+:class:`UpstreamBackend` forwards a plaintext chat request to
+``{base_url}/chat/completions`` with ``stream: true`` and yields every
+``chat.completion.chunk`` the engine sends, as soon as its event is complete.
+Nothing is buffered beyond one partial SSE event, so the first token reaches
+the client while the engine is still generating.
+
+What is checked:
+
+* the HTTP status (non-2xx fails before the first chunk, with a status the
+  server can report: see :func:`_status_error`);
+* that every event is a JSON object, and that the stream ends with
+  ``data: [DONE]`` - a stream cut short (engine crash, dropped connection) is
+  an error, never a silently truncated answer that the node would then sign;
+* ``{"error": ...}`` events sent mid-stream (vLLM does this).
+
+What is NOT checked: the shape of each chunk beyond "a JSON object" (the
+server layer reads ``choices`` / ``usage`` and rewrites ids and model names),
+or that the engine honoured the sampling parameters.
+
+Error messages never contain prompt or completion content, nor the body of
+an upstream error (engines sometimes echo the input there).
+
+Requests sent to the engine:
+
+* base_url includes the API prefix, as the OpenAI SDK expects:
+  ``http://127.0.0.1:8000/v1``;
+* the request's ``params`` pass through unchanged except ``model``,
+  ``messages``, ``stream`` and ``stream_options``, which this class sets
+  (``stream_options.include_usage`` asks the engine for the final usage chunk).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from .base import BackendError, ChatRequest
+
+__all__ = ["SSEDecoder", "UpstreamBackend"]
+
+log = logging.getLogger(__name__)
+
+#: Between two chunks an engine may be busy with a long prefill or queued
+#: behind other requests; only connecting must be fast.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
+
+#: Enough pooled connections for many concurrent streams to one engine
+#: (keep-alive saves a TCP handshake per request).
+DEFAULT_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+
+_DONE = b"[DONE]"
+_CR = 0x0D
+
+
+class SSEDecoder:
+    """Incremental Server-Sent Events decoder, bytes in, event data out.
+
+    Follows the event-stream grammar of the HTML standard as far as this
+    client needs it: lines end with CRLF, LF or CR; a line starting with
+    ``:`` is a comment (keep-alive); ``data:`` lines accumulate, joined by
+    ``\\n``; an empty line dispatches the event. The ``event``, ``id`` and
+    ``retry`` fields are not used by OpenAI-compatible engines; the event
+    type is returned with the data so that ``event: error`` can be detected.
+    """
+
+    __slots__ = ("_data", "_event", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._data: list[bytes] = []
+        self._event = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        """Consume ``chunk``; return the ``(event type, data)`` of every event it completes."""
+        buf = self._pending + chunk if self._pending else chunk
+        # The last complete line ends at the last CR or LF - except a CR at
+        # the very end, which may be the first half of a CRLF split across
+        # two network reads: keep that line until the next byte is known.
+        end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+        cut = max(buf.rfind(b"\n", 0, end), buf.rfind(b"\r", 0, end))
+        if cut < 0:
+            self._pending = buf
+            return []
+        self._pending = buf[cut + 1 :]
+        return self._lines(buf[: cut + 1].splitlines())
+
+    def flush(self) -> list[tuple[str, bytes]]:
+        """End of stream: a final line without terminator still counts, but an
+        event not closed by an empty line is discarded (as the standard says)."""
+        lines = self._pending.splitlines()
+        self._pending = b""
+        events = self._lines(lines)
+        self._data = []
+        self._event = b""
+        return events
+
+    def _lines(self, lines: list[bytes]) -> list[tuple[str, bytes]]:
+        events: list[tuple[str, bytes]] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                    events.append((self._event.decode("utf-8", "replace"), data))
+                self._data = []
+                self._event = b""
+                continue
+            if line[0] == 0x3A:  # ":" comment / keep-alive
+                continue
+            name, colon, value = line.partition(b":")
+            if colon and value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+            elif name == b"event":
+                self._event = value
+            # id, retry and unknown fields: ignored
+        return events
+
+
+def _status_error(status: int) -> BackendError:
+    """Map an engine's HTTP error status to the one the server reports.
+
+    A 4xx from the engine is about the request (context too long, bad
+    parameter) and is reported as 400; 429 stays 429 (engine overloaded, the
+    client may retry); anything else is the engine failing: 502.
+    """
+    if status == 429:
+        return BackendError("upstream engine is busy (HTTP 429)", status=429, code="upstream_busy")
+    if 400 <= status < 500:
+        return BackendError(
+            f"upstream engine rejected the request (HTTP {status})",
+            status=400,
+            code="upstream_rejected",
+        )
+    return BackendError(f"upstream engine failed (HTTP {status})", status=502)
+
+
+class UpstreamBackend:
+    """Streams chat completions from an OpenAI-compatible engine.
+
+    >>> backend = UpstreamBackend("http://127.0.0.1:8000/v1", "Qwen/Qwen3-8B")  # doctest: +SKIP
+    >>> await backend.start()  # doctest: +SKIP
+    >>> async for chunk in backend.stream(ChatRequest(messages=[...])):  # doctest: +SKIP
+    ...     ...
+
+    ``client`` lets the caller share or inject an :class:`httpx.AsyncClient`
+    (tests, a custom transport); a client passed in is not closed by
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        #: The engine's name for the model: sent as ``model`` upstream.
+        self.model_name = model
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._headers = {"Accept": "text/event-stream"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._client = client
+        self._owns_client = client is None
+        self._url = f"{self.base_url}/chat/completions"
+
+    def __repr__(self) -> str:  # never shows the api key
+        return f"UpstreamBackend(base_url={self.base_url!r}, model={self.model_name!r})"
+
+    async def start(self) -> None:
+        """Open the connection pool. The engine need not be up yet (vLLM loads
+        slowly); requests fail with a 502 until it is."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=DEFAULT_LIMITS)
+            self._owns_client = True
+
+    async def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise BackendError("upstream backend used before start()", status=503, code="not_ready")
+        return self._client
+
+    async def list_models(self) -> list[str]:
+        """The model ids the engine serves (``GET {base_url}/models``): a health check."""
+        try:
+            response = await self._http().get(
+                f"{self.base_url}/models", headers=self._headers, timeout=self._timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise BackendError(
+                "upstream engine timed out", status=504, code="upstream_timeout"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise BackendError("upstream engine unreachable", status=502) from exc
+        if not response.is_success:
+            raise _status_error(response.status_code)
+        try:
+            return [str(entry["id"]) for entry in response.json()["data"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError("upstream engine sent a malformed model list") from exc
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body = dict(request.params)
+        body["model"] = self.model_name
+        body["messages"] = request.messages
+        body["stream"] = True
+        options = body.get("stream_options")
+        body["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        """Yield each chunk the engine sends; raise :class:`BackendError` on
+        any failure, before or during the stream.
+
+        Closing the iterator (client gone) closes the connection to the engine,
+        which makes vLLM-style engines abort the generation.
+        """
+        client = self._http()
+        try:
+            async with client.stream(
+                "POST", self._url, json=self._body(request), headers=self._headers
+            ) as response:
+                if not response.is_success:
+                    raise _status_error(response.status_code)
+                decoder = SSEDecoder()
+                async for raw in response.aiter_bytes():
+                    for event, data in decoder.feed(raw):
+                        if data == _DONE:
+                            return
+                        yield _parse_event(event, data)
+                for event, data in decoder.flush():
+                    if data == _DONE:
+                        return
+                    yield _parse_event(event, data)
+        except httpx.TimeoutException as exc:
+            raise BackendError(
+                "upstream engine timed out", status=504, code="upstream_timeout"
+            ) from exc
+        except httpx.HTTPError as exc:
+            # ConnectError before the first chunk; RemoteProtocolError / ReadError
+            # when the engine drops the connection mid-stream.
+            raise BackendError("upstream engine connection failed") from exc
+        # The body ended without [DONE]: the answer may be truncated.
+        raise BackendError("upstream stream ended without [DONE]", code="upstream_truncated")
+
+
+def _parse_event(event: str, data: bytes) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BackendError("upstream engine sent malformed JSON") from exc
+    if not isinstance(chunk, dict):
+        raise BackendError("upstream engine sent malformed JSON")
+    if event == "error" or "error" in chunk:
+        # The engine's own message may quote the input: report only its type.
+        err = chunk.get("error")
+        kind = err.get("type") if isinstance(err, dict) else None
+        detail = f" ({kind})" if isinstance(kind, str) and kind.isidentifier() else ""
+        raise BackendError(f"upstream engine reported an error mid-stream{detail}")
+    return chunk

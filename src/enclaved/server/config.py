@@ -1,0 +1,451 @@
+"""Server configuration: a TOML file, or a built-in default that needs none.
+
+The file format is documented, with an example that the tests load, in
+``docs/configuration.md``. Loading is strict: an unknown key anywhere is a
+:class:`~enclaved.errors.ConfigError` that names it, because a misspelt
+security option (``api_key_hash = ...``) must not silently do nothing.
+
+What is checked here: types, required keys, model id prefixes, the
+capabilities a model may claim (E2EE only for ``e2ee-*``; no web search or
+vision, which enclaved does not implement), the backend kind, the TEE mode.
+What is NOT checked here: that an upstream engine is reachable, that API-key
+environment variables are set (the backend reads them when it starts), that
+``data_dir`` is writable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
+
+#: The models of the default configuration: one SmolLM2-135M, served both
+#: ways, on the embedded llama.cpp backend.
+DEFAULT_MODEL_IDS = ("e2ee-smollm2-135m", "tee-smollm2-135m")
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MODEL_ID = re.compile(r"(tee|e2ee)-[a-z0-9][a-z0-9._-]*")
+
+#: The capability names of ``/models`` (PROTOCOL.md), as they appear on the wire.
+CAPABILITY_KEYS = (
+    "supportsE2EE",
+    "supportsTeeAttestation",
+    "supportsFunctionCalling",
+    "supportsWebSearch",
+    "supportsVision",
+    "supportsReasoning",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What ``/models`` reports for a model, and what the chat route enforces."""
+
+    supports_e2ee: bool
+    supports_tee_attestation: bool = True
+    supports_function_calling: bool = False
+    supports_web_search: bool = False
+    supports_vision: bool = False
+    supports_reasoning: bool = False
+
+    def to_wire(self) -> dict[str, bool]:
+        return {
+            "supportsE2EE": self.supports_e2ee,
+            "supportsTeeAttestation": self.supports_tee_attestation,
+            "supportsFunctionCalling": self.supports_function_calling,
+            "supportsWebSearch": self.supports_web_search,
+            "supportsVision": self.supports_vision,
+            "supportsReasoning": self.supports_reasoning,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One served model id and the engine behind it."""
+
+    id: str
+    #: ``"embedded"`` (the bundled llama.cpp model) or ``"upstream"``.
+    backend: str
+    capabilities: Capabilities
+    #: Display name (``model_spec.name``).
+    name: str
+    #: ``model_spec.privacy``: ``"private"`` for TEE models.
+    privacy: str = "private"
+    available_context_tokens: int = 8192
+    #: Upstream engine only: its OpenAI-compatible base URL (``.../v1``).
+    base_url: str | None = None
+    #: Upstream engine only: the model name the engine knows.
+    upstream_model: str | None = None
+    #: Upstream engine only: the environment variable that holds its API key.
+    api_key_env: str | None = None
+
+    @property
+    def e2ee(self) -> bool:
+        return self.capabilities.supports_e2ee
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    """Where response signatures live."""
+
+    #: ``"sqlite"`` (default; survives restarts) or ``"redis"`` (shared by replicas).
+    kind: str = "sqlite"
+    #: SQLite file; ``None`` means ``<data_dir>/signatures.db``.
+    path: Path | None = None
+    #: Redis URL (``redis://host:6379/0``), for ``kind = "redis"``.
+    url: str | None = None
+    #: How long a signature stays retrievable.
+    ttl_seconds: int = 7 * 24 * 3600
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``create_app`` and ``enclaved serve`` need. Immutable."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    models: tuple[ModelConfig, ...] = ()
+    #: The operator's system prompt (``include_venice_system_prompt``); never used under E2EE.
+    system_prompt: str | None = None
+    #: SHA-256 (lowercase hex) of each accepted API key. Empty: no key needed.
+    api_key_hashes: tuple[str, ...] = ()
+    signatures: StoreConfig = StoreConfig()
+    #: Seal every response chunk with a fresh ephemeral key instead of one per response.
+    e2ee_key_per_chunk: bool = False
+    #: Where attestation evidence comes from. Only ``"simulated"`` exists today.
+    tee: str = "simulated"
+    #: Largest accepted request body, in bytes (413 above it).
+    max_request_bytes: int = 8 * 1024 * 1024
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def default(
+        cls, *, data_dir: Path | str | None = None, env: Mapping[str, str] | None = None
+    ) -> ServerConfig:
+        """The built-in configuration: both SmolLM2 ids on the embedded backend.
+
+        ``data_dir`` defaults to ``$ENCLAVED_DATA_DIR``, else ``./data``.
+        """
+        return cls.from_dict({}, data_dir=data_dir, env=env)
+
+    @classmethod
+    def from_toml(
+        cls,
+        path: Path | str,
+        *,
+        data_dir: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ServerConfig:
+        """Load a TOML file. Relative paths inside it are relative to the file."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        return cls.from_dict(data, base_dir=path.parent, data_dir=data_dir, env=env)
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        base_dir: Path | None = None,
+        data_dir: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ServerConfig:
+        """Build from parsed TOML. ``data_dir`` (an explicit override) wins over the file."""
+        return _Loader(base_dir or Path.cwd(), os.environ if env is None else env).load(
+            data, data_dir
+        )
+
+    # -- helpers --------------------------------------------------------------
+
+    def model(self, model_id: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        return None
+
+    @property
+    def signature_db_path(self) -> Path:
+        return (
+            self.signatures.path
+            if self.signatures.path is not None
+            else self.data_dir / "signatures.db"
+        )
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _default_models() -> list[dict[str, Any]]:
+    return [
+        {"id": "e2ee-smollm2-135m", "backend": "embedded", "name": "SmolLM2 135M Instruct (E2EE)"},
+        {"id": "tee-smollm2-135m", "backend": "embedded", "name": "SmolLM2 135M Instruct"},
+    ]
+
+
+class _Loader:
+    """Walks the parsed TOML, checking each key. Every error names its key path."""
+
+    _TOP: ClassVar[frozenset[str]] = frozenset(
+        {
+            "host",
+            "port",
+            "data_dir",
+            "models",
+            "system_prompt",
+            "api_key_hashes",
+            "signatures",
+            "e2ee_key_per_chunk",
+            "tee",
+            "max_request_bytes",
+        }
+    )
+    _MODEL: ClassVar[frozenset[str]] = frozenset(
+        {
+            "id",
+            "backend",
+            "name",
+            "privacy",
+            "available_context_tokens",
+            "base_url",
+            "upstream_model",
+            "api_key_env",
+            "capabilities",
+        }
+    )
+    _STORE: ClassVar[frozenset[str]] = frozenset({"kind", "path", "url", "ttl_seconds"})
+
+    def __init__(self, base_dir: Path, env: Mapping[str, str]) -> None:
+        self.base_dir = base_dir
+        self.env = env
+
+    def load(self, data: Mapping[str, Any], data_dir_override: Path | str | None) -> ServerConfig:
+        self._unknown(data, self._TOP, "")
+        host = self._str(data, "host", "host", "127.0.0.1")
+        port = self._int(data, "port", "port", 8000, low=0, high=65535)
+        if data_dir_override is not None:
+            data_dir = Path(data_dir_override)
+        elif "data_dir" in data:
+            data_dir = self._path(self._str(data, "data_dir", "data_dir", ""))
+        else:
+            data_dir = Path(self.env.get("ENCLAVED_DATA_DIR") or "data")
+
+        raw_models = data.get("models", None)
+        if raw_models is None:
+            raw_models = _default_models()
+        if not isinstance(raw_models, list) or not raw_models:
+            raise ConfigError("models: must be a non-empty array of tables ([[models]])")
+        models = tuple(self._model(m, f"models[{i}]") for i, m in enumerate(raw_models))
+        seen: set[str] = set()
+        for m in models:
+            if m.id in seen:
+                raise ConfigError(f"models: duplicate model id {m.id!r}")
+            seen.add(m.id)
+
+        system_prompt = data.get("system_prompt")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ConfigError("system_prompt: must be a string")
+
+        hashes = data.get("api_key_hashes", [])
+        if not isinstance(hashes, list):
+            raise ConfigError("api_key_hashes: must be an array of SHA-256 hex strings")
+        for i, h in enumerate(hashes):
+            if not isinstance(h, str) or not _HEX64.fullmatch(h.lower()):
+                raise ConfigError(
+                    f"api_key_hashes[{i}]: must be the SHA-256 of a key, 64 hex characters "
+                    "(make one with `enclaved hash-key`)"
+                )
+
+        tee = self._str(data, "tee", "tee", "simulated")
+        if tee != "simulated":
+            raise ConfigError(f"tee: unknown mode {tee!r} (only 'simulated' is available)")
+
+        return ServerConfig(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            models=models,
+            system_prompt=system_prompt or None,
+            api_key_hashes=tuple(h.lower() for h in hashes),
+            signatures=self._store(data.get("signatures", {})),
+            e2ee_key_per_chunk=self._bool(data, "e2ee_key_per_chunk", "e2ee_key_per_chunk", False),
+            tee=tee,
+            max_request_bytes=self._int(
+                data, "max_request_bytes", "max_request_bytes", 8 * 1024 * 1024, low=1024
+            ),
+        )
+
+    # -- sections -------------------------------------------------------------
+
+    def _model(self, raw: Any, where: str) -> ModelConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be a table")
+        if "id" not in raw:
+            raise ConfigError(f"{where}.id: required")
+        model_id = self._str(raw, "id", f"{where}.id", "")
+        if not _MODEL_ID.fullmatch(model_id):
+            raise ConfigError(
+                f"{where}.id: {model_id!r} must start with 'tee-' or 'e2ee-' "
+                "and use only lowercase letters, digits, '.', '_' and '-'"
+            )
+        where = f"models[{model_id}]"  # errors name the model by its id from here on
+        self._unknown(raw, self._MODEL, where)
+        backend = self._str(raw, "backend", f"{where}.backend", "embedded")
+        base_url = raw.get("base_url")
+        upstream_model = raw.get("upstream_model")
+        api_key_env = raw.get("api_key_env")
+        for key, value in (
+            ("base_url", base_url),
+            ("upstream_model", upstream_model),
+            ("api_key_env", api_key_env),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{where}.{key}: must be a string")
+        if backend == "upstream":
+            if not base_url:
+                raise ConfigError(f"{where}.base_url: required for backend = 'upstream'")
+            if not base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.base_url: must be an http:// or https:// URL")
+            if not upstream_model:
+                raise ConfigError(f"{where}.upstream_model: required for backend = 'upstream'")
+        elif backend == "embedded":
+            for key, value in (
+                ("base_url", base_url),
+                ("upstream_model", upstream_model),
+                ("api_key_env", api_key_env),
+            ):
+                if value is not None:
+                    raise ConfigError(f"{where}.{key}: only for backend = 'upstream'")
+        else:
+            raise ConfigError(
+                f"{where}.backend: unknown backend {backend!r} (use 'embedded' or 'upstream')"
+            )
+
+        return ModelConfig(
+            id=model_id,
+            backend=backend,
+            capabilities=self._capabilities(
+                raw.get("capabilities", {}), model_id, f"{where}.capabilities"
+            ),
+            name=self._str(raw, "name", f"{where}.name", model_id),
+            privacy=self._str(raw, "privacy", f"{where}.privacy", "private"),
+            available_context_tokens=self._int(
+                raw, "available_context_tokens", f"{where}.available_context_tokens", 8192, low=1
+            ),
+            base_url=base_url.rstrip("/") if base_url else None,
+            upstream_model=upstream_model,
+            api_key_env=api_key_env,
+        )
+
+    def _capabilities(self, raw: Any, model_id: str, where: str) -> Capabilities:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be a table")
+        self._unknown(raw, frozenset(CAPABILITY_KEYS), where)
+        is_e2ee = model_id.startswith("e2ee-")
+        values = {k: self._bool(raw, k, f"{where}.{k}", False) for k in raw}
+        # The id prefix is the promise clients read first (PROTOCOL.md "Model ids"):
+        # capabilities may not contradict it.
+        if values.get("supportsE2EE", is_e2ee) != is_e2ee:
+            raise ConfigError(
+                f"{where}.supportsE2EE: only e2ee-* models support E2EE, "
+                "and every e2ee-* model does"
+            )
+        if values.get("supportsTeeAttestation", True) is not True:
+            raise ConfigError(
+                f"{where}.supportsTeeAttestation: every tee-*/e2ee-* model is attested"
+            )
+        for key in ("supportsWebSearch", "supportsVision"):
+            if values.get(key, False):
+                raise ConfigError(f"{where}.{key}: enclaved does not implement this capability")
+        return Capabilities(
+            supports_e2ee=is_e2ee,
+            supports_function_calling=values.get("supportsFunctionCalling", False),
+            supports_reasoning=values.get("supportsReasoning", False),
+        )
+
+    def _store(self, raw: Any) -> StoreConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError("signatures: must be a table")
+        self._unknown(raw, self._STORE, "signatures")
+        kind = self._str(raw, "kind", "signatures.kind", "sqlite")
+        path = raw.get("path")
+        url = raw.get("url")
+        if kind == "sqlite":
+            if url is not None:
+                raise ConfigError("signatures.url: only for kind = 'redis'")
+            if path is not None and not isinstance(path, str):
+                raise ConfigError("signatures.path: must be a string")
+        elif kind == "redis":
+            if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(
+                    "signatures.url: required for kind = 'redis' (redis://host:port/db)"
+                )
+            if path is not None:
+                raise ConfigError("signatures.path: only for kind = 'sqlite'")
+        else:
+            raise ConfigError(f"signatures.kind: unknown store {kind!r} (use 'sqlite' or 'redis')")
+        return StoreConfig(
+            kind=kind,
+            path=self._path(path) if path else None,
+            url=url,
+            ttl_seconds=self._int(
+                raw, "ttl_seconds", "signatures.ttl_seconds", 7 * 24 * 3600, low=1
+            ),
+        )
+
+    # -- scalars ---------------------------------------------------------------
+
+    @staticmethod
+    def _unknown(raw: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+        for key in raw:
+            if key not in allowed:
+                name = f"{where}.{key}" if where else key
+                raise ConfigError(f"{name}: unknown configuration key")
+
+    @staticmethod
+    def _str(raw: Mapping[str, Any], key: str, where: str, default: str) -> str:
+        value = raw.get(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string")
+        return value
+
+    @staticmethod
+    def _bool(raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false")
+        return value
+
+    @staticmethod
+    def _int(
+        raw: Mapping[str, Any],
+        key: str,
+        where: str,
+        default: int,
+        *,
+        low: int | None = None,
+        high: int | None = None,
+    ) -> int:
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: must be an integer")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{where}: {value} is out of range")
+        return value
+
+    def _path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p

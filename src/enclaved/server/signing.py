@@ -1,0 +1,104 @@
+"""Response signatures (PROTOCOL.md, "Response signatures").
+
+For each completion that ends cleanly the node signs::
+
+    text = sha256_hex(request body as received) + ":" + sha256_hex(response body as sent)
+
+with EIP-191 ``personal_sign`` and its node key, and stores a
+:class:`SignatureRecord` under the completion id.
+
+"As sent" is literal: :class:`ResponseHasher` is fed the very ``bytes``
+objects handed to the ASGI ``send`` (every SSE event, ciphertext included,
+through ``data: [DONE]``), and nothing re-serializes a response after
+hashing it. Transfer framing (HTTP/1.1 chunk sizes) is not part of the body
+and not hashed; enclaved adds no compression, so the body a client reads is
+the body hashed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import orjson
+
+from ..crypto import KeyPair, eip191_sign, sha256_hex
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureRecord:
+    """The ``GET /tee/signature`` document for one completion."""
+
+    text: str
+    signature: str
+    signing_address: str
+    request_id: str
+    model: str
+    signing_algo: str = "ecdsa"
+
+    def to_dict(self) -> dict[str, Any]:
+        # Field order of PROTOCOL.md.
+        return {
+            "text": self.text,
+            "signature": self.signature,
+            "signing_address": self.signing_address,
+            "signing_algo": self.signing_algo,
+            "request_id": self.request_id,
+            "model": self.model,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> SignatureRecord:
+        d = orjson.loads(data)
+        return cls(
+            text=d["text"],
+            signature=d["signature"],
+            signing_address=d["signing_address"],
+            signing_algo=d.get("signing_algo", "ecdsa"),
+            request_id=d["request_id"],
+            model=d["model"],
+        )
+
+
+class ResponseHasher:
+    """SHA-256 over the response body, fed with exactly the bytes written."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+class ResponseSigner:
+    """Signs completions with the node key. Holds no other state."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, node_key: KeyPair) -> None:
+        self._key = node_key
+
+    @property
+    def address(self) -> str:
+        return self._key.address
+
+    def sign(
+        self, *, request_id: str, model: str, request_body: bytes, response_sha256: str
+    ) -> SignatureRecord:
+        text = sha256_hex(request_body) + ":" + response_sha256
+        return SignatureRecord(
+            text=text,
+            signature=eip191_sign(self._key, text),
+            signing_address=self._key.address,
+            request_id=request_id,
+            model=model,
+        )

@@ -1,0 +1,77 @@
+"""Shared test fixtures.
+
+- ``SHARED``: the ``shared/`` folder beside the repository checkout (spec,
+  seeds, real captures), laid out the same way in CI.
+- :func:`free_port` and :func:`running_server`: serve an ASGI app with
+  uvicorn on 127.0.0.1 in a background thread, over a real socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (prefer ``running_server``,
+    which binds its own socket and so cannot race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(app: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1 (lifespan on); yield its base URL.
+
+    The socket is bound before the server starts, so the port is known and
+    cannot be taken by someone else in between. On exit the server shuts
+    down (lifespan shutdown included) and the thread is joined.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive():
+            sock.close()
+            raise RuntimeError("server failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(5)
+            sock.close()
+            raise TimeoutError("server did not start in time")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()

@@ -1,0 +1,399 @@
+"""A man in the middle between the client and a real enclaved server.
+
+The attacker is a real HTTP server on loopback (Starlette under uvicorn)
+that forwards everything to the enclaved server and rewrites what it likes.
+Each attack must be detected EVERY time, with the right error, and nothing
+the attacker produced may reach the caller as if it were fine:
+
+- non-streaming calls raise and return nothing;
+- streams raise, never end normally, and never yield a tampered delta (the
+  raw transport never yields its final ``data: [DONE]``);
+- attacks on the attestation stop the client before the prompt is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from client_server import E2EE_MODEL, FAKE_ANSWER, TEE_MODEL, RealServer, real_server
+from conftest import running_server
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import enclaved
+from enclaved.attestation import InsecurePolicyWarning
+from enclaved.client import EnclavedTransport
+from enclaved.crypto import KeyPair, eip191_sign, sha256_hex
+from enclaved.errors import DecryptionError, Error, VerificationError
+
+__all__ = ["real_server"]
+
+MESSAGES = [{"role": "user", "content": "the attacker must not read this"}]
+_DROP = ("host", "content-length", "transfer-encoding", "content-encoding", "connection")
+
+Rewrite = Callable[[bytes], bytes]
+
+
+@dataclasses.dataclass
+class Attack:
+    """What the man in the middle does. Every field is optional."""
+
+    #: Rewrites the body of a response, by route ("attestation", "chat", "signature").
+    responses: dict[str, Rewrite] = dataclasses.field(default_factory=dict)
+    #: Rewrites the chat request body (the ciphertext the client sent).
+    request_body: Rewrite | None = None
+    #: Removes these request headers from the chat request.
+    strip_request_headers: tuple[str, ...] = ()
+    #: Serve this attestation body instead of the real one (a replay).
+    replay_attestation: bytes | None = None
+    #: What went through.
+    chat_requests: int = 0
+    attestations: list[bytes] = dataclasses.field(default_factory=list)
+
+
+def _route(path: str) -> str:
+    for name in ("attestation", "signature"):
+        if path.endswith("/tee/" + name):
+            return name
+    return "chat" if path.endswith("/chat/completions") else "other"
+
+
+class Mitm:
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.attack = Attack()
+
+    def app(self) -> Starlette:
+        async def relay(request: Request) -> Response:
+            attack = self.attack
+            route = _route(request.url.path)
+            body = await request.body()
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+            if route == "chat":
+                attack.chat_requests += 1
+                if attack.request_body is not None:
+                    body = attack.request_body(body)
+                for name in attack.strip_request_headers:
+                    headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
+            if route == "attestation" and attack.replay_attestation is not None:
+                return Response(attack.replay_attestation, media_type="application/json")
+            async with httpx.AsyncClient(timeout=60) as http:
+                upstream = await http.request(
+                    request.method,
+                    self.target + request.url.path,
+                    params=request.query_params,
+                    headers=headers,
+                    content=body,
+                )
+            content = upstream.content
+            if route == "attestation":
+                attack.attestations.append(content)
+            rewrite = attack.responses.get(route)
+            if rewrite is not None and upstream.status_code == 200:
+                content = rewrite(content)
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
+            return Response(content, status_code=upstream.status_code, headers=out_headers)
+
+        return Starlette(routes=[Route("/{path:path}", relay, methods=["GET", "POST"])])
+
+
+@pytest.fixture(scope="module")
+def mitm(real_server: RealServer) -> Iterator[tuple[Mitm, str]]:
+    m = Mitm(real_server.origin)
+    with running_server(m.app()) as url:
+        yield m, url + "/v1"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_attack(mitm: tuple[Mitm, str]) -> Iterator[None]:
+    mitm[0].attack = Attack()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePolicyWarning)
+        yield
+
+
+def sdk(real_server: RealServer, url: str) -> Any:
+    return enclaved.OpenAI(base_url=url, api_key="unused", trust_root=real_server.dev_root, max_retries=0)
+
+
+def run(client: Any, *, stream: bool, model: str = E2EE_MODEL) -> tuple[list[str], BaseException | None]:
+    """Call the SDK; return the text pieces the caller was given and the error raised."""
+    pieces: list[str] = []
+    try:
+        if stream:
+            for chunk in client.chat.completions.create(model=model, messages=MESSAGES, stream=True):
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        pieces.append(choice.delta.content)
+        else:
+            reply = client.chat.completions.create(model=model, messages=MESSAGES)
+            pieces.append(reply.choices[0].message.content or "")
+    except Error as exc:
+        return pieces, exc
+    return pieces, None
+
+
+def raw_events(real_server: RealServer, url: str) -> tuple[list[bytes], BaseException | None]:
+    """The raw transport, streaming: the SSE bytes handed to the caller, and the error."""
+    got: list[bytes] = []
+    transport = EnclavedTransport(trust_root=real_server.dev_root)
+    try:
+        with httpx.Client(transport=transport) as http:
+            body = {"model": E2EE_MODEL, "messages": MESSAGES, "stream": True}
+            with http.stream("POST", url + "/chat/completions", json=body) as r:
+                for part in r.iter_bytes():
+                    got.append(part)
+    except Error as exc:
+        return got, exc
+    return got, None
+
+
+# -- the control: the man in the middle that changes nothing -------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_honest_relay_works(real_server: RealServer, mitm: tuple[Mitm, str], stream: bool) -> None:
+    pieces, error = run(sdk(real_server, mitm[1]), stream=stream)
+    assert error is None and "".join(pieces) == FAKE_ANSWER
+
+
+# -- attacks on the attestation: stopped before the prompt leaves ----------------------------
+
+
+def _json_rewrite(change: Callable[[dict[str, Any]], None]) -> Rewrite:
+    def rewrite(body: bytes) -> bytes:
+        doc = json.loads(body)
+        change(doc)
+        return json.dumps(doc).encode()
+
+    return rewrite
+
+
+ATTACKER = KeyPair.generate()
+
+
+def _swap_key(doc: dict[str, Any]) -> None:
+    doc["signing_key"] = doc["signing_public_key"] = ATTACKER.public_key_hex
+
+
+def _swap_key_and_address(doc: dict[str, Any]) -> None:
+    _swap_key(doc)
+    doc["signing_address"] = ATTACKER.address
+
+
+def _swap_key_without_04(doc: dict[str, Any]) -> None:
+    doc["signing_key"] = ATTACKER.public_key_hex[2:]
+    doc["signing_public_key"] = None
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        (_swap_key, "binding.signing_key"),
+        (_swap_key_and_address, "binding.report_data.identity"),
+        (_swap_key_without_04, "binding.signing_key"),
+    ],
+    ids=["key", "key+address", "key-128-hex"],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_swapped_model_key_is_detected(
+    real_server: RealServer, mitm: tuple[Mitm, str], change: Callable[[dict[str, Any]], None], check: str, stream: bool
+) -> None:
+    m, url = mitm
+    m.attack.responses["attestation"] = _json_rewrite(change)
+    pieces, error = run(sdk(real_server, url), stream=stream)
+    assert isinstance(error, VerificationError) and check in str(error)
+    assert pieces == [] and m.attack.chat_requests == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_replayed_attestation_is_detected(real_server: RealServer, mitm: tuple[Mitm, str], stream: bool) -> None:
+    m, url = mitm
+    assert run(sdk(real_server, url), stream=False)[1] is None  # a genuine exchange, recorded
+    old = m.attack.attestations[-1]
+    # 1. Replayed as is: the echoed nonce is not ours.
+    m.attack = Attack(replay_attestation=old)
+    pieces, error = run(sdk(real_server, url), stream=stream)
+    assert isinstance(error, VerificationError) and "report.nonce" in str(error)
+    assert pieces == [] and m.attack.chat_requests == 0
+    # 2. Replayed with the echo edited to the new nonce: the quote still binds the old one.
+    old_doc = json.loads(old)
+
+    def with_new_nonce(body: bytes) -> bytes:
+        doc = dict(old_doc)
+        fresh = json.loads(body)
+        doc["nonce"] = doc["request_nonce"] = fresh["nonce"]
+        return json.dumps(doc).encode()
+
+    m.attack = Attack()
+    m.attack.responses["attestation"] = with_new_nonce
+    pieces, error = run(sdk(real_server, url), stream=stream)
+    assert isinstance(error, VerificationError) and "binding.report_data.nonce" in str(error)
+    assert pieces == [] and m.attack.chat_requests == 0
+
+
+def test_a_flipped_quote_byte_is_detected(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+    m, url = mitm
+
+    def flip_quote(doc: dict[str, Any]) -> None:
+        q = doc["intel_quote"]
+        i = 48 * 2 + 200  # inside the TD report body (signed)
+        doc["intel_quote"] = q[:i] + ("0" if q[i] != "0" else "1") + q[i + 1 :]
+
+    m.attack.responses["attestation"] = _json_rewrite(flip_quote)
+    pieces, error = run(sdk(real_server, url), stream=False)
+    assert isinstance(error, VerificationError) and pieces == [] and m.attack.chat_requests == 0
+
+
+# -- attacks on the answer -------------------------------------------------------------------
+
+
+def _sse_rewrite(change: Callable[[int, dict[str, Any]], bool]) -> Rewrite:
+    """Apply ``change(i, chunk)`` to content chunks until it returns True (one change only)."""
+
+    def rewrite(body: bytes) -> bytes:
+        events = body.split(b"\n\n")
+        seen = 0
+        for n, event in enumerate(events):
+            if not event.startswith(b"data: {"):
+                continue
+            doc = json.loads(event[6:])
+            delta = (doc.get("choices") or [{}])[0].get("delta") or {}
+            if not delta.get("content"):
+                continue
+            if change(seen, doc):
+                events[n] = b"data: " + json.dumps(doc, separators=(",", ":")).encode()
+                break
+            seen += 1
+        return b"\n\n".join(events)
+
+    return rewrite
+
+
+def _flip_ciphertext_of_third_chunk(i: int, doc: dict[str, Any]) -> bool:
+    if i != 2:
+        return False
+    c = doc["choices"][0]["delta"]["content"]
+    k = len(c) // 2  # inside the AES-GCM ciphertext
+    doc["choices"][0]["delta"]["content"] = c[:k] + ("0" if c[k] != "0" else "1") + c[k + 1 :]
+    return True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_one_flipped_ciphertext_byte_is_detected(real_server: RealServer, mitm: tuple[Mitm, str], stream: bool) -> None:
+    m, url = mitm
+    m.attack.responses["chat"] = _sse_rewrite(_flip_ciphertext_of_third_chunk)
+    pieces, error = run(sdk(real_server, url), stream=stream)
+    assert isinstance(error, DecryptionError) and str(error) == "failed to decrypt"
+    tokens = FAKE_ANSWER.split(" ")[1:]
+    if stream:  # the two genuine deltas before it, never the tampered one
+        assert pieces == [" " + t for t in tokens[:2]]
+    else:
+        assert pieces == []
+
+
+def test_one_flipped_byte_outside_the_ciphertext_is_detected(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+    """A byte the client cannot check by decrypting still breaks the response signature."""
+    m, url = mitm
+
+    def flip_created(body: bytes) -> bytes:
+        i = body.index(b'"created":') + len(b'"created":')
+        while not body[i : i + 1].isdigit():
+            i += 1
+        digit = body[i : i + 1]
+        return body[:i] + (b"1" if digit != b"1" else b"2") + body[i + 1 :]
+
+    m.attack.responses["chat"] = flip_created
+    for stream in (False, True):
+        pieces, error = run(sdk(real_server, url), stream=stream)
+        assert isinstance(error, VerificationError) and "signature.response_sha256" in str(error)
+        if not stream:
+            assert pieces == []
+    events, error = raw_events(real_server, url)
+    assert isinstance(error, VerificationError)
+    assert not any(b"[DONE]" in e for e in events)  # the stream never ended as verified
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stripped_e2ee_headers_are_detected(real_server: RealServer, mitm: tuple[Mitm, str], stream: bool) -> None:
+    """Without the headers the server answers in plaintext: the client refuses to show it."""
+    m, url = mitm
+    m.attack.strip_request_headers = (
+        "x-venice-tee-client-pub-key",
+        "x-venice-tee-model-pub-key",
+        "x-venice-tee-signing-algo",
+    )
+    pieces, error = run(sdk(real_server, url), stream=stream)
+    assert isinstance(error, DecryptionError)
+    assert pieces == [] and m.attack.chat_requests == 1
+
+
+def test_changed_request_ciphertext_is_detected(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+    """A request altered on the way (here: a parameter) is caught by the request hash."""
+    m, url = mitm
+    m.attack.request_body = lambda body: body.replace(b'"stream":true', b'"stream":true,"seed":7', 1)
+    pieces, error = run(sdk(real_server, url), stream=False)
+    assert isinstance(error, VerificationError) and "signature.request_sha256" in str(error)
+    assert pieces == []
+
+
+def _forge_with_attacker_key(body: bytes) -> bytes:
+    doc = json.loads(body)
+    doc["signature"] = eip191_sign(ATTACKER, doc["text"])
+    doc["signing_address"] = ATTACKER.address
+    return json.dumps(doc).encode()
+
+
+def _forge_text(body: bytes) -> bytes:
+    doc = json.loads(body)
+    doc["text"] = sha256_hex(b"another request") + ":" + sha256_hex(b"another response")
+    return json.dumps(doc).encode()
+
+
+def _break_signature(body: bytes) -> bytes:
+    doc = json.loads(body)
+    sig = doc["signature"]
+    doc["signature"] = sig[:10] + ("0" if sig[10] != "0" else "1") + sig[11:]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("forge", "check"),
+    [
+        (_forge_with_attacker_key, "signature.address"),
+        (_forge_text, "signature.request_sha256"),
+        (_break_signature, "signature.address"),
+    ],
+    ids=["attacker-key", "other-text", "flipped-byte"],
+)
+@pytest.mark.parametrize("model", [E2EE_MODEL, TEE_MODEL])
+def test_forged_signature_is_detected(
+    real_server: RealServer, mitm: tuple[Mitm, str], forge: Rewrite, check: str, model: str
+) -> None:
+    m, url = mitm
+    m.attack.responses["signature"] = forge
+    for stream in (False, True):
+        pieces, error = run(sdk(real_server, url), stream=stream, model=model)
+        assert isinstance(error, VerificationError) and check in str(error), error
+        if not stream:
+            assert pieces == []
+    if model == E2EE_MODEL:
+        events, error = raw_events(real_server, url)
+        assert isinstance(error, VerificationError)
+        assert not any(b"[DONE]" in e for e in events)
+
+
+def test_missing_signature_is_detected(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+    m, url = mitm
+    m.attack.responses["signature"] = lambda body: b"{}"
+    pieces, error = run(sdk(real_server, url), stream=False)
+    assert isinstance(error, VerificationError) and "signature.document" in str(error)
+    assert pieces == []
