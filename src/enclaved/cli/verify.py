@@ -55,7 +55,8 @@ EXIT_NETWORK = 3
 EXIT_POLICY = 4
 EXIT_PARSE = 5
 
-DEFAULT_BASE_URL = "https://api.venice.ai/api/v1"
+# The same default as every other client command (chat, models, proxy...).
+from ._client_common import DEFAULT_BASE_URL  # noqa: E402
 
 
 def add_parsers(subparsers: Any) -> None:

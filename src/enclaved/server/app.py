@@ -85,30 +85,12 @@ def json_response(
 
 
 def build_backends(config: ServerConfig) -> dict[str, Backend]:
-    """The backends the configuration names. One embedded model is shared by
-    every model id that uses it (the weights are loaded once); one upstream
-    client per (base_url, upstream model)."""
-    import os
+    """The backends the configuration names (see :func:`.backends.make_backends`:
+    one embedded model shared by every id that uses it; one upstream client
+    per engine, model and key). A missing API-key variable is a ConfigError."""
+    from .backends import make_backends
 
-    backends: dict[str, Backend] = {}
-    shared: dict[tuple[str, ...], Backend] = {}
-    for m in config.models:
-        if m.backend == "embedded":
-            key: tuple[str, ...] = ("embedded",)
-            if key not in shared:
-                from .backends.embedded import EmbeddedBackend
-
-                shared[key] = EmbeddedBackend()
-        else:
-            assert m.base_url is not None and m.upstream_model is not None
-            key = ("upstream", m.base_url, m.upstream_model, m.api_key_env or "")
-            if key not in shared:
-                from .backends.upstream import UpstreamBackend
-
-                api_key = os.environ.get(m.api_key_env) if m.api_key_env else None
-                shared[key] = UpstreamBackend(m.base_url, m.upstream_model, api_key=api_key)
-        backends[m.id] = shared[key]
-    return backends
+    return make_backends(config.models)
 
 
 def build_evidence(config: ServerConfig, *, now: float | None = None) -> EvidenceSource:

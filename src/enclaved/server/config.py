@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
+from .backends.embedded import DEFAULT_CONTEXT_TOKENS as EMBEDDED_CONTEXT_TOKENS
 
 #: The models of the default configuration: one SmolLM2-135M, served both
 #: ways, on the embedded llama.cpp backend.
@@ -77,7 +78,7 @@ class ModelConfig:
     name: str
     #: ``model_spec.privacy``: ``"private"`` for TEE models.
     privacy: str = "private"
-    available_context_tokens: int = 8192
+    available_context_tokens: int = 2048
     #: Upstream engine only: its OpenAI-compatible base URL (``.../v1``).
     base_url: str | None = None
     #: Upstream engine only: the model name the engine knows.
@@ -343,7 +344,9 @@ class _Loader:
             name=self._str(raw, "name", f"{where}.name", model_id),
             privacy=self._str(raw, "privacy", f"{where}.privacy", "private"),
             available_context_tokens=self._int(
-                raw, "available_context_tokens", f"{where}.available_context_tokens", 8192, low=1
+                raw, "available_context_tokens", f"{where}.available_context_tokens",
+                EMBEDDED_CONTEXT_TOKENS if backend == "embedded" else 8192,
+                low=1,
             ),
             base_url=base_url.rstrip("/") if base_url else None,
             upstream_model=upstream_model,

@@ -65,6 +65,8 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: Completion length when the request names none (still capped by the context).
 DEFAULT_MAX_TOKENS = 512
+#: The context window the embedded model is loaded with (and advertises in /models).
+DEFAULT_CONTEXT_TOKENS = 2048
 
 # Sampling defaults where the request is silent: llama-cpp-python's chat
 # defaults, which suit small instruct models better than OpenAI's temperature 1.
@@ -237,7 +239,7 @@ class EmbeddedBackend:
         self,
         model_path: Path | None = None,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int = DEFAULT_CONTEXT_TOKENS,
         n_threads: int | None = None,
         model_name: str = "SmolLM2-135M-Instruct",
     ) -> None:
