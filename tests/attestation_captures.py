@@ -50,7 +50,7 @@ class Capture:
 
     @property
     def at(self) -> datetime:
-        return datetime.fromisoformat(self.manifest["captured_at"].replace("Z", "+00:00"))
+        return datetime.fromisoformat(self.manifest["captured_at"])
 
     @property
     def report_path(self) -> Path:

@@ -66,7 +66,7 @@ def test_venice_layout_is_address_then_zeros() -> None:
 @pytest.mark.parametrize("path", [VENICE, NEAR])
 @pytest.mark.parametrize("index", [0, 19, 20, 31])
 def test_identity_byte_flip_fails(path: Path, index: int) -> None:
-    _, report, rd, nonce = load(path)
+    _, report, rd, _ = load(path)
     bad = bytearray(rd)
     bad[index] ^= 1
     row = binding.check_report_data_identity(report, bytes(bad))
@@ -82,7 +82,7 @@ def test_nonce_byte_flip_fails(index: int) -> None:
 
 
 def test_other_nonce_fails_both_rows() -> None:
-    _, report, rd, nonce = load(VENICE)
+    _, report, rd, _ = load(VENICE)
     other = bytes(32)
     assert binding.check_report_data_nonce(report, rd, other).status is Status.FAIL
     assert binding.check_nonce_echo(report, other).status is Status.FAIL

@@ -251,3 +251,11 @@ def test_bad_toml_is_a_policy_error(text: str) -> None:
 def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError):
         Policy.from_file(tmp_path / "nope.toml")
+
+
+def test_the_policy_knows_which_tdx_rows_need_collateral() -> None:
+    # A copy, so that importing the policy does not import the tdx layer (httpx...).
+    from enclaved.attestation import policy
+    from enclaved.attestation.tdx.verify import COLLATERAL_CHECK_IDS
+
+    assert policy._COLLATERAL_IDS == COLLATERAL_CHECK_IDS

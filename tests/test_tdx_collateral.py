@@ -331,3 +331,17 @@ def test_unreadable_cache_is_ignored(tmp_path: Path) -> None:
     src = PcsCollateral(cache_dir=tmp_path, client=pcs.client(), clock=Clock(capture_now()))
     assert src.get(FMSPC, "platform").tcb_info == recorded("0002")[0]
     assert len(pcs.requests) == 4
+
+
+@pytest.mark.parametrize("levels", [5, [True], [{"tcb": []}]], ids=["not-a-list", "level", "tcb"])
+def test_malformed_tdx_module_levels_are_a_parse_error(levels: object) -> None:
+    """A TDX module identity whose ``tcbLevels`` has the wrong shape is an
+    EvidenceParseError, not a TypeError / AttributeError from inside the parser."""
+    from enclaved.attestation.tdx.collateral import TcbInfo
+
+    body = next((CAPTURES / CAPTURE_NAMES[0] / "responses").glob("0002_*.body"))
+    tcb_info = json.loads(body.read_bytes())["tcbInfo"]
+    TcbInfo.from_dict(tcb_info)  # the real one parses
+    tcb_info["tdxModuleIdentities"][0]["tcbLevels"] = levels
+    with pytest.raises(EvidenceParseError, match="tdxModuleIdentities"):
+        TcbInfo.from_dict(tcb_info)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +347,7 @@ def test_a_year_later_the_collateral_is_stale() -> None:
 
 
 def test_before_the_certificates_existed() -> None:
-    bad = failed(verify(VENICE, at=datetime(2017, 1, 1, tzinfo=timezone.utc)))
+    bad = failed(verify(VENICE, at=datetime(2017, 1, 1, tzinfo=UTC)))
     assert "tdx.pck.chain" in bad
     assert any(i.endswith(".cert_chain") for i in bad)  # GPU certificates not yet valid
 
@@ -436,11 +436,11 @@ def test_naive_clock_is_refused() -> None:
     v = Verifier(collateral=None, now=lambda: datetime(2026, 4, 24))
     with pytest.raises(ValueError):
         v.verify(report, nonce=VENICE.nonce)
-    assert datetime(2026, 4, 24, tzinfo=timezone.utc)  # the aware form is what is expected
+    assert datetime(2026, 4, 24, tzinfo=UTC)  # the aware form is what is expected
 
 
 def test_public_surface() -> None:
-    import enclaved.attestation as attestation
+    from enclaved import attestation
 
     for name in attestation.__all__:
         assert getattr(attestation, name) is not None

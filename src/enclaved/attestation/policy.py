@@ -54,7 +54,8 @@ from typing import Any, ClassVar
 
 from cryptography import x509
 
-from ..errors import PolicyError
+from ..errors import EvidenceParseError, PolicyError
+from ._x509 import DECODE_ERRORS, decoded_certificate
 from .checks import Check, Status
 
 logger = logging.getLogger("enclaved.attestation.policy")
@@ -90,8 +91,9 @@ KNOWN_TCB_STATUSES = frozenset(
 _QUOTE_ALLOWLISTS = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "mrseam": 48}
 _EVENT_ALLOWLISTS = {"compose_hash": 32, "os_image_hash": 32, "app_id": 20}
 
-#: The tdx layer's rows that need collateral (``tdx.verify.COLLATERAL_CHECK_IDS``);
-#: they are SKIPPED without it.
+#: The tdx layer's rows that need collateral; they are SKIPPED without it. A
+#: copy of ``tdx.verify.COLLATERAL_CHECK_IDS`` (importing the tdx layer here
+#: would load httpx for every policy); tests/test_policy.py keeps them equal.
 _COLLATERAL_IDS = (
     "tdx.collateral.tcb_info.signature",
     "tdx.collateral.qe_identity.signature",
@@ -115,8 +117,7 @@ def _hexset(name: str, values: Any, size: int) -> frozenset[str]:
         if not isinstance(v, str):
             raise PolicyError(f"policy {name}: expected hex strings")
         text = v.strip().lower()
-        if text.startswith("0x"):
-            text = text[2:]
+        text = text.removeprefix("0x")
         try:
             raw = bytes.fromhex(text)
         except ValueError as exc:
@@ -598,18 +599,18 @@ class Policy:
         return rows
 
 
-def _iter_roots(value: Any) -> Iterable[Any]:
-    if isinstance(value, (str, bytes)):
+def _iter_roots(value: object) -> Iterable[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise PolicyError("policy allow_development_roots: expected a list of PEM certificates")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _parse_pem_certs(pem: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
-    except (ValueError, UnicodeEncodeError) as exc:
+        return [decoded_certificate(c) for c in certs]
+    except (*DECODE_ERRORS, UnicodeEncodeError, EvidenceParseError) as exc:
         raise PolicyError("policy allow_development_roots: not a PEM certificate") from exc
-    return certs
 
 
 def _list(value: Any) -> list[Any]:
@@ -633,10 +634,10 @@ def _load_pem(value: Any, base_dir: Path | None) -> str:
 
 
 __all__ = [
-    "InsecurePolicyWarning",
     "KNOWN_TCB_STATUSES",
-    "Policy",
     "TD_ATTR_DEBUG",
     "TD_ATTR_MIGRATABLE",
     "TD_ATTR_SEPT_VE_DISABLE",
+    "InsecurePolicyWarning",
+    "Policy",
 ]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ from .policy import Policy
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class NrasCheck(Protocol):
@@ -296,7 +296,7 @@ def verify_attestation(
     clock: Callable[[], datetime]
     if isinstance(now, datetime):
         fixed = now
-        clock = lambda: fixed  # noqa: E731
+        clock = lambda: fixed
     else:
         clock = now or utcnow
     return Verifier(policy, collateral=collateral, nras=nras, now=clock).verify(report, nonce=nonce)
@@ -522,7 +522,7 @@ def _hex(value: bytes | None) -> str | None:
 
 def _iso_ms(when: datetime) -> str:
     """``2026-04-24T01:58:32.849Z``, the production service's format."""
-    utc = when.astimezone(timezone.utc)
+    utc = when.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

@@ -413,7 +413,7 @@ def _load_or_create_root(
         if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(
             loaded.curve, ec.SECP256R1
         ):
-            raise ConfigError(f"{key_path}: the development root key must be P-256")
+            raise ConfigError(f"{key_path}: the development root key must be P-256") from None
         key = loaded
     else:
         key = ec.generate_private_key(ec.SECP256R1())

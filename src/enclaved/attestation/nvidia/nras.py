@@ -65,6 +65,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ...errors import EvidenceParseError, NetworkError
+from .._x509 import DECODE_ERRORS, decoded_certificate
 from ..checks import Check
 from .parse import NvidiaPayload
 
@@ -151,10 +152,12 @@ def parse_nras_jwks(body: bytes | str | Mapping[str, Any]) -> NrasJwks:
             continue
         try:
             certificates = tuple(
-                x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
+                decoded_certificate(
+                    x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
+                )
                 for c in entry.get("x5c", [])
             )
-        except (TypeError, ValueError, binascii.Error) as exc:
+        except (*DECODE_ERRORS, binascii.Error, EvidenceParseError) as exc:
             raise EvidenceParseError(f"NRAS JWKS key {entry['kid']}: bad x5c") from exc
         keys[entry["kid"]] = NrasKey(kid=entry["kid"], key=key, certificates=certificates)
     if not keys:

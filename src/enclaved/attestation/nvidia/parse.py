@@ -64,6 +64,7 @@ from typing import Any
 from cryptography import x509
 
 from ...errors import EvidenceParseError
+from .._x509 import DECODE_ERRORS, decoded_certificate
 
 #: SPDM 1.1, the only version Hopper GPUs speak and the only one accepted.
 SPDM_VERSION_1_1 = 0x11
@@ -298,14 +299,15 @@ def _parse_entry(index: int, entry: Any) -> GpuEvidence:
 def _parse_pem_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     try:
         certificates = tuple(x509.load_pem_x509_certificates(pem))
-    except ValueError as exc:
+    except DECODE_ERRORS as exc:
         raise EvidenceParseError("certificate is not a PEM certificate chain") from exc
     if not 1 <= len(certificates) <= MAX_CHAIN_LENGTH:
         raise EvidenceParseError(
             f"certificate chain has {len(certificates)} certificates "
             f"(expected 1 to {MAX_CHAIN_LENGTH})"
         )
-    return certificates
+    # Names, extensions and keys decode lazily: decode them now, as a parse error.
+    return tuple(decoded_certificate(c) for c in certificates)
 
 
 def _parse_request(data: bytes) -> MeasurementRequest:

@@ -60,7 +60,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
-from ...errors import AttestationError
+from ...errors import AttestationError, EvidenceParseError
+from .._x509 import der_items
 from ..checks import Check
 from .parse import GpuEvidence, NvidiaPayload, parse_nvidia_payload
 
@@ -357,40 +358,18 @@ def _leaf_fwid(cert: x509.Certificate) -> bytes | None:
         if not isinstance(ext.value, x509.UnrecognizedExtension):
             continue
         try:
-            (outer,) = _der_items(ext.value.value)
+            (outer,) = der_items(ext.value.value)
             if outer[0] != 0x30:
                 continue
-            fwid_seq = _der_items(outer[1])[-1]
+            fwid_seq = der_items(outer[1])[-1]
             if fwid_seq[0] != 0x30:
                 continue
-            alg, digest = _der_items(fwid_seq[1])
-        except (ValueError, IndexError):
+            alg, digest = der_items(fwid_seq[1])
+        except (EvidenceParseError, ValueError, IndexError):  # not that shape
             continue
         if alg == (0x06, _SHA384_OID) and digest[0] == 0x04:
             return digest[1]
     return None
-
-
-def _der_items(data: bytes) -> list[tuple[int, bytes]]:
-    """Split DER into (tag, content) pairs at one level. Single-byte tags only."""
-    items = []
-    offset = 0
-    while offset < len(data):
-        if offset + 2 > len(data):
-            raise ValueError("truncated DER")
-        tag, length = data[offset], data[offset + 1]
-        offset += 2
-        if length & 0x80:
-            count = length & 0x7F
-            if count == 0 or count > 3 or offset + count > len(data):
-                raise ValueError("bad DER length")
-            length = int.from_bytes(data[offset : offset + count], "big")
-            offset += count
-        if offset + length > len(data):
-            raise ValueError("truncated DER")
-        items.append((tag, data[offset : offset + length]))
-        offset += length
-    return items
 
 
 def _aggregate(payload: NvidiaPayload, checks: Sequence[Check]) -> Check:

@@ -48,6 +48,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...errors import ConfigError, EvidenceParseError, NetworkError
+from .._x509 import DECODE_ERRORS, decoded_crl
 from .parse import Quote, load_pem_chain, pck_ca, pck_extensions
 
 __all__ = [
@@ -229,10 +230,16 @@ class TcbInfo:
             if not isinstance(m, dict):
                 raise EvidenceParseError(f"{what}: expected an object")
             levels = []
-            for lv in m.get("tcbLevels", []) if with_levels else []:
+            raw_levels = m.get("tcbLevels", []) if with_levels else []
+            if not isinstance(raw_levels, list):
+                raise EvidenceParseError(f"{what}: tcbLevels must be a list")
+            for lv in raw_levels:
+                tcb = lv.get("tcb", {}) if isinstance(lv, dict) else None
+                if not isinstance(tcb, dict):
+                    raise EvidenceParseError(f"{what}: tcb level without 'tcb'")
                 levels.append(
                     TdxModuleTcbLevel(
-                        isvsvn=_int(lv.get("tcb", {}).get("isvsvn"), f"{what} isvsvn"),
+                        isvsvn=_int(tcb.get("isvsvn"), f"{what} isvsvn"),
                         tcb_date=_str(lv.get("tcbDate", ""), f"{what} tcbDate"),
                         status=_str(lv.get("tcbStatus"), f"{what} tcbStatus"),
                         advisory_ids=_advisories(lv),
@@ -377,7 +384,7 @@ def _crl_der(value: bytes | str, what: str) -> bytes:
     if stripped.startswith(b"-----BEGIN"):
         try:
             crl = x509.load_pem_x509_crl(stripped)
-        except ValueError as exc:
+        except DECODE_ERRORS as exc:
             raise EvidenceParseError(f"{what}: malformed PEM CRL") from exc
         return crl.public_bytes(Encoding.DER)
     if stripped[:1] != b"\x30" and re.fullmatch(rb"[0-9a-fA-F]+", stripped):
@@ -393,9 +400,11 @@ def _crl_times(der: bytes) -> tuple[dt.datetime, dt.datetime | None]:
 @functools.lru_cache(maxsize=32)
 def _load_crl(der: bytes) -> x509.CertificateRevocationList:
     try:
-        return x509.load_der_x509_crl(der)
-    except ValueError as exc:
+        crl = x509.load_der_x509_crl(der)
+    except DECODE_ERRORS as exc:
         raise EvidenceParseError(f"malformed CRL: {exc}") from exc
+    # The issuer and the revoked entries decode lazily: decode them now.
+    return decoded_crl(crl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -614,7 +623,7 @@ class DirectoryCollateral:
             ):
                 try:
                     x509.load_der_x509_crl(body)
-                except ValueError:
+                except DECODE_ERRORS:
                     continue  # e.g. a certificate, not a CRL
                 self._root_crl = body
 

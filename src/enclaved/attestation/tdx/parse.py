@@ -56,6 +56,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ...errors import EvidenceParseError
+from .._x509 import DECODE_ERRORS, decoded_certificate, der_items, der_read
 
 __all__ = [
     "ATT_KEY_TYPE_ECDSA_P256",
@@ -627,9 +628,11 @@ def load_pem_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     if not blocks:
         raise EvidenceParseError("no PEM certificate found")
     try:
-        return tuple(x509.load_pem_x509_certificate(b) for b in blocks)
-    except ValueError as exc:
+        certs = tuple(x509.load_pem_x509_certificate(b) for b in blocks)
+    except DECODE_ERRORS as exc:
         raise EvidenceParseError(f"malformed certificate in PEM chain: {exc}") from exc
+    # Names, extensions and keys decode lazily: decode them now, as a parse error.
+    return tuple(decoded_certificate(c, "PEM chain") for c in certs)
 
 
 def _p256_from_raw(xy: bytes) -> ec.EllipticCurvePublicKey:
@@ -658,32 +661,7 @@ class PckExtensions:
     sgx_type: int
 
 
-def _der_read(b: bytes, pos: int) -> tuple[int, bytes, int]:
-    """One DER TLV at ``pos`` -> (tag, value, next position). Definite lengths only."""
-    if pos + 2 > len(b):
-        raise EvidenceParseError("SGX extension: truncated DER")
-    tag = b[pos]
-    length = b[pos + 1]
-    pos += 2
-    if length & 0x80:
-        n = length & 0x7F
-        if n == 0 or n > 4 or pos + n > len(b):
-            raise EvidenceParseError("SGX extension: bad DER length")
-        length = int.from_bytes(b[pos : pos + n], "big")
-        pos += n
-    end = pos + length
-    if end > len(b):
-        raise EvidenceParseError("SGX extension: DER value runs past the end")
-    return tag, b[pos:end], end
-
-
-def _der_items(b: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    pos = 0
-    while pos < len(b):
-        tag, value, pos = _der_read(b, pos)
-        out.append((tag, value))
-    return out
+_SGX = "SGX extension"  # the prefix of its DER errors
 
 
 def _der_oid(value: bytes) -> str:
@@ -704,10 +682,10 @@ def _der_oid(value: bytes) -> str:
 def _sgx_pairs(seq_value: bytes) -> dict[str, tuple[int, bytes]]:
     """SEQUENCE OF SEQUENCE { OID, value } -> {oid: (tag, value)}."""
     out: dict[str, tuple[int, bytes]] = {}
-    for tag, inner in _der_items(seq_value):
+    for tag, inner in der_items(seq_value, _SGX):
         if tag != 0x30:
             raise EvidenceParseError("SGX extension: expected SEQUENCE {OID, value}")
-        items = _der_items(inner)
+        items = der_items(inner, _SGX)
         if len(items) != 2 or items[0][0] != 0x06:
             raise EvidenceParseError("SGX extension: expected SEQUENCE {OID, value}")
         out[_der_oid(items[0][1])] = items[1]
@@ -730,7 +708,7 @@ def _der_octets(tv: tuple[int, bytes], what: str, size: int) -> bytes:
 
 @functools.lru_cache(maxsize=64)
 def _pck_extensions_der(ext_der: bytes) -> PckExtensions:
-    tag, top, _ = _der_read(ext_der, 0)
+    tag, top, _ = der_read(ext_der, 0, _SGX)
     if tag != 0x30:
         raise EvidenceParseError("SGX extension: not a SEQUENCE")
     fields = _sgx_pairs(top)
