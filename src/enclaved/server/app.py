@@ -32,12 +32,14 @@ backend between several apps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
@@ -53,7 +55,7 @@ from ..evidence.base import EvidenceSource
 from .attestation import VerifyFn, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
-from .completions import ChatCompletions
+from .completions import STORE_TIMEOUT_SECONDS, ChatCompletions
 from .config import ModelConfig, ServerConfig
 from .errors import (
     NOT_FOUND,
@@ -74,6 +76,8 @@ access_log = logging.getLogger("enclaved.access")
 PREFIXES = ("/api/v1", "/v1")
 TEE_HEADERS = {"X-Venice-TEE": "true", "X-Venice-TEE-Provider": "enclaved"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+#: Characters the access log shows as they are; the rest are percent-encoded.
+_PATH_SAFE = "/-._~:@!$&'()*+,;="
 
 
 def json_response(
@@ -193,9 +197,9 @@ def create_app(
         record = None
         if _REQUEST_ID.fullmatch(request_id):
             try:
-                record = await node.store.get(request_id)
-            except NetworkError as exc:
-                log.error("signature store unavailable: %s", exc)
+                record = await asyncio.wait_for(node.store.get(request_id), STORE_TIMEOUT_SECONDS)
+            except (NetworkError, TimeoutError) as exc:
+                log.error("signature store unavailable: %s", type(exc).__name__)
                 raise HTTPError(
                     503,
                     "Signature store unavailable, retry later",
@@ -319,7 +323,8 @@ class EnclavedApp(Starlette):
             access_log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
-                scope["path"],
+                # Decoded, the path may hold %0a: a line of the client's choosing.
+                quote(scope["path"], safe=_PATH_SAFE),
                 status,
                 (time.monotonic() - started) * 1000,
             )

@@ -5,7 +5,8 @@ an OpenAI-style error before any response byte is written):
 
 1. API key (when configured).
 2. Read the body, at most ``max_request_bytes`` (413 above it). These exact
-   bytes are what the signature's request hash covers.
+   bytes are what the signature's request hash covers. Steps 3-5 run on a
+   worker thread for a body over ``PREPARE_INLINE_BYTES``.
 3. E2EE headers: all three or none, algorithm, client key (``e2ee.parse_headers``).
 4. JSON object; ``model`` present and served (404); ``messages`` well formed;
    ``stream``, ``n``, ``venice_parameters`` and sampling parameters typed.
@@ -78,6 +79,18 @@ SSE_HEADERS = [
 ]
 DONE = b"data: [DONE]\n\n"
 
+#: Request bodies up to this size are validated and decrypted on the event
+#: loop (at most ~70 envelopes, a few milliseconds); larger ones on a thread.
+PREPARE_INLINE_BYTES = 16 * 1024
+
+#: How long a signature store may take to store or delete one record.
+STORE_TIMEOUT_SECONDS = 5.0
+
+#: The stream loop hands the event loop a turn after this many chunks (see
+#: step 7 in ``ChatCompletions._stream``): a bare ``await asyncio.sleep(0)``,
+#: a few microseconds against the ~100 us each chunk costs.
+YIELD_EVERY_CHUNKS = 8
+
 _ROLES = ("system", "user", "assistant", "tool", "developer", "function")
 
 #: Sampling parameters handed to the backend (everything else is dropped).
@@ -99,14 +112,6 @@ _PASS_PARAMS = (
     "parallel_tool_calls",
     "response_format",
 )
-
-_PART_FEATURES = {
-    "image_url": "Image input",
-    "input_image": "Image input",
-    "file": "File upload",
-    "input_file": "File upload",
-    "input_audio": "Audio input",
-}
 
 
 def new_completion_id() -> str:
@@ -249,6 +254,12 @@ def _validate_messages(messages: Any) -> list[dict[str, Any]]:
                 f"{where}.content", f"'{where}.content' is required for role '{role}'"
             )
         if isinstance(content, list):
+            if not content:
+                # No parts, hence no envelope: under E2EE it would be a
+                # plaintext message. OpenAI refuses it as well.
+                raise invalid_parameter(
+                    f"{where}.content", f"'{where}.content' must not be an empty array"
+                )
             for j, part in enumerate(content):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                     raise invalid_parameter(
@@ -297,7 +308,7 @@ def _plain_messages(
         for j, part in enumerate(content):
             kind = part["type"]
             if kind != "text":
-                feature = _PART_FEATURES.get(kind, f"Content part type {kind!r}")
+                feature = e2ee.PART_FEATURES.get(kind, f"Content part type {kind!r}")
                 raise HTTPError(
                     400,
                     f"{feature} is not supported by model {model.id}",
@@ -543,7 +554,14 @@ class ChatCompletions:
             body = await _read_body(receive, self.node.config.max_request_bytes)
             if body is None:
                 return
-            prepared = prepare(self.node, headers, body)
+            if len(body) <= PREPARE_INLINE_BYTES:
+                prepared = prepare(self.node, headers, body)
+            else:
+                # Each envelope costs an ECDH (~0.1 ms): a large request
+                # would freeze every other stream of the node while it is
+                # parsed and decrypted. ``prepare`` is pure, so a worker
+                # thread may run it.
+                prepared = await asyncio.to_thread(prepare, self.node, headers, body)
         except HTTPError as exc:
             await send_error(send, exc)
             return
@@ -582,7 +600,9 @@ class ChatCompletions:
             response_sha256=response_sha256,
         )
         try:
-            await self.node.store.put(record)
+            # Bounded: [DONE] waits for this, and a store that never answers
+            # (a black-holed Redis) must not hold every answer back.
+            await asyncio.wait_for(self.node.store.put(record), STORE_TIMEOUT_SECONDS)
         except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
             log.error("signature store failed for %s: %s", completion_id, type(exc).__name__)
             return None
@@ -591,7 +611,9 @@ class ChatCompletions:
     async def _forget(self, record: SignatureRecord | None) -> None:
         if record is not None:
             with contextlib.suppress(Exception):
-                await self.node.store.delete(record.request_id)
+                await asyncio.wait_for(
+                    self.node.store.delete(record.request_id), STORE_TIMEOUT_SECONDS
+                )
 
     @staticmethod
     async def _first(stream: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
@@ -607,10 +629,12 @@ class ChatCompletions:
         writer = ChunkWriter(
             new_completion_id(), prepared.model.id, int(node.clock()), self._sealer(prepared)
         )
-        stream = prepared.backend.stream(prepared.request)
+        stream: AsyncIterator[dict[str, Any]] | None = None
         try:
-            # 6. Failures before the first byte are real HTTP errors.
+            # 6. Failures before the first byte are real HTTP errors (a
+            # backend may raise when called, or at its first chunk).
             try:
+                stream = prepared.backend.stream(prepared.request)
                 chunk = await self._first(stream)
             except BackendError as exc:
                 log.warning("backend failed before streaming (%s): %s", exc.code, exc.message)
@@ -626,13 +650,29 @@ class ChatCompletions:
             update = hasher.update
 
             # 7. Every byte written goes through the hasher first.
+            #
+            # An engine whose output is already buffered (a fast upstream:
+            # many events per socket read) hands over chunk after chunk
+            # without this loop ever waiting, and the event loop only runs
+            # when it waits. Then a client that left is never noticed (the
+            # rest of the answer is sealed and written into a closed socket,
+            # asyncio logging a warning per write) and no other stream on the
+            # node is served meanwhile. So the loop yields every
+            # YIELD_EVERY_CHUNKS chunks, and stops once the client is gone.
             try:
+                since_yield = 0
                 while chunk is not None:
                     choices = writer.choices(chunk)
                     if choices:
                         data = writer.event(choices)
                         update(data)
                         await send({"type": "http.response.body", "body": data, "more_body": True})
+                    since_yield += 1
+                    if since_yield == YIELD_EVERY_CHUNKS:
+                        since_yield = 0
+                        await asyncio.sleep(0)
+                        if conn.disconnected:
+                            return  # nothing was delivered: no signature
                     chunk = await anext(stream, None)
             except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
                 if isinstance(exc, BackendError):
@@ -659,16 +699,18 @@ class ChatCompletions:
                     await self._forget(record)
             await send({"type": "http.response.body", "body": DONE, "more_body": False})
         finally:
-            await _aclose(stream)
+            if stream is not None:
+                await _aclose(stream)
 
     # -- non-streaming ---------------------------------------------------------------
 
     async def _complete(self, prepared: Prepared, send: Send, conn: _Connection) -> None:
         node = self.node
         writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), None)
-        stream = prepared.backend.stream(prepared.request)
+        stream: AsyncIterator[dict[str, Any]] | None = None
         collector = _Collector()
         try:
+            stream = prepared.backend.stream(prepared.request)
             async for chunk in stream:
                 collector.add(writer.choices(chunk))
         except BackendError as exc:
@@ -680,7 +722,8 @@ class ChatCompletions:
             await send_error(send, internal_error(), TEE_HEADERS)
             return
         finally:
-            await _aclose(stream)
+            if stream is not None:
+                await _aclose(stream)
 
         body = orjson.dumps(
             {

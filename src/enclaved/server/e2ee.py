@@ -136,7 +136,8 @@ def _unsupported(feature: str, param: str) -> HTTPError:
     return _error(400, f"{feature} is not supported with E2EE", "e2ee_unsupported_feature", param)
 
 
-_PART_FEATURES = {
+#: The feature a refused content part type is named by (E2EE and plaintext models alike).
+PART_FEATURES = {
     "image_url": "Image input",
     "input_image": "Image input",
     "file": "File upload",
@@ -169,7 +170,7 @@ def check_features(body: Mapping[str, Any], venice: Mapping[str, Any]) -> None:
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind == "text":
                     continue
-                feature = _PART_FEATURES.get(kind) if isinstance(kind, str) else None
+                feature = PART_FEATURES.get(kind) if isinstance(kind, str) else None
                 raise _unsupported(
                     feature or f"Content part type {kind!r}", f"messages[{i}].content[{j}]"
                 )

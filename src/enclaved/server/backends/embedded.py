@@ -419,6 +419,7 @@ class EmbeddedBackend:
         s = job.sampling
 
         # 1. Render the chat template and tokenize.
+        # validated OpenAI message dicts; llama_cpp types them as TypedDicts
         rendered = formatter(messages=job.messages)  # type: ignore[arg-type]
         prompt = llama.tokenize(
             rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
