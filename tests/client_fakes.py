@@ -68,6 +68,12 @@ class FakeNode:
         self.sign_with: KeyPair | None = None
         self.signature_404s = 0
         self.report_override: dict[str, Any] = {}
+        self.chat_status = 200  # answer chat with this HTTP status (e.g. a forged 203)
+        self.attestation_status = 200
+        self.response_headers: dict[str, str] = {}  # extra headers on the chat answer
+        self.per_chunk_keys = False  # a fresh ephemeral key per chunk (one production node)
+        self.signature_prefix: str | None = None  # sign "prefix:req:resp" (NEAR nodes: the model)
+        self.omit_ids = False  # chunks without an "id"
 
     # -- the routes -------------------------------------------------------------
 
@@ -109,7 +115,7 @@ class FakeNode:
             "event_log": [],
         }
         doc.update(self.report_override)
-        return httpx.Response(200, json=doc)
+        return httpx.Response(self.attestation_status, json=doc)
 
     def _signature(self, request: httpx.Request) -> httpx.Response:
         q = parse_qs(request.url.query.decode())
@@ -168,6 +174,8 @@ class FakeNode:
             content_type = "application/json"
         signer = self.sign_with or self.key
         text = sha256_hex(raw) + ":" + sha256_hex(out)
+        if self.signature_prefix is not None:
+            text = self.signature_prefix + ":" + text
         self.signatures[cid] = {
             "text": text,
             "signature": eip191_sign(signer, text),
@@ -178,15 +186,16 @@ class FakeNode:
         }
         if self.tamper_response is not None:
             out = self.tamper_response(out)
-        return httpx.Response(200, headers={"content-type": content_type}, content=out)
+        headers = {"content-type": content_type, **self.response_headers}
+        return httpx.Response(self.chat_status, headers=headers, content=out)
 
     def _stream_bytes(self, cid: str, model: str, client_key_hex: str | None) -> bytes:
-        sealer = Sealer(bytes.fromhex(client_key_hex)) if client_key_hex else None
+        sealer = Sealer(bytes.fromhex(client_key_hex), per_chunk=self.per_chunk_keys) if client_key_hex else None
         events = []
 
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> None:
-            doc: dict[str, Any] = {
-                "id": cid,
+            doc: dict[str, Any] = {} if self.omit_ids else {"id": cid}
+            doc |= {
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": model,

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from client_server import E2EE_MODEL, FAKE_ANSWER, TEE_MODEL, RealServer, embedded_server, real_server
+from client_server import (
+    E2EE_MODEL,
+    FAKE_ANSWER,
+    TEE_MODEL,
+    RealServer,
+    embedded_server,
+    real_server,
+)
+from conftest import running_server
 from test_client_mitm import Attack, Mitm, _forge_with_attacker_key
 
-from conftest import running_server
 from enclaved.attestation import InsecurePolicyWarning
 from enclaved.cli import main
 from enclaved.cli.chat import build_messages
@@ -170,3 +177,57 @@ def test_chat_with_the_embedded_model(tmp_path: Path, capsys: pytest.CaptureFixt
     captured = capsys.readouterr()
     assert captured.out.strip()
     assert "verified: simulated" in captured.err and "signature: ok" in captured.err
+
+
+# -- review: exit codes and help texts -----------------------------------------------------
+
+
+def test_exit_codes_match_enclaved_verify() -> None:
+    import openai
+
+    from enclaved.cli._client_common import describe_error
+    from enclaved.errors import (
+        APIError,
+        ConfigError,
+        DecryptionError,
+        EvidenceParseError,
+        NetworkError,
+        PolicyError,
+        VerificationError,
+    )
+
+    cases = [
+        (VerificationError("attestation check binding.report_data.nonce fail: x"), 2),
+        (DecryptionError(), 2),
+        (PolicyError("policy check tdx.tcb_status fail: x"), 4),
+        (EvidenceParseError("intel_quote: not valid hex"), 5),  # as `enclaved verify` / `attest`
+        (ConfigError("tools are not supported with E2EE"), 5),
+        (APIError("engine died", status=200, code="upstream_error"), 3),
+        (NetworkError("the stream ended before [DONE]"), 3),
+    ]
+    for exc, code in cases:
+        got, message = describe_error(exc)
+        assert got == code, (exc, message)
+        assert "\n" not in message
+    # openai 1.x wraps any exception its transport raises in APIConnectionError:
+    # the check that failed must still decide the exit code and be named.
+    request = httpx.Request("POST", "http://node.test/v1/chat/completions")
+    for exc, code in cases:
+        wrapped = openai.APIConnectionError(request=request)
+        wrapped.__cause__ = exc
+        got, message = describe_error(wrapped)
+        assert got == code and str(exc) in message, (exc, message)
+        assert "cannot reach" not in message
+    wrapped = openai.APIConnectionError(request=request)
+    wrapped.__cause__ = httpx.ConnectError("refused")
+    assert describe_error(wrapped)[0] == 3
+
+
+def test_trust_root_help_says_that_it_relaxes_the_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    """--trust-root alone selects the development policy: the help must not say "also trust" only."""
+    for command in ("chat", "signature", "models", "proxy"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--trust-root PEM" in text
+        assert "development policy" in text and "collateral" in text, command

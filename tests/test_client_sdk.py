@@ -17,7 +17,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from client_server import E2EE_MODEL, FAKE_ANSWER, TEE_MODEL, RealServer, embedded_server, real_server
+from client_server import (
+    E2EE_MODEL,
+    FAKE_ANSWER,
+    TEE_MODEL,
+    RealServer,
+    embedded_server,
+    real_server,
+)
 
 import enclaved
 from enclaved.attestation import InsecurePolicyWarning, Policy, Verifier

@@ -14,6 +14,7 @@ import datetime
 import gc
 import json
 import logging
+import warnings
 
 import httpx
 import openai
@@ -24,7 +25,12 @@ from conftest import SHARED
 import enclaved
 from enclaved.attestation import Policy, Verifier
 from enclaved.attestation.verifier import directory_collateral
-from enclaved.client import AsyncEnclavedTransport, EnclavedTransport, last_attestation, last_signature
+from enclaved.client import (
+    AsyncEnclavedTransport,
+    EnclavedTransport,
+    last_attestation,
+    last_signature,
+)
 from enclaved.client._attest import check_attestation
 from enclaved.crypto import KeyPair, keccak256, looks_like_envelope
 from enclaved.errors import (
@@ -111,7 +117,7 @@ def test_each_message_gets_its_own_ephemeral_key_and_each_request_its_own_sessio
     client = sync_client(node)
     for _ in range(2):
         client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
-    a, b = (s.body["messages"] for s in node.seen)
+    a, _ = (s.body["messages"] for s in node.seen)
     assert a[0]["content"][:130] != a[1]["content"][:130]  # fresh ephemeral key per message
     assert node.seen[0].headers["x-venice-tee-client-pub-key"] != node.seen[1].headers["x-venice-tee-client-pub-key"]
 
@@ -300,6 +306,7 @@ def test_response_bytes_changed_outside_the_ciphertext_break_the_signature(node:
         sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
 
 
+@pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")  # relaxed on purpose
 def test_address_only_mode_skips_the_hashes_but_not_the_signer(node: FakeNode) -> None:
     """For a gateway that rewrites bodies: the node signed bytes we never saw."""
     node.tamper_response = lambda out: out.replace(b'"created": 1', b'"created": 2', 1)
@@ -328,6 +335,7 @@ def test_signature_not_yet_stored_is_retried(node: FakeNode) -> None:
     sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
 
 
+@pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")  # relaxed on purpose
 def test_signature_missing_is_refused_unless_disabled(node: FakeNode) -> None:
     node.signature_404s = 100
     with pytest.raises(VerificationError, match="HTTP 404"):
@@ -421,7 +429,7 @@ def test_lazy_exports() -> None:
 # -- the production service's attestation (a real capture) ---------------------------------
 
 CAPTURE = SHARED / "testdata" / "captures" / "venice_e2ee-qwen3-5-122b-a10b_20260424_015841"
-CAPTURED_AT = datetime.datetime(2026, 4, 24, 1, 58, 32, tzinfo=datetime.timezone.utc)
+CAPTURED_AT = datetime.datetime(2026, 4, 24, 1, 58, 32, tzinfo=datetime.UTC)
 
 
 def _capture() -> tuple[dict[str, object], bytes]:
@@ -439,7 +447,9 @@ def _eip55(address: str) -> str:
     return "0x" + "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(address[2:].lower(), digest))
 
 
-@pytest.mark.parametrize("variant", ["as-captured", "128-hex-key-and-eip55", "event-log-as-string"])
+@pytest.mark.parametrize(
+    "variant", ["as-captured", "128-hex-key-and-eip55", "signing-public-key-only", "event-log-as-string"]
+)
 def test_production_capture_verifies_under_the_strict_policy(variant: str) -> None:
     doc, nonce = _capture()
     if variant == "128-hex-key-and-eip55":
@@ -447,6 +457,8 @@ def test_production_capture_verifies_under_the_strict_policy(variant: str) -> No
         doc["signing_public_key"] = None
         doc["signing_address"] = _eip55(str(doc["signing_address"]))
         assert doc["signing_address"] != str(doc["signing_address"]).lower()
+    elif variant == "signing-public-key-only":
+        del doc["signing_key"]
     elif variant == "event-log-as-string":
         doc["event_log"] = json.dumps(doc["event_log"])
     node = check_attestation(
@@ -537,3 +549,301 @@ def test_decoder_is_incremental_and_hashes_every_byte(node: FakeNode) -> None:
     )
     assert text == "".join(ANSWER)
     assert b"[DONE]" not in out  # the transport adds it after the signature check
+
+
+# -- review: fail-open paths, secrets, production forms ------------------------------------
+
+_FORGED = {
+    "id": "chatcmpl-forged",
+    "object": "chat.completion",
+    "created": 1,
+    "model": E2EE_MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "FORGED"}, "finish_reason": "stop"}],
+}
+
+
+def _answering(node: FakeNode, route: str, response: httpx.Response) -> object:
+    """``node``, except that ``route`` answers ``response``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(route):
+            return response
+        return node(request)
+
+    return handler
+
+
+def _both(handler: object, **kw: object) -> tuple[openai.OpenAI, openai.AsyncOpenAI]:
+    kw.setdefault("verifier", BindingVerifier())
+
+    async def no_sleep(s: float) -> None:
+        return None
+
+    sync = EnclavedTransport(httpx.MockTransport(handler), sleep=lambda s: None, **kw)  # type: ignore[arg-type]
+    async_ = AsyncEnclavedTransport(httpx.MockTransport(handler), sleep=no_sleep, **kw)  # type: ignore[arg-type]
+    return (
+        openai.OpenAI(base_url=BASE, api_key="k", http_client=httpx.Client(transport=sync), max_retries=0),
+        openai.AsyncOpenAI(base_url=BASE, api_key="k", http_client=httpx.AsyncClient(transport=async_), max_retries=0),
+    )
+
+
+def _create_both(handler: object, model: str = E2EE_MODEL, **kw: object) -> list[BaseException | str]:
+    """Run the same non-streaming call through the sync and the async client."""
+    sync, async_ = _both(handler, **kw)
+    out: list[BaseException | str] = []
+    try:
+        out.append(sync.chat.completions.create(model=model, messages=MESSAGES).choices[0].message.content or "")  # type: ignore[arg-type]
+    except (enclaved.Error, openai.OpenAIError) as exc:
+        out.append(exc)
+
+    async def main() -> BaseException | str:
+        try:
+            reply = await async_.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+            return reply.choices[0].message.content or ""
+        except (enclaved.Error, openai.OpenAIError) as exc:
+            return exc
+
+    out.append(asyncio.run(main()))
+    return out
+
+
+@pytest.mark.parametrize("status", [201, 203, 206, 299])
+@pytest.mark.parametrize("model", [E2EE_MODEL, TEE_MODEL])
+def test_a_2xx_that_is_not_200_is_never_handed_on_as_an_answer(node: FakeNode, status: int, model: str) -> None:
+    """A plaintext completion under another success status must not skip decryption and signatures."""
+    for result in _create_both(_answering(node, "/chat/completions", httpx.Response(status, json=_FORGED)), model):
+        assert isinstance(result, APIError) and f"HTTP {status}" in str(result), result
+
+
+@pytest.mark.parametrize("status", [201, 202, 204, 301, 302, 307, 308])
+def test_an_attestation_answer_that_is_neither_200_nor_an_error_is_refused(node: FakeNode, status: int) -> None:
+    """A 2xx / 3xx from the attestation route is not handed on in place of the chat answer."""
+    forged = httpx.Response(status, json=_FORGED, headers={"location": "http://node.test/elsewhere"})
+    for result in _create_both(_answering(node, "/tee/attestation", forged)):
+        assert isinstance(result, APIError) and f"HTTP {status}" in str(result), result
+    assert node.seen == []  # nothing was sent
+
+
+def test_a_redirect_is_not_followed_even_by_a_client_that_follows_redirects(node: FakeNode) -> None:
+    """Raw httpx with follow_redirects: a 307 to a plain route must not yield its body."""
+    handler = _answering(node, "/chat/completions", httpx.Response(307, headers={"location": "http://node.test/v1/models"}))
+    transport = EnclavedTransport(httpx.MockTransport(handler), verifier=BindingVerifier())  # type: ignore[arg-type]
+    with httpx.Client(transport=transport, follow_redirects=True) as http, pytest.raises(APIError, match="HTTP 307"):
+        http.post(BASE + "/chat/completions", json={"model": E2EE_MODEL, "messages": MESSAGES})
+
+
+def test_error_answers_are_still_handed_on_as_the_sdks_own_errors(node: FakeNode) -> None:
+    error = httpx.Response(429, json={"error": {"message": "slow down", "type": "rate_limit"}})
+    for result in _create_both(_answering(node, "/chat/completions", error)):
+        assert isinstance(result, openai.RateLimitError), result
+
+
+def test_spoofed_verification_headers_from_upstream_are_dropped(node: FakeNode) -> None:
+    """x-enclaved-* headers say what THIS client verified; an upstream cannot set them."""
+    node.response_headers = {"x-enclaved-signing-address": "0x" + "de" * 20, "x-enclaved-tee-hardware": "intel-tdx"}
+    transport = EnclavedTransport(httpx.MockTransport(node), verifier=BindingVerifier())
+    with httpx.Client(transport=transport) as http:
+        r = http.post(BASE + "/chat/completions", json={"model": E2EE_MODEL, "messages": MESSAGES})
+        assert r.headers.get_list("x-enclaved-signing-address") == [node.key.address]
+        assert r.headers.get_list("x-enclaved-tee-hardware") == ["simulated"]
+        # An error answer, and a request that is not verified at all, carry none.
+        node.chat_status = 500
+        r = http.post(BASE + "/chat/completions", json={"model": E2EE_MODEL, "messages": MESSAGES})
+        assert r.status_code == 500 and "x-enclaved-signing-address" not in r.headers
+        node.chat_status = 200
+        r = http.post(BASE + "/chat/completions", json={"model": PLAIN_MODEL, "messages": MESSAGES})
+        assert r.status_code == 200 and "x-enclaved-signing-address" not in r.headers
+        assert "x-enclaved-tee-hardware" not in r.headers
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_held_decryption_error_does_not_keep_the_session_key_alive(node: FakeNode, asynchronous: bool) -> None:
+    """The caller keeps the exception (logs it, stores it): its traceback must not reach the key."""
+
+    def flip(out: bytes) -> bytes:
+        events = out.split(b"\n\n")
+        doc = json.loads(events[2][6:])
+        c = doc["choices"][0]["delta"]["content"]
+        doc["choices"][0]["delta"]["content"] = c[:-1] + ("0" if c[-1] != "0" else "1")
+        events[2] = b"data: " + json.dumps(doc).encode()
+        return b"\n\n".join(events)
+
+    node.tamper_response = flip
+    made: list[KeyPair] = []
+
+    def factory() -> KeyPair:
+        made.append(KeyPair.generate())
+        return made[-1]
+
+    sync, async_ = _both(node, keypair_factory=factory)
+    held: list[BaseException] = []
+    for stream in (False, True):
+        before = _live_keypairs()
+        try:
+            if asynchronous:
+
+                async def main(stream: bool = stream) -> None:
+                    out = await async_.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
+                    if stream:
+                        [c async for c in out]
+
+                asyncio.run(main())
+            else:
+                out = sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
+                if stream:
+                    list(out)
+        except DecryptionError as exc:
+            held.append(exc)
+        made.clear()
+        assert len(held) == (2 if stream else 1)
+        assert _live_keypairs() == before, "a held exception keeps the session key alive"
+
+
+def test_per_chunk_and_per_response_ephemeral_keys_both_decrypt(node: FakeNode) -> None:
+    """The production inference nodes differ: one key per chunk, or one per response."""
+    for per_chunk in (True, False):
+        node.per_chunk_keys = per_chunk
+        for result in _create_both(node):
+            assert result == "".join(ANSWER), result
+        sync, _ = _both(node)
+        stream = sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        assert [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content] == ANSWER
+    sent = node._stream_bytes("x", E2EE_MODEL, KeyPair.generate().public_key_hex)
+    assert sent  # (the knob works: see the fake)
+
+
+@pytest.mark.parametrize("prefix", ["Qwen/Qwen3.5-122B-A10B", "e2ee-fake-1", "org:model:v2"])
+@pytest.mark.parametrize("model", [E2EE_MODEL, TEE_MODEL])
+def test_signature_text_with_the_model_prefix_is_accepted_and_hashes_still_checked(
+    node: FakeNode, prefix: str, model: str
+) -> None:
+    node.signature_prefix = prefix
+    for result in _create_both(node, model):
+        assert result == "".join(ANSWER), result
+    # The prefix form does not loosen the hash check.
+    node.tamper_response = lambda out: out.replace(b'"created": 1', b'"created": 2', 1)
+    for result in _create_both(node, model):
+        assert isinstance(result, VerificationError) and "signature.response_sha256" in str(result), result
+
+
+@pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")  # relaxed on purpose
+@pytest.mark.parametrize("stream", [False, True])
+def test_signatures_off_does_not_need_a_completion_id(node: FakeNode, stream: bool) -> None:
+    node.omit_ids = True
+    client = sync_client(node, verify_signatures=False)
+    out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
+    text = "".join(c.choices[0].delta.content or "" for c in out if c.choices) if stream else out.choices[0].message.content
+    assert text == "".join(ANSWER)
+    # ... while with signatures on, a missing id is refused.
+    with pytest.raises(VerificationError, match="completion id"):
+        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+
+
+def _forging(node: FakeNode) -> object:
+    """A man in the middle who replaces every delta with text sealed to the client's key.
+
+    Anyone can seal to the session key (it travels in a request header), so a
+    delta that decrypts proves nothing about who wrote it: only the response
+    signature does.
+    """
+    from enclaved.crypto import seal
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = node(request)
+        key = request.headers.get("x-venice-tee-client-pub-key")
+        if not request.url.path.endswith("/chat/completions") or key is None:
+            return response
+        events = response.content.split(b"\n\n")
+        for n, event in enumerate(events):
+            if event.startswith(b"data: {"):
+                doc = json.loads(event[6:])
+                for choice in doc.get("choices") or []:
+                    if choice["delta"].get("content"):
+                        choice["delta"]["content"] = seal("FORGED ", bytes.fromhex(key))
+                events[n] = b"data: " + json.dumps(doc).encode()
+        return httpx.Response(200, headers=response.headers, content=b"\n\n".join(events))
+
+    return handler
+
+
+def test_text_sealed_to_the_session_key_by_someone_else_is_caught_by_the_signature(node: FakeNode) -> None:
+    for result in _create_both(_forging(node)):
+        assert isinstance(result, VerificationError) and "signature.response_sha256" in str(result), result
+
+
+def test_relaxed_signature_checks_warn(node: FakeNode) -> None:
+    """With signatures off (or signer only) the forgery above goes through: say so."""
+    from enclaved.attestation import InsecurePolicyWarning
+
+    for mode in (False, "address"):
+        with pytest.warns(InsecurePolicyWarning, match="signature"):
+            results = _create_both(_forging(node), verify_signatures=mode)
+        assert results == ["FORGED " * len(ANSWER)] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InsecurePolicyWarning)
+        EnclavedTransport(httpx.MockTransport(node), verifier=BindingVerifier())
+
+
+def test_sync_and_async_fail_the_same_way(node: FakeNode) -> None:
+    """The twins share the judgements; this checks that they also share the I/O steps."""
+
+    def outcome(results: list[BaseException | str]) -> list[str]:
+        return [type(r).__name__ if isinstance(r, BaseException) else r for r in results]
+
+    sync, async_ = _both(node)
+    node.stale_times, node.attestations = 1, 0  # one 421: re-attested once, then fine
+    assert sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES).choices[0].message.content  # type: ignore[arg-type]
+    assert node.attestations == 2
+    node.stale_times, node.attestations = 1, 0
+    reply = asyncio.run(async_.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES))  # type: ignore[arg-type]
+    assert reply.choices[0].message.content and node.attestations == 2
+    node.stale_times = 4  # 421 twice per call: StaleAttestationError
+    assert outcome(_create_both(node)) == ["StaleAttestationError"] * 2
+    node.stale_times = 0
+    node.drop_done = True
+    assert outcome(_create_both(node)) == ["NetworkError"] * 2
+    node.drop_done = False
+    node.error_event = {"message": "engine died", "type": "server_error", "code": "upstream_error"}
+    assert outcome(_create_both(node)) == ["APIError"] * 2
+    node.error_event = None
+    node.plaintext_answer = True
+    assert outcome(_create_both(node)) == ["DecryptionError"] * 2
+    node.plaintext_answer = False
+    node.sign_with = KeyPair.generate()
+    assert outcome(_create_both(node)) == ["VerificationError"] * 2
+    node.sign_with = None
+    node.report_override = {"nonce": "33" * 32, "request_nonce": "33" * 32}
+    assert outcome(_create_both(node)) == ["VerificationError"] * 2
+
+
+@pytest.mark.parametrize("model", [E2EE_MODEL, TEE_MODEL])
+def test_other_routes_never_carry_a_private_models_prompt_in_plaintext(node: FakeNode, model: str) -> None:
+    """Only chat completions are attested and encrypted: the legacy completions route,
+    the responses API, embeddings... for an e2ee-* / tee-* model are refused, not passed."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return node(request)
+
+    sync, async_ = _both(handler)
+    calls = [
+        lambda c: c.completions.create(model=model, prompt=PROMPT),
+        lambda c: c.embeddings.create(model=model, input=PROMPT),
+        lambda c: c.responses.create(model=model, input=PROMPT),
+    ]
+    for call in calls:
+        with pytest.raises(ConfigError, match="only chat completions"):
+            call(sync)
+
+        async def main(call: object = call) -> None:
+            await call(async_)  # type: ignore[operator]
+
+        with pytest.raises(ConfigError, match="only chat completions"):
+            asyncio.run(main())
+    assert seen == []
+    # Other models, and reads, pass as before.
+    with pytest.raises(openai.NotFoundError):  # (the fake node has no /completions)
+        sync.completions.create(model=PLAIN_MODEL, prompt="public")
+    assert [r.url.path for r in seen] == ["/v1/completions"]
+    assert [m.id for m in sync.models.list()] == [E2EE_MODEL]

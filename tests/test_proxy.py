@@ -23,9 +23,9 @@ from client_server import FAKE_ANSWER, RealServer, embedded_server, real_server
 from conftest import running_server
 
 from enclaved.attestation import InsecurePolicyWarning
+from enclaved.cli import main as cli_main
 from enclaved.client import AsyncEnclavedTransport
 from enclaved.client.proxy import create_proxy_app, is_loopback_host
-from enclaved.cli import main as cli_main
 
 __all__ = ["real_server"]
 
@@ -168,14 +168,81 @@ def test_proxy_without_the_dev_root_refuses_with_a_clear_error(real_server: Real
 
 @pytest.mark.model
 def test_embedded_model_through_the_proxy(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with embedded_server(tmp_path_factory.mktemp("embedded")) as server:
-        with running_server(create_proxy_app(server.base_url, trust_root=server.dev_root)) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key="local", max_retries=0)
-            stream = client.chat.completions.create(
-                model="e2ee-smollm2-135m",
-                messages=[{"role": "user", "content": "Say hello."}],
-                max_tokens=16,
-                temperature=0,
-                stream=True,
-            )
-            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).strip()
+    with (
+        embedded_server(tmp_path_factory.mktemp("embedded")) as server,
+        running_server(create_proxy_app(server.base_url, trust_root=server.dev_root)) as url,
+    ):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="local", max_retries=0)
+        stream = client.chat.completions.create(
+            model="e2ee-smollm2-135m",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).strip()
+
+
+# -- review: who may drive the proxy -------------------------------------------------------
+
+
+def test_proxy_refuses_cross_site_requests_from_a_browser(proxy: str, node: FakeNode) -> None:
+    """A web page can POST to 127.0.0.1 (a "simple" request, no preflight): its Host is
+    loopback, so only the Origin tells it apart. It must not spend the proxy's key."""
+    body = json.dumps({"model": E2EE_MODEL, "messages": MESSAGES})
+    for origin in ("https://evil.example", "null", "http://127.0.0.1.evil.example"):
+        r = httpx.post(
+            proxy + "/v1/chat/completions", content=body, headers={"content-type": "text/plain", "origin": origin}
+        )
+        assert r.status_code == 403, origin
+        assert r.json()["error"]["code"] == "forbidden_origin"
+    assert node.seen == []
+    # A page served from this machine (a local web UI) may.
+    r = httpx.post(proxy + "/v1/chat/completions", content=body, headers={"origin": "http://localhost:3000"})
+    assert r.status_code == 200
+
+
+def test_proxy_host_check_answers_openai_errors_and_accepts_every_loopback_literal(proxy: str) -> None:
+    r = httpx.get(proxy + "/v1/models", headers={"host": "evil.example:8787"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "forbidden_host"
+    r = httpx.get(proxy + "/v1/models", headers={"host": "localhost.evil.example"})
+    assert r.status_code == 400
+    for host in ("127.0.0.2:8787", "localhost", "[::1]:8787", "127.0.0.1"):
+        assert httpx.get(proxy + "/v1/models", headers={"host": host}).status_code == 200, host
+
+
+def test_proxy_wrong_method_is_an_openai_error(proxy: str) -> None:
+    r = httpx.get(proxy + "/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.get(proxy + "/v1/embeddings")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_proxy_never_sends_the_conversation_history_in_plaintext(proxy: str, node: FakeNode) -> None:
+    """Chat apps send the whole conversation each turn. The protocol encrypts only
+    user/system contents, so earlier answers as ``assistant`` messages would leave
+    the machine in the clear: the proxy folds them into the encrypted system message."""
+    earlier = "the earlier answer canary-history-5be1"
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": earlier},
+        {"role": "user", "content": [{"type": "text", "text": "second question"}]},
+    ]
+    client = openai.OpenAI(base_url=proxy + "/v1", api_key="local", max_retries=0)
+    reply = client.chat.completions.create(model=E2EE_MODEL, messages=messages)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == "".join(ANSWER)
+    (seen,) = node.seen
+    assert earlier.encode() not in json.dumps(seen.body).encode()
+    assert [m["role"] for m in seen.body["messages"]] == ["system", "user"]
+    system, user = seen.plaintext_messages
+    assert system["content"].startswith("be brief")
+    assert "User: first question\nAssistant: " + earlier in system["content"]
+    assert user["content"] == "second question"
+    # An assistant message after the last user turn (a "prefill") cannot be folded: refused.
+    r = httpx.post(
+        proxy + "/v1/chat/completions",
+        json={"model": E2EE_MODEL, "messages": [*messages, {"role": "assistant", "content": "Sure,"}]},
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "enclaved_refused"
+    assert len(node.seen) == 1

@@ -18,7 +18,8 @@ in ``ps`` and kept in shell history.
 
 Exit codes match ``enclaved verify``: 0 ok, 2 verification failed (the
 attestation, a response signature, or decryption), 3 network or server
-error, 4 policy, 5 bad input or configuration.
+error, 4 policy, 5 parse (a malformed attestation document), bad input or
+configuration.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..errors import (
     APIError,
     ConfigError,
     CryptoError,
+    Error,
     EvidenceParseError,
     NetworkError,
     PolicyError,
@@ -66,8 +68,10 @@ def add_trust_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust-root",
         metavar="PEM",
-        help="also trust this root certificate: the development root of a SIMULATED TEE "
-        "(<data_dir>/dev-root-ca.pem). Proves nothing about hardware",
+        help="trust this root certificate too: the development root of a SIMULATED TEE "
+        "(<data_dir>/dev-root-ca.pem). Proves nothing about hardware. Without --policy it also "
+        "selects the development policy (no Intel collateral, GPU evidence or event log "
+        "required, for every node); with --policy only the root is added",
     )
     p.add_argument("--policy", metavar="TOML", help="attestation policy file (default: strict)")
 
@@ -109,7 +113,7 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
     try:
         import openai
     except ImportError:  # pragma: no cover
-        openai = None  # type: ignore[assignment]
+        openai = None  # type: ignore[assignment]  # a module, or None where it is missing
 
     if isinstance(exc, VerificationError):
         msg = f"verification failed: {exc}"
@@ -122,7 +126,7 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, PolicyError):
         return EXIT_POLICY, f"policy not satisfied: {exc}"
     if isinstance(exc, EvidenceParseError):
-        return EXIT_VERIFICATION, f"verification failed: malformed attestation: {exc}"
+        return EXIT_INPUT, f"malformed attestation: {exc}"
     if isinstance(exc, CryptoError):
         return EXIT_VERIFICATION, f"verification failed: {exc}"
     if isinstance(exc, ConfigError):
@@ -137,6 +141,9 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
             return EXIT_NETWORK, f"server answered HTTP {exc.status_code}: {_openai_message(exc)}"
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__
+            if isinstance(cause, Error):
+                # openai 1.x wraps whatever the transport raises, checks included.
+                return describe_error(cause)
             what = f"{type(cause).__name__}: {cause}" if cause else str(exc)
             return EXIT_NETWORK, f"cannot reach the server: {what}"
         if isinstance(exc, openai.APIError):
@@ -144,6 +151,18 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, httpx.HTTPError):
         return EXIT_NETWORK, f"cannot reach the server: {type(exc).__name__}: {exc}"
     raise exc
+
+
+def error_message(response: Any) -> str:
+    """The ``error.message`` of an HTTP error response, else the start of its body."""
+    try:
+        doc = response.json()
+        msg = doc.get("error", {}).get("message") if isinstance(doc, dict) else None
+        if isinstance(msg, str):
+            return msg
+    except ValueError:
+        pass
+    return str(response.text[:200])
 
 
 def _openai_message(exc: Any) -> str:

@@ -81,7 +81,7 @@ def run_chat(args: argparse.Namespace) -> int:
     model = args.model or os.environ.get("ENCLAVED_MODEL") or DEFAULT_MODEL
     try:
         client = _make_client(args)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
         return _fail(exc, err)
     session = _Session(client, model, args, out, err)
     if args.prompt is not None:
@@ -171,7 +171,7 @@ class _Session:
                             shown = True
             self.out.write("\n")
             self.out.flush()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
             if shown:
                 self.out.write("\n")
                 self.out.flush()

@@ -79,7 +79,7 @@ def run_proxy(args: argparse.Namespace) -> int:
             api_key=args.api_key or os.environ.get("ENCLAVED_API_KEY") or None,
             allow_plaintext_models=args.allow_plaintext_models,
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
         code, message = common.describe_error(exc)
         print(f"enclaved: {message}", file=err)
         return code

@@ -77,7 +77,7 @@ def run_signature(args: argparse.Namespace) -> int:
             nonce = new_nonce()
             r = http.get(base + "/tee/attestation", params={"model": args.model, "nonce": nonce.hex()})
             if r.status_code != 200:
-                print(f"enclaved: attestation: HTTP {r.status_code}: {_message(r)}", file=err)
+                print(f"enclaved: attestation: HTTP {r.status_code}: {common.error_message(r)}", file=err)
                 return common.EXIT_NETWORK
             node = check_attestation(
                 r.content, base_url=base, model=args.model, nonce=nonce, verifier=verifier, e2ee=False
@@ -86,9 +86,9 @@ def run_signature(args: argparse.Namespace) -> int:
             # 2. The signature document.
             r = http.get(base + "/tee/signature", params={"model": args.model, "request_id": args.request_id})
             if r.status_code != 200:
-                print(f"enclaved: signature: HTTP {r.status_code}: {_message(r)}", file=err)
+                print(f"enclaved: signature: HTTP {r.status_code}: {common.error_message(r)}", file=err)
                 return common.EXIT_NETWORK
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
         code, message = common.describe_error(exc)
         print(f"enclaved: {message}", file=err)
         return code
@@ -112,14 +112,3 @@ def run_signature(args: argparse.Namespace) -> int:
     if request_sha is None or response_sha is None:
         print("note: without --request and --response the hashes were not compared", file=err)
     return common.EXIT_OK
-
-
-def _message(response: Any) -> str:
-    try:
-        doc = response.json()
-        msg = doc.get("error", {}).get("message") if isinstance(doc, dict) else None
-        if isinstance(msg, str):
-            return msg
-    except ValueError:
-        pass
-    return str(response.text[:200])

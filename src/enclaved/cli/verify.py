@@ -37,7 +37,7 @@ import secrets
 import sys
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -48,15 +48,13 @@ from ..errors import (
     NetworkError,
     PolicyError,
 )
+from ._client_common import DEFAULT_BASE_URL, error_message
 
 EXIT_OK = 0
 EXIT_VERIFICATION = 2
 EXIT_NETWORK = 3
 EXIT_POLICY = 4
 EXIT_PARSE = 5
-
-# The same default as every other client command (chat, models, proxy...).
-from ._client_common import DEFAULT_BASE_URL  # noqa: E402
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -135,7 +133,7 @@ def run_verify(args: argparse.Namespace) -> int:
     try:
         policy = _load_policy(args)
         nonce = _parse_nonce(args.nonce) if args.nonce else None
-        now = _parse_time(args.at) if args.at else datetime.now(timezone.utc)
+        now = _parse_time(args.at) if args.at else datetime.now(UTC)
         raw = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
         if nonce is None:
             policy = dataclasses.replace(policy, allow_missing_nonce=True)
@@ -177,7 +175,7 @@ def new_nonce() -> bytes:
 
 
 def clock() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 #: Builds the HTTP client for ``attest`` (tests pass an ``httpx.MockTransport``).
@@ -226,7 +224,7 @@ def _parse_time(text: str) -> datetime:
     except ValueError as exc:
         raise _fail(EXIT_PARSE, f"--at: not an ISO 8601 time: {text!r}") from exc
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when
 
 
@@ -300,20 +298,9 @@ def _fetch_report(
     except httpx.HTTPError as exc:
         raise _fail(EXIT_NETWORK, f"cannot reach {url}: {type(exc).__name__}: {exc}") from exc
     if response.status_code >= 400:
-        message = _error_message(response)
+        message = error_message(response)
         raise _fail(EXIT_NETWORK, f"{url} answered HTTP {response.status_code}: {message}")
     return bytes(response.content)
-
-
-def _error_message(response: Any) -> str:
-    try:
-        doc = response.json()
-        msg = doc.get("error", {}).get("message") if isinstance(doc, dict) else None
-        if isinstance(msg, str):
-            return msg
-    except ValueError:
-        pass
-    return str(response.text[:200])
 
 
 def _verify_and_print(

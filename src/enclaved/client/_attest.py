@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from ..attestation.checks import Check, Verdict
-from ..errors import InvalidKeyError
+from ..errors import ConfigError, InvalidKeyError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..attestation.document import AttestationReport
@@ -211,7 +211,7 @@ class AttestationCache:
 
     def __init__(self, ttl: float = 300.0, *, clock: Callable[[], float]) -> None:
         if ttl < 0:
-            raise ValueError("attestation_ttl must be >= 0")
+            raise ConfigError("attestation_ttl must be >= 0")
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()

@@ -24,7 +24,12 @@ Refused under E2EE, before anything is sent (:class:`~enclaved.errors.ConfigErro
 messages the protocol has no encryption for (``tool`` and ``function``
 roles, image/audio/file parts), ``tools`` / ``functions``, and
 a request that already carries E2EE headers. Assistant history is sent as
-the caller gave it: the protocol encrypts only user and system content.
+the caller gave it: the protocol encrypts only user and system content -
+except with ``require_e2ee`` (the local proxy, whose callers are chat apps
+that resend the whole conversation every turn): then the earlier turns are
+folded into the encrypted system message (:func:`fold_history`), as
+``enclaved chat`` does, so that no earlier answer leaves the machine in the
+clear.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class ChatPlan:
     #: The caller's request (plaintext). Kept only for the request's lifetime.
     original: httpx.Request = dataclasses.field(repr=False)
     body: dict[str, Any] = dataclasses.field(repr=False)
+    #: Fold assistant history into the encrypted system message (:func:`fold_history`).
+    fold_history: bool = False
 
     @property
     def cache_key(self) -> str:
@@ -96,11 +103,17 @@ class ChatPlan:
 def plan_request(request: httpx.Request, *, require_e2ee: bool = False) -> ChatPlan | None:
     """A :class:`ChatPlan` for a TEE / E2EE chat request; ``None`` to pass it through.
 
+    A POST with a JSON body naming a TEE / E2EE model on any *other* route
+    raises :class:`ConfigError`: nothing there is attested or encrypted.
+
     With ``require_e2ee`` a chat request for any other model raises
     :class:`ConfigError` instead of being passed through (the local proxy:
     plaintext must not leave the machine).
     """
-    if request.method != "POST" or not request.url.path.rstrip("/").endswith(CHAT_PATH):
+    if request.method != "POST":
+        return None
+    if not request.url.path.rstrip("/").endswith(CHAT_PATH):
+        _refuse_other_routes(request)
         return None
     content = request.read()
     try:
@@ -128,7 +141,29 @@ def plan_request(request: httpx.Request, *, require_e2ee: bool = False) -> ChatP
         wants_stream=body.get("stream") is True,
         original=request,
         body=body,
+        fold_history=require_e2ee,
     )
+
+
+def _refuse_other_routes(request: httpx.Request) -> None:
+    """A prompt for a TEE / E2EE model on another route (legacy completions,
+    responses, embeddings...) would go out unattested and in plaintext: refuse it.
+
+    Only JSON bodies are looked at; the protocol has nothing but chat for
+    these models.
+    """
+    if "json" not in request.headers.get("content-type", ""):
+        return
+    try:
+        body = json.loads(request.read())
+    except ValueError:
+        return
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(model, str) and model.startswith((E2EE_PREFIX, TEE_PREFIX)):
+        raise ConfigError(
+            f"{request.url.path}: only chat completions are attested and encrypted by enclaved; "
+            f"refusing to send a request for {model!r} there unverified and in plaintext"
+        )
 
 
 def _side_headers(original: httpx.Request) -> dict[str, str]:
@@ -186,7 +221,10 @@ class Exchange:
                     raise ConfigError(f"{name} are not supported with E2EE")
             # 2-3. Seal the prompt; stream underneath.
             body = dict(plan.body)
-            body["messages"] = seal_messages(plan.body.get("messages"), node.signing_key)
+            messages = plan.body.get("messages")
+            if plan.fold_history:
+                messages = fold_history(messages)
+            body["messages"] = seal_messages(messages, node.signing_key)
             body["stream"] = True
             # 1. The session key: in memory, for this request only.
             self._keypair = keypair_factory()
@@ -249,6 +287,66 @@ def seal_messages(messages: Any, model_key: bytes) -> list[Any]:
     return out
 
 
+def fold_history(messages: Any) -> Any:
+    """The messages with every earlier turn moved into one system message.
+
+    ``[system, user, assistant, ..., user]`` becomes ``[system, user]``: the
+    system message holds the original system text, then "The conversation
+    so far:" and one ``User: ...`` / ``Assistant: ...`` line per earlier
+    message (the format of ``enclaved chat``); the last user message and
+    what follows it stay as they are. Both are encrypted, so no earlier
+    answer is sent in plaintext. Messages without assistant content are
+    returned unchanged. An assistant message after the last user message
+    (a "prefill") cannot be folded and raises :class:`ConfigError`.
+    """
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return messages  # seal_messages says what is wrong
+    if not any(m.get("role") == "assistant" and m.get("content") for m in messages):
+        return messages
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    cut = users[-1] if users else len(messages)
+    head, tail = messages[:cut], messages[cut:]
+    if any(m.get("role") == "assistant" and m.get("content") for m in tail):
+        raise ConfigError(
+            "an assistant message after the last user message cannot be encrypted (E2EE encrypts "
+            "only user and system content)"
+        )
+    system: list[str] = []
+    transcript: list[str] = []
+    for message in head:
+        role = message.get("role")
+        if role in _UNENCRYPTABLE_ROLES or message.get("tool_calls") or message.get("function_call"):
+            raise ConfigError(f"messages with role {role!r} or tool calls are not supported with E2EE")
+        text = _text_of(message.get("content"))
+        if role in ("system", "developer"):
+            system.append(text)
+        elif role == "user":
+            transcript.append(f"User: {text}")
+        elif role == "assistant":
+            transcript.append(f"Assistant: {text}")
+        else:
+            raise ConfigError(f"messages with role {role!r} are not supported with E2EE")
+    if transcript:
+        system.append("The conversation so far:\n" + "\n".join(transcript))
+    return [{"role": "system", "content": "\n\n".join(system)}, *tail]
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: the string, or its text parts joined."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ConfigError(f"{kind} content parts are not supported with E2EE")
+        return "\n".join(texts)
+    raise ConfigError("message content must be a string or a list of text parts")
+
+
 def _seal_content(content: Any, model_key: bytes) -> Any:
     if isinstance(content, str):
         return seal(content, model_key)
@@ -277,6 +375,7 @@ __all__ = [
     "TEE_PREFIX",
     "ChatPlan",
     "Exchange",
+    "fold_history",
     "is_stale",
     "plan_request",
     "seal_messages",

@@ -89,8 +89,7 @@ def _parse_block(block: bytes) -> SSEEvent | None:
         if not line or line.startswith(":"):
             continue
         field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
+        value = value.removeprefix(" ")
         if field == "data":
             data.append(value)
         elif field == "event":

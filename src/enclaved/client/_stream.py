@@ -141,6 +141,23 @@ class ResponseDecoder:
             data = event.data  # untouched: nothing was decrypted
         return b"".join(b"data: " + line.encode("utf-8") + b"\n" for line in data.split("\n")) + b"\n"
 
+    def _open(self, envelope: str) -> str:
+        """Decrypt one field; on failure raise a DecryptionError that holds no key.
+
+        The opener's own error carries a traceback through
+        :meth:`Opener.open`, whose frame holds the opener - and so the
+        session key - and the derived AES key. A caller that keeps the
+        exception (logs it, stores it) would keep the key alive after the
+        response is over. So the error is replaced by a fresh one, raised
+        outside the ``except`` block: no ``__context__``, no opener frame.
+        """
+        assert self._opener is not None
+        try:
+            return self._opener.open_text(envelope)
+        except DecryptionError:
+            pass  # dropped here, with its traceback
+        raise DecryptionError()
+
     def _decrypt_chunk(self, chunk: dict[str, Any]) -> None:
         choices = chunk.get("choices")
         if choices is None:
@@ -167,7 +184,7 @@ class ResponseDecoder:
                     if not isinstance(value, str) or not looks_like_envelope(value):
                         raise DecryptionError()  # plaintext where ciphertext is expected
                     assert self._opener is not None
-                    delta[key] = self._opener.open_text(value)
+                    delta[key] = self._open(value)
                 elif key == "role":
                     continue
                 elif not _empty(value):

@@ -11,7 +11,10 @@ Plaintext in, E2EE out. The proxy listens on loopback only and forwards
 - ``POST /v1/chat/completions`` through :class:`AsyncEnclavedTransport`:
   the node is attested, the prompt sealed, the answer decrypted and its
   signature checked, streaming preserved (each event is passed on as it is
-  decrypted).
+  decrypted). Chat apps resend the whole conversation every turn; the
+  protocol encrypts only user and system contents, so earlier ``assistant``
+  answers are folded into the encrypted system message rather than sent in
+  the clear (:func:`enclaved.client._exchange.fold_history`).
 
 The same routes are served under ``/api/v1``.
 
@@ -19,11 +22,17 @@ What it refuses:
 
 - chat for a model that is not ``e2ee-*`` (the prompt would leave the
   machine in plaintext), unless started with ``allow_plaintext_models``;
-- requests whose ``Host`` is not a loopback name (DNS rebinding: a web page
-  must not be able to read answers through a name that resolves here).
+- requests whose ``Host`` is not a loopback name or address (DNS
+  rebinding: a web page must not be able to read answers through a name
+  that resolves here);
+- requests with an ``Origin`` that is not on this machine (a web page can
+  send a "simple" cross-site POST to ``127.0.0.1`` without any preflight:
+  it could not read the answer, but it would spend the proxy's API key).
+  Apps that are not browsers send no ``Origin`` and are not affected.
 
 Errors are OpenAI-style JSON (``{"error": {"message", "type", "param",
-"code"}}``): 400 for requests enclaved will not send, 502 when the node
+"code"}}``): 400 for requests enclaved will not send (and a foreign
+``Host``), 403 for a foreign ``Origin``, 502 when the node
 fails verification or decryption or cannot be reached. A failure after the
 stream has started is sent as a ``data: {"error": ...}`` event, and the
 stream then ends *without* ``data: [DONE]``: from this proxy, ``[DONE]``
@@ -41,11 +50,13 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import (
     APIError,
@@ -163,6 +174,9 @@ def create_proxy_app(
         if "text/event-stream" not in resp.headers.get("content-type", ""):
             try:
                 content = await resp.aread()
+            except (Error, httpx.HTTPError) as exc:
+                logger.info("proxy: reading the answer failed: %s", type(exc).__name__)
+                return _json(*error_for(exc))
             finally:
                 await resp.aclose()
             return Response(content, status_code=resp.status_code, headers=passed(resp))
@@ -179,8 +193,13 @@ def create_proxy_app(
         finally:
             await resp.aclose()
 
-    async def not_found(request: Request) -> Response:
+    async def not_found(request: Request, exc: Exception) -> Response:
         return _json(404, error_document("not found", type="invalid_request_error", code="not_found"))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal proxy error"
+        return _json(status, error_document(str(detail), type="invalid_request_error", code=None))
 
     routes = []
     for prefix in PREFIXES:
@@ -199,17 +218,76 @@ def create_proxy_app(
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))],
-        exception_handlers={404: not_found},  # type: ignore[dict-item]
+        middleware=[Middleware(LoopbackOnly)],
+        exception_handlers={404: not_found, HTTPException: http_error},
         lifespan=lifespan,
     )
+
+
+class LoopbackOnly:
+    """ASGI middleware: only this machine's own callers, by ``Host`` and ``Origin``.
+
+    1. ``Host`` must be ``localhost`` or a loopback IP literal (any port). A
+       DNS-rebinding page reaches us under *its* name, so its ``Host`` is
+       that name.
+    2. ``Origin``, when present (browsers send it on cross-origin POSTs and
+       on fetches), must be an ``http(s)`` URL whose host is loopback too;
+       ``Origin: null`` (sandboxed frames, ``file:``) is refused.
+
+    Refusals are OpenAI-style JSON: 400 ``forbidden_host``, 403 ``forbidden_origin``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if not is_loopback_host(_host_only(headers.get("host", ""))):
+            doc = error_document(
+                "the proxy answers loopback names only (Host)", type="invalid_request_error", code="forbidden_host"
+            )
+            await _json(400, doc)(scope, receive, send)
+            return
+        origin = headers.get("origin")
+        if origin is not None and not _is_local_origin(origin):
+            doc = error_document(
+                "requests from web pages of other sites are refused (Origin)",
+                type="invalid_request_error",
+                code="forbidden_origin",
+            )
+            await _json(403, doc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_only(host: str) -> str:
+    """``[::1]:8787`` -> ``::1``; ``127.0.0.1:8787`` -> ``127.0.0.1``; ``localhost`` as is."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_local_origin(origin: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip())
+        hostname = parts.hostname
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and hostname is not None and is_loopback_host(hostname)
 
 
 def is_loopback_host(host: str) -> bool:
     """Whether ``--host`` names a loopback address (the only kind the proxy binds)."""
     import ipaddress
 
-    if host in ("localhost",):
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -217,4 +295,4 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-__all__ = ["LOOPBACK_NAMES", "create_proxy_app", "error_for", "is_loopback_host"]
+__all__ = ["LOOPBACK_NAMES", "LoopbackOnly", "create_proxy_app", "error_for", "is_loopback_host"]

@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
-from .transport import DEFAULT_ATTESTATION_TTL, AsyncEnclavedTransport, EnclavedTransport, SignatureMode
+from .transport import (
+    DEFAULT_ATTESTATION_TTL,
+    AsyncEnclavedTransport,
+    EnclavedTransport,
+    SignatureMode,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import openai

@@ -3,7 +3,8 @@
 :class:`EnclavedTransport` (sync) and :class:`AsyncEnclavedTransport`
 (async) wrap a real httpx transport. Every request passes through
 unchanged except ``POST .../chat/completions`` for a ``tee-*`` or
-``e2ee-*`` model, which goes like this:
+``e2ee-*`` model, which goes like this (a JSON POST naming such a model
+on any other route is refused: nothing there would be checked):
 
 1. **Attest** the node: ``GET {base}/tee/attestation?model=M&nonce=N`` with
    a fresh 32-byte nonce, verified under the client's policy
@@ -18,8 +19,13 @@ unchanged except ``POST .../chat/completions`` for a ``tee-*`` or
    the cached attestation is dropped and steps 1-3 run once more (a new
    nonce, a new session key, the prompt sealed again to the new key). A
    second stale answer raises :class:`~enclaved.errors.StaleAttestationError`.
-   Other error answers are handed to the caller as they are (the OpenAI
-   SDK raises its usual errors for them).
+   Other error answers (HTTP 4xx / 5xx) are handed to the caller as they
+   are (the OpenAI SDK raises its usual errors for them). Any other status
+   but 200 - another 2xx, a redirect - raises
+   :class:`~enclaved.errors.APIError` (code ``unexpected_status``), from the
+   chat route and from the attestation route alike: handing it on would
+   let a ``203`` carrying a plaintext completion, or a redirect followed
+   to a route that is not checked, skip every step below.
 4. **Decrypt** the stream event by event as it arrives, failing closed
    (:mod:`._stream`): a delta that is not an envelope to our key raises
    :class:`~enclaved.errors.DecryptionError`, an ``error`` event raises
@@ -53,6 +59,10 @@ exceptions that are not transport errors). Transport errors of the wrapped
 transport (connection refused, timeouts) propagate unchanged, so the SDK
 retries them as usual.
 
+The ``x-enclaved-*`` response headers are set by this transport only:
+the same names coming from upstream are removed from every response,
+verified or not.
+
 Nothing here logs prompts, answers or keys; debug logs name models,
 addresses and outcomes only (logger ``enclaved.client``).
 """
@@ -65,6 +75,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -72,7 +83,7 @@ from typing import Any, Literal
 import httpx
 
 from ..crypto import KeyPair, sha256_hex
-from ..errors import ConfigError, StaleAttestationError, VerificationError
+from ..errors import APIError, ConfigError, StaleAttestationError, VerificationError
 from ._attest import AttestationCache, AttestedNode, VerifierLike, check_attestation, new_nonce
 from ._exchange import ChatPlan, Exchange, is_stale, plan_request
 from ._signature import SignatureCheck, check_signature_document, raise_for_signature
@@ -97,6 +108,8 @@ HEADER_HARDWARE = "x-enclaved-tee-hardware"
 HEADER_ADDRESS = "x-enclaved-signing-address"
 
 _HOP_HEADERS = ("content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive")
+#: Headers only this transport may set (an upstream's copies are dropped).
+_OWN_HEADERS = (HEADER_HARDWARE, HEADER_ADDRESS)
 
 
 def load_trust_root(trust_root: str | os.PathLike[str]) -> str:
@@ -176,6 +189,7 @@ class _Engine:
         if verify_signatures not in (True, False, "address"):
             raise ConfigError("verify_signatures must be True, False or 'address'")
         self.verify_signatures = verify_signatures
+        _warn_signature_mode(verify_signatures)
         self.require_e2ee = require_e2ee
         self.clock = clock
         self.random = random
@@ -255,7 +269,7 @@ class _Engine:
         raise VerificationError("the response carries no completion id: its signature cannot be fetched")
 
     def response_headers(self, exchange: Exchange, upstream: httpx.Response, content_type: str) -> list[tuple[str, str]]:
-        headers = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _HOP_HEADERS]
+        headers = _upstream_headers(upstream)
         headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
         headers.append(("content-type", content_type))
         headers.append((HEADER_HARDWARE, exchange.node.tee_hardware or "unknown"))
@@ -263,10 +277,58 @@ class _Engine:
         return headers
 
 
-def _plain_response(upstream: httpx.Response, body: bytes) -> httpx.Response:
-    """An error answer handed on as it is (already read, decoded)."""
-    headers = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _HOP_HEADERS]
-    return httpx.Response(upstream.status_code, headers=headers, content=body, extensions=upstream.extensions)
+def _warn_signature_mode(mode: SignatureMode) -> None:
+    """A relaxed signature check is a relaxation like any policy one: say so (log and warning).
+
+    Decrypting proves nothing about who wrote a delta - anyone can seal to
+    the session key, which travels in a request header - so without the
+    full signature check a man in the middle can replace the answer.
+    """
+    if mode is True:
+        return
+    from ..attestation.policy import InsecurePolicyWarning
+
+    what = (
+        "response signatures are NOT checked"
+        if mode is False
+        else "response signatures: only the signer is checked, not the hashes of the bytes exchanged"
+    )
+    text = f"INSECURE client setting: {what} - a man in the middle can replace the answer"
+    logger.warning(text)
+    warnings.warn(text, InsecurePolicyWarning, stacklevel=4)
+
+
+def _upstream_headers(upstream: httpx.Response) -> list[tuple[str, str]]:
+    """The upstream's headers minus hop-by-hop ones and minus ours (it may not set those)."""
+    drop = (*_HOP_HEADERS, *_OWN_HEADERS)
+    return [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in drop]
+
+
+def _error_response(upstream: httpx.Response, body: bytes, *, what: str) -> httpx.Response:
+    """An error answer (HTTP 4xx / 5xx) handed on as it is (already read, decoded).
+
+    Any other status but 200 raises: a success status other than 200 (a
+    ``203`` with a plaintext completion) or a redirect (followed by a client
+    with ``follow_redirects=True`` to a route nothing checks) would
+    otherwise reach the caller as an answer that skipped attestation,
+    decryption and the signature check.
+    """
+    status = upstream.status_code
+    if not 400 <= status < 600:
+        raise APIError(
+            f"{what}: the server answered HTTP {status}, which is neither 200 nor an error: refused",
+            status=status,
+            code="unexpected_status",
+        )
+    return httpx.Response(status, headers=_upstream_headers(upstream), content=body, extensions=upstream.extensions)
+
+
+def _passed_through(response: httpx.Response) -> httpx.Response:
+    """A response to a request this transport does not check: as it is, minus our headers."""
+    for name in _OWN_HEADERS:
+        if name in response.headers:
+            del response.headers[name]
+    return response
 
 
 def _stale_error(status: int, body: bytes) -> StaleAttestationError:
@@ -341,7 +403,7 @@ class EnclavedTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         plan = self._engine.plan(request)
         if plan is None:
-            return self._inner.handle_request(request)
+            return _passed_through(self._inner.handle_request(request))
         for attempt in range(2):
             node = self._engine.cached(plan) if attempt == 0 else None
             if node is None:
@@ -360,7 +422,7 @@ class EnclavedTransport(httpx.BaseTransport):
                             self._engine.stale(exchange)
                             continue
                         raise _stale_error(upstream.status_code, body)
-                    return _plain_response(upstream, body)
+                    return _error_response(upstream, body, what="chat completion")
                 return self._respond(exchange, upstream)
             except BaseException:
                 exchange.close()
@@ -372,7 +434,7 @@ class EnclavedTransport(httpx.BaseTransport):
         upstream = self._inner.handle_request(plan.attestation_request(nonce))
         body = _read(upstream)
         if upstream.status_code != 200:
-            return _plain_response(upstream, body)
+            return _error_response(upstream, body, what="attestation")
         return self._engine.judge_attestation(plan, nonce, body)
 
     def _respond(self, exchange: Exchange, upstream: httpx.Response) -> httpx.Response:
@@ -381,7 +443,7 @@ class EnclavedTransport(httpx.BaseTransport):
         if decoder is None:
             # A non-streaming TEE answer: read it whole, check it, hand it on.
             body = _read(upstream)
-            self._check_signature(exchange, engine.completion_id(exchange, body), sha256_hex(body))
+            self._check_signature(exchange, body, sha256_hex(body))
             exchange.close()
             return httpx.Response(
                 200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
@@ -400,16 +462,22 @@ class EnclavedTransport(httpx.BaseTransport):
             decoder.finish()
         finally:
             upstream.close()
-        self._check_signature(exchange, engine.completion_id(exchange, None), decoder.response_sha256)
+        self._check_signature(exchange, None, decoder.response_sha256)
         body = decoder.completion_body()
         exchange.close()
         return httpx.Response(
             200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
         )
 
-    def _check_signature(self, exchange: Exchange, request_id: str, response_sha256: str) -> None:
+    def _check_signature(self, exchange: Exchange, answer: bytes | None, response_sha256: str) -> None:
+        """Step 5; ``answer`` is the whole JSON answer of a non-streaming TEE call, else ``None``.
+
+        The completion id is looked up only here: with signatures off, an
+        answer without ids is fine.
+        """
         if not self._engine.verify_signatures:
             return
+        request_id = self._engine.completion_id(exchange, answer)
         request = exchange.plan.signature_request(request_id)
         for attempt in range(self._engine.signature_attempts):
             upstream = self._inner.handle_request(request)
@@ -460,9 +528,8 @@ class _SyncStream(httpx.SyncByteStream):
             if tail:
                 yield tail
             self._upstream.close()
-            request_id = self._transport._engine.completion_id(exchange, None)
             exchange.close()  # the key is not needed to check a signature
-            self._transport._check_signature(exchange, request_id, decoder.response_sha256)
+            self._transport._check_signature(exchange, None, decoder.response_sha256)
             yield DONE_EVENT  # only now: the caller's [DONE] means "verified"
         finally:
             self.close()
@@ -535,7 +602,7 @@ class AsyncEnclavedTransport(httpx.AsyncBaseTransport):
             await request.aread()
         plan = self._engine.plan(request)
         if plan is None:
-            return await self._inner.handle_async_request(request)
+            return _passed_through(await self._inner.handle_async_request(request))
         for attempt in range(2):
             node = self._engine.cached(plan) if attempt == 0 else None
             if node is None:
@@ -554,7 +621,7 @@ class AsyncEnclavedTransport(httpx.AsyncBaseTransport):
                             self._engine.stale(exchange)
                             continue
                         raise _stale_error(upstream.status_code, body)
-                    return _plain_response(upstream, body)
+                    return _error_response(upstream, body, what="chat completion")
                 return await self._respond(exchange, upstream)
             except BaseException:
                 exchange.close()
@@ -566,7 +633,7 @@ class AsyncEnclavedTransport(httpx.AsyncBaseTransport):
         upstream = await self._inner.handle_async_request(plan.attestation_request(nonce))
         body = await _aread(upstream)
         if upstream.status_code != 200:
-            return _plain_response(upstream, body)
+            return _error_response(upstream, body, what="attestation")
         return self._engine.judge_attestation(plan, nonce, body)
 
     async def _respond(self, exchange: Exchange, upstream: httpx.Response) -> httpx.Response:
@@ -574,7 +641,7 @@ class AsyncEnclavedTransport(httpx.AsyncBaseTransport):
         decoder = exchange.decoder
         if decoder is None:
             body = await _aread(upstream)
-            await self._check_signature(exchange, engine.completion_id(exchange, body), sha256_hex(body))
+            await self._check_signature(exchange, body, sha256_hex(body))
             exchange.close()
             return httpx.Response(
                 200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
@@ -592,16 +659,17 @@ class AsyncEnclavedTransport(httpx.AsyncBaseTransport):
             decoder.finish()
         finally:
             await upstream.aclose()
-        await self._check_signature(exchange, engine.completion_id(exchange, None), decoder.response_sha256)
+        await self._check_signature(exchange, None, decoder.response_sha256)
         body = decoder.completion_body()
         exchange.close()
         return httpx.Response(
             200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
         )
 
-    async def _check_signature(self, exchange: Exchange, request_id: str, response_sha256: str) -> None:
+    async def _check_signature(self, exchange: Exchange, answer: bytes | None, response_sha256: str) -> None:
         if not self._engine.verify_signatures:
             return
+        request_id = self._engine.completion_id(exchange, answer)
         request = exchange.plan.signature_request(request_id)
         for attempt in range(self._engine.signature_attempts):
             upstream = await self._inner.handle_async_request(request)
@@ -651,9 +719,8 @@ class _AsyncStream(httpx.AsyncByteStream):
             if tail:
                 yield tail
             await self._upstream.aclose()
-            request_id = self._transport._engine.completion_id(exchange, None)
             exchange.close()
-            await self._transport._check_signature(exchange, request_id, decoder.response_sha256)
+            await self._transport._check_signature(exchange, None, decoder.response_sha256)
             yield DONE_EVENT
         finally:
             await self.aclose()
@@ -670,8 +737,8 @@ __all__ = [
     "HEADER_ADDRESS",
     "HEADER_HARDWARE",
     "AsyncEnclavedTransport",
-    "SignatureMode",
     "EnclavedTransport",
+    "SignatureMode",
     "build_policy",
     "build_verifier",
     "load_trust_root",
