@@ -17,7 +17,13 @@ from coincurve import PrivateKey
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclaved.crypto import KeyPair, address_from_public_key, eip191_hash, eip191_recover_address, eip191_sign
+from enclaved.crypto import (
+    KeyPair,
+    address_from_public_key,
+    eip191_hash,
+    eip191_recover_address,
+    eip191_sign,
+)
 from enclaved.crypto._primitives import ecdh_x, hkdf_sha256, parse_public_key
 from enclaved.errors import InvalidKeyError
 
@@ -43,13 +49,15 @@ RFC5869_SHA256 = [
         "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
     ),
     (
-        bytes(range(0x00, 0x50)).hex(),
+        bytes(range(0x50)).hex(),
         bytes(range(0x60, 0xB0)).hex(),
         bytes(range(0xB0, 0x100)).hex(),
         82,
-        "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
-        "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
-        "cc30c58179ec3e87c14c01d5c1f3434f1d87",
+        (
+            "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
+            "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
+            "cc30c58179ec3e87c14c01d5c1f3434f1d87"
+        ),
     ),
     # Test case 3: zero-length salt and info - the envelope's shape (no salt).
     ("0b" * 22, "", "", 42, "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"),
@@ -66,7 +74,7 @@ def test_hkdf_wycheproof() -> None:
     ran = 0
     for _group, t in _cases("hkdf_sha256_test.json"):
         size = int(t["size"])
-        args = dict(salt=bytes.fromhex(t["salt"]) or None, info=bytes.fromhex(t["info"]), length=size)
+        args = {"salt": bytes.fromhex(t["salt"]) or None, "info": bytes.fromhex(t["info"]), "length": size}
         if t["result"] == "valid":
             assert hkdf_sha256(bytes.fromhex(t["ikm"]), **args).hex() == t["okm"], t["tcId"]
         else:  # an output longer than 255 * HashLen must be refused

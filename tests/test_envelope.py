@@ -57,7 +57,7 @@ def test_sealed_by_us_opened_by_openssl() -> None:
 
 def test_sealed_by_openssl_opened_by_us() -> None:
     _private, ours = _openssl_keypair()
-    env = _openssl_seal("the seed document's client".encode(), ours.public_key_hex)
+    env = _openssl_seal(b"the seed document's client", ours.public_key_hex)
     assert Opener(ours).open_text(env) == "the seed document's client"
 
 

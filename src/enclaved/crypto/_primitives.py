@@ -30,6 +30,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def ethereum_address(uncompressed: bytes) -> str:
+    """``0x`` + the last 20 bytes of keccak256(x || y), lowercase hex.
+
+    ``uncompressed`` is a 65-byte ``04 || x || y`` key; the caller has
+    checked that it is one (this only hashes).
+    """
+    return "0x" + keccak256(uncompressed[1:])[-20:].hex()
+
+
 def parse_public_key(data: bytes) -> PublicKey:
     """A secp256k1 point from its 65-byte uncompressed encoding.
 

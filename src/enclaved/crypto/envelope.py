@@ -28,7 +28,7 @@ from coincurve import PrivateKey, PublicKey
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import DecryptionError
+from ..errors import DecryptionError, InvalidKeyError
 from ._primitives import ecdh_x, hkdf_sha256, parse_public_key
 from .keys import KeyPair
 
@@ -56,7 +56,7 @@ class Sealer:
     ``random`` supplies IVs and (when given) ephemeral secrets; tests inject it.
     """
 
-    __slots__ = ("_recipient", "_per_chunk", "_random", "_prefix", "_aead")
+    __slots__ = ("_aead", "_per_chunk", "_prefix", "_random", "_recipient")
 
     def __init__(
         self,
@@ -81,11 +81,10 @@ class Sealer:
         """One envelope, lowercase hex."""
         if isinstance(plaintext, str):
             plaintext = plaintext.encode("utf-8")
-        if self._per_chunk:
+        if self._aead is None:  # per_chunk: a fresh ephemeral key for every chunk
             prefix, aead = self._fresh_key()
         else:
             prefix, aead = self._prefix, self._aead
-            assert aead is not None
         iv = self._random(IV_LEN)
         return (prefix + iv + aead.encrypt(iv, plaintext, None)).hex()
 
@@ -97,7 +96,7 @@ class Opener:
     that use one ephemeral key per response cost one ECDH per response.
     """
 
-    __slots__ = ("_keypair", "_cache", "_cache_size")
+    __slots__ = ("_cache", "_cache_size", "_keypair")
 
     def __init__(self, keypair: KeyPair, *, cache_size: int = 64) -> None:
         self._keypair = keypair
@@ -120,7 +119,7 @@ class Opener:
         if aead is None:
             try:
                 point = parse_public_key(eph)
-            except Exception:
+            except InvalidKeyError:
                 raise DecryptionError() from None
             aead = _derive(self._keypair._private, point)
             if len(self._cache) >= self._cache_size:

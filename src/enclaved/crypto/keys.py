@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from coincurve import PrivateKey
 
 from ..errors import InvalidKeyError
-from ._primitives import keccak256, parse_public_key
+from ._primitives import ethereum_address, parse_public_key
 
 
 def address_from_public_key(public_key: bytes | str) -> str:
@@ -14,8 +16,7 @@ def address_from_public_key(public_key: bytes | str) -> str:
     Takes the 65-byte uncompressed key (``04...``), as bytes or hex, or the
     64-byte form without the ``04`` prefix (PROTOCOL.md "Keys").
     """
-    raw = normalize_public_key(public_key)
-    return "0x" + keccak256(raw[1:])[-20:].hex()
+    return ethereum_address(normalize_public_key(public_key))
 
 
 def normalize_public_key(public_key: bytes | str) -> bytes:
@@ -47,7 +48,7 @@ class KeyPair:
     (:class:`~enclaved.crypto.envelope.Opener`, signing) take the key pair.
     """
 
-    __slots__ = ("_private", "public_key", "public_key_hex", "address")
+    __slots__ = ("_private", "address", "public_key", "public_key_hex")
 
     def __init__(self, private: PrivateKey | None = None) -> None:
         self._private = private if private is not None else PrivateKey()
@@ -56,7 +57,7 @@ class KeyPair:
         #: lowercase hex of :attr:`public_key`, 130 chars, ``04...``.
         self.public_key_hex: str = self.public_key.hex()
         #: ``0x`` + 40 lowercase hex.
-        self.address: str = "0x" + keccak256(self.public_key[1:])[-20:].hex()
+        self.address: str = ethereum_address(self.public_key)
 
     @classmethod
     def generate(cls) -> KeyPair:
@@ -73,7 +74,7 @@ class KeyPair:
     def __repr__(self) -> str:
         return f"KeyPair(address={self.address})"
 
-    def __reduce__(self) -> None:  # type: ignore[override]
+    def __reduce__(self) -> NoReturn:
         raise TypeError("key pairs cannot be pickled")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from coincurve import PublicKey
 
 from ..errors import CryptoError
-from ._primitives import keccak256, sha256_hex
+from ._primitives import ethereum_address, keccak256, sha256_hex
 from .keys import KeyPair
 
 
@@ -44,7 +44,7 @@ def eip191_recover_address(message: bytes | str, signature: str) -> str:
         pub = PublicKey.from_signature_and_message(sig[:64] + bytes([v]), eip191_hash(message), hasher=None)
     except Exception as exc:
         raise CryptoError("signature does not recover to a public key") from exc
-    return "0x" + keccak256(pub.format(compressed=False)[1:])[-20:].hex()
+    return ethereum_address(pub.format(compressed=False))
 
 
 def signature_text(request_body: bytes, response_body: bytes) -> str:
