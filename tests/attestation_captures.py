@@ -77,10 +77,13 @@ def simulated_report(tmp_path: Path, *, debug: bool = False) -> tuple[dict[str, 
     """A report from enclaved's simulated TEE: (document, nonce, development root PEM).
 
     Its quote is validly signed under a development root created in
-    ``tmp_path``; ``debug=True`` signs one with TD_ATTRIBUTES.DEBUG set.
+    ``tmp_path``; ``debug=True`` signs one with TD_ATTRIBUTES.DEBUG set. It
+    carries the default simulated deployment's event log and ``info``, as
+    ``enclaved serve`` does.
     """
     from enclaved.crypto import KeyPair
     from enclaved.evidence.simulated import SimulatedTd, SimulatedTdx
+    from enclaved.evidence.simulated_deployment import SimulatedDeployment
 
     attrs = (1 << 28) | (1 if debug else 0)
     tee = SimulatedTdx.load_or_create(
@@ -97,5 +100,7 @@ def simulated_report(tmp_path: Path, *, debug: bool = False) -> tuple[dict[str, 
         "nonce": nonce.hex(),
         "nonce_source": "client",
         "tee_hardware": "simulated",
+        "event_log": SimulatedDeployment().event_log_json(),
+        "info": SimulatedDeployment().info(tee.td.mrtd),
     }
     return doc, nonce, tee.root_pem.decode()

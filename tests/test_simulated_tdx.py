@@ -24,6 +24,7 @@ from enclaved.evidence.simulated import (
     SimulatedTdx,
     build_quote,
 )
+from enclaved.evidence.simulated_deployment import SimulatedDeployment
 
 NOW = dt.datetime(2026, 4, 24, 2, 0, tzinfo=dt.UTC)
 
@@ -67,7 +68,12 @@ def test_documented_development_values(tee: SimulatedTdx) -> None:
     q = parse_quote(tee.quote(bytes(64)))
     label = b"enclaved simulated TDX: "
     assert q.mrtd == hashlib.sha384(label + b"MRTD").digest()
-    assert q.rtmrs == tuple(hashlib.sha384(label + f"RTMR{i}".encode()).digest() for i in range(4))
+    # RTMR0-3 and MRCONFIGID: those of the default simulated deployment's event log
+    # (tests/test_simulated_evidence.py replays it by hand).
+    default = SimulatedDeployment()
+    assert q.rtmrs == default.rtmrs
+    assert q.mrconfigid == b"\x01" + default.compose_hash + bytes(15)
+    assert q.body.mrowner == q.body.mrownerconfig == bytes(48)
     assert q.mrseam == hashlib.sha384(label + b"MRSEAM").digest()
     assert q.body.mrsignerseam == bytes(48)
     assert not q.debug and q.body.sept_ve_disable and not q.body.migratable

@@ -272,22 +272,24 @@ class Policy:
 
     @classmethod
     def development(cls, dev_root_pem: str | bytes) -> Policy:
-        """For enclaved's simulated TEE: trusts ``dev_root_pem``; no collateral, GPUs or event log.
+        """For enclaved's simulated TEE: trusts ``dev_root_pem``; no collateral or GPUs.
 
         The simulated TEE signs its quotes with a development key under
-        that root and has neither Intel collateral, NVIDIA GPUs, nor an
-        event log or compose hash. Everything else (REPORTDATA binding,
-        nonce, signing key, TD attributes, the quote's signatures) is still
-        required. Every verification under this policy warns that it
-        proves nothing about hardware.
+        that root. It has no NVIDIA GPUs, and a client has no Intel
+        collateral for it (the node signs its own, under the same root, for
+        its self-verification only): those two are waived. Everything else
+        is still required, as on hardware: REPORTDATA binding, nonce,
+        signing key, TD attributes, the quote's signatures, and an event
+        log that replays to the quote with its compose hash bound to
+        ``info`` and MRCONFIGID (the simulated TEE serves a simulated one).
+        Every verification under this policy warns that it proves nothing
+        about hardware.
         """
         pem = dev_root_pem.decode("ascii") if isinstance(dev_root_pem, bytes) else dev_root_pem
         return cls(
             allow_development_roots=(pem,),
             allow_missing_collateral=True,
             allow_missing_nvidia=True,
-            allow_missing_event_log=True,
-            allow_missing_compose_binding=True,
         )
 
     def trust_roots(self) -> list[x509.Certificate]:

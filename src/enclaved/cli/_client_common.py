@@ -70,8 +70,8 @@ def add_trust_args(p: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="trust this root certificate too: the development root of a SIMULATED TEE "
         "(<data_dir>/dev-root-ca.pem). Proves nothing about hardware. Without --policy it also "
-        "selects the development policy (no Intel collateral, GPU evidence or event log "
-        "required, for every node); with --policy only the root is added",
+        "selects the development policy (no Intel collateral or GPU evidence required, "
+        "for every node); with --policy only the root is added",
     )
     p.add_argument("--policy", metavar="TOML", help="attestation policy file (default: strict)")
 

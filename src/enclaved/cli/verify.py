@@ -105,7 +105,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=[],
         help="also trust this root certificate: the development root of a SIMULATED TEE "
         "(<data_dir>/dev-root-ca.pem). Without --policy this selects the development "
-        "policy (no collateral, GPUs or event log required). Proves nothing about hardware",
+        "policy (no collateral or GPUs required). Proves nothing about hardware",
     )
     p.add_argument("--policy", metavar="TOML", help="policy file (default: strict)")
     src = p.add_mutually_exclusive_group()
@@ -241,7 +241,7 @@ def _load_policy(args: argparse.Namespace) -> Any:
     try:
         if policy is None and extra:
             # A development root without a policy file: the simulated TEE,
-            # which has no collateral, GPUs or event log (as the client does).
+            # which has no collateral or GPUs (as the client does).
             policy = Policy.development(extra[0])
             extra = extra[1:]
         policy = policy or Policy.strict()

@@ -33,11 +33,11 @@ Development values (:class:`SimulatedTd` defaults; all deterministic):
 
 ==================  =========================================================
 MRTD                SHA-384(b"enclaved simulated TDX: MRTD")
-RTMR0..RTMR3        SHA-384(b"enclaved simulated TDX: RTMR<i>"), i = 0..3
+RTMR0..RTMR3        the replay of the simulated deployment's event log
 MRSEAM              SHA-384(b"enclaved simulated TDX: MRSEAM")
 MRSIGNERSEAM        48 zero bytes (Intel's own TDX module, as in production)
-MRCONFIGID,         48 zero bytes each (override ``mrconfigid`` to bind e.g. a
-MROWNER,            compose hash)
+MRCONFIGID          0x01 || compose hash || zeros, of the simulated deployment
+MROWNER,            48 zero bytes each
 MROWNERCONFIG
 TD_ATTRIBUTES       0x10000000: SEPT_VE_DISABLE on, DEBUG off (as in production)
 XFAM                0x000000000006_02e7 (bytes e702060000000000, as in production)
@@ -47,8 +47,14 @@ QE MRENCLAVE        SHA-256(b"enclaved simulated TDX: QE MRENCLAVE")
 QE ISVPRODID/SVN    2 / 4
 ==================  =========================================================
 
-Real RTMRs are extended by the boot chain and match an event log; these do
-not (no event log is simulated here).
+RTMR0-3 and MRCONFIGID come from a
+:class:`~enclaved.evidence.simulated_deployment.SimulatedDeployment`: its
+event log (simulated boot events and dstack-style runtime events) replays to
+exactly these RTMRs, and MRCONFIGID binds its compose hash, so the
+verifier's event-log and compose-hash checks run and pass. The
+:class:`SimulatedTd` defaults are those of ``SimulatedDeployment()`` (no
+models); :meth:`SimulatedTd.running` gives the values for another
+deployment (the server's evidence source uses the served model ids).
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ from ..attestation.tdx.parse import (
     TEE_TYPE_TDX,
 )
 from ..errors import ConfigError
+from .simulated_deployment import SimulatedDeployment
 
 __all__ = [
     "DEV_FMSPC",
@@ -106,6 +113,9 @@ DEV_SGX_TCB_COMPONENTS = (3, 3, 2, 2, 4, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0)
 #: Intel's QE fills its auth data with 0x00..0x1f; so does the simulation.
 QE_AUTH_DATA = bytes(range(32))
 
+#: The deployment whose event log the default :class:`SimulatedTd` measures.
+_DEFAULT_DEPLOYMENT = SimulatedDeployment()
+
 
 def _sha384(label: str) -> bytes:
     return hashlib.sha384(f"enclaved simulated TDX: {label}".encode()).digest()
@@ -126,15 +136,10 @@ class SimulatedTd:
     td_attributes: bytes = (1 << 28).to_bytes(8, "little")
     xfam: bytes = bytes.fromhex("e702060000000000")
     mrtd: bytes = _sha384("MRTD")
-    mrconfigid: bytes = bytes(48)
+    mrconfigid: bytes = _DEFAULT_DEPLOYMENT.mrconfigid
     mrowner: bytes = bytes(48)
     mrownerconfig: bytes = bytes(48)
-    rtmrs: tuple[bytes, bytes, bytes, bytes] = (
-        _sha384("RTMR0"),
-        _sha384("RTMR1"),
-        _sha384("RTMR2"),
-        _sha384("RTMR3"),
-    )
+    rtmrs: tuple[bytes, bytes, bytes, bytes] = _DEFAULT_DEPLOYMENT.rtmrs
     # The quoting enclave's report.
     qe_cpusvn: bytes = bytes(16)
     qe_miscselect: int = 0
@@ -156,6 +161,10 @@ class SimulatedTd:
                 raise ValueError(f"SimulatedTd.{name} must be {size} bytes")
         if len(self.rtmrs) != 4 or any(len(r) != 48 for r in self.rtmrs):
             raise ValueError("SimulatedTd.rtmrs must be four 48-byte values")
+
+    def running(self, deployment: SimulatedDeployment) -> SimulatedTd:
+        """These values with the RTMRs and MRCONFIGID that ``deployment``'s event log gives."""
+        return dataclasses.replace(self, rtmrs=deployment.rtmrs, mrconfigid=deployment.mrconfigid)
 
 
 # --- quote bytes ------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
     """The evidence source of the configured TEE mode (only ``simulated`` today)."""
     from ..evidence.simulated_source import SimulatedEvidence
 
-    return SimulatedEvidence.load_or_create(config.data_dir, now=now)
+    return SimulatedEvidence.load_or_create(
+        config.data_dir, now=now, models=[m.id for m in config.models]
+    )
 
 
 def create_app(
