@@ -46,7 +46,11 @@ Reported per mode and C:
 - TTFT p50/p95, from just before the request (prompt sealing included) to
   the first decoded token, under that load; and, before the loads, the
   *idle* TTFT: ``--idle-requests`` single 4-token requests per mode, one at a
-  time, 20 ms apart, interleaved across the modes;
+  time, 20 ms apart, interleaved across the modes; and the *engine hop*:
+  the engine's TTFT from the bench process through enclaved's own engine
+  client (``UpstreamBackend``, i.e. httpx) against ``RawHttp``, interleaved
+  (``engine_hop_ttft_ms``) - the share of the node's TTFT overhead that is
+  httpx on the way to the engine;
 - CPU microseconds per token of the server, the engine and the client
   (``/proc`` and ``getrusage``, warm-up and tail included). Throughput on a
   shared 2-core machine swings with whatever else runs; CPU per token
@@ -62,7 +66,9 @@ Ratios, side by side from the same run:
   compared with the bare engine;
 - ``idle_ttft_overhead_ms``: idle TTFT p50 through the node minus the
   engine's own (target <= 2 ms); ``ttft_overhead_ms_c1``: the same under the
-  closed loop at the smallest C.
+  closed loop at the smallest C;
+- ``engine_hop_httpx_overhead_ms``: the engine hop's TTFT p50 through httpx
+  minus through ``RawHttp``.
 
 Any server (issue item 3): ``--server-url URL --server-cmd "CMD"`` also
 starts CMD (a shell command) and measures it with the same modes, side by
@@ -445,6 +451,49 @@ async def _idle_ttft(
     return times
 
 
+async def _engine_hop(upstream_url: str, n: int, gap: float) -> dict[str, list[float]]:
+    """Time to the engine's first token from this process: through the server's
+    own engine client (``UpstreamBackend``, httpx) and through ``RawHttp``.
+
+    The same engine, the same 4-token request, interleaved, one at a time:
+    the difference is what httpx costs the node on the hop to the engine,
+    which every enclaved time to first token includes.
+    """
+    from enclaved.server.backends.base import ChatRequest
+    from enclaved.server.backends.upstream import UpstreamBackend
+
+    backend = UpstreamBackend(upstream_url, UPSTREAM_MODEL)
+    await backend.start()
+    raw = RawHttp(upstream_url, None)
+    spec = {"model": UPSTREAM_MODEL, "mode": "upstream"}
+    request = ChatRequest(
+        messages=[{"role": "user", "content": PROMPT}], params={"max_tokens": 4, "temperature": 0}
+    )
+    times: dict[str, list[float]] = {"httpx": [], "raw": []}
+    try:
+        for i in range(n + 2):
+            started = time.perf_counter()
+            first = None
+            async for chunk in backend.stream(request):
+                if first is None and any(
+                    (c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()
+                ):
+                    first = time.perf_counter() - started
+            await asyncio.sleep(gap)
+            out = _empty()
+            await _one_stream(raw, spec, None, (0.0, math.inf), out, 4)
+            if out["errors"] or first is None:
+                raise RuntimeError(f"engine hop: {out['last_error']}")
+            if i >= 2:
+                times["httpx"].append(first)
+                times["raw"] += out["ttft"]
+            await asyncio.sleep(gap)
+    finally:
+        await raw.close()
+        await backend.close()
+    return times
+
+
 def run_load(spec: dict[str, Any], concurrency: int, start_at: float) -> dict[str, Any]:
     """Entry point of a client worker (picklable: module level)."""
     return asyncio.run(_load(spec, concurrency, start_at))
@@ -587,6 +636,7 @@ def main() -> None:
     load = Load(args.client_procs)
     results: dict[str, Any] = {}
     idle_ttft: dict[str, dict[str, float]] = {}
+    engine_hop: dict[str, dict[str, float]] = {}
     setup: dict[str, Any] = {}
     try:
         up_port = free_port()
@@ -680,6 +730,9 @@ def main() -> None:
         specs = [(name, mode, {**base_spec, **spec, "mode": mode}) for name, mode, spec in plan]
         idle = asyncio.run(_idle_ttft(specs, args.idle_requests, 0.02))
         idle_ttft = {key: summary_ms(values) for key, values in idle.items()}
+        if "upstream" in modes:
+            hop = asyncio.run(_engine_hop(upstream_url, args.idle_requests, 0.02))
+            engine_hop = {key: summary_ms(values) for key, values in hop.items()}
         for _ in range(args.rounds):
             for c in conc:
                 for name, mode, spec in plan:
@@ -718,6 +771,8 @@ def main() -> None:
     _print_table(results, ratios, targets_met, conc)
     for key, t in idle_ttft.items():
         print(f"idle TTFT {key:<18} p50 {t['p50']:7.2f} ms  p95 {t['p95']:7.2f} ms")
+    for key, t in engine_hop.items():
+        print(f"engine hop, TTFT via {key:<7} p50 {t['p50']:7.2f} ms  p95 {t['p95']:7.2f} ms")
     emit(
         {
             "bench": "stream",
@@ -732,6 +787,10 @@ def main() -> None:
             "servers": setup,
             "results": results,
             "idle_ttft_ms": idle_ttft,
+            "engine_hop_ttft_ms": engine_hop,
+            "engine_hop_httpx_overhead_ms": (
+                round(engine_hop["httpx"]["p50"] - engine_hop["raw"]["p50"], 3) if engine_hop else None
+            ),
             "ratios": ratios,
             "targets_met": targets_met,
         }

@@ -336,7 +336,9 @@ def test_seed_client_against_enclaved_with_fake_engine(node: str, tmp_path: Path
         run = run_seed_client(node, api_root, FAKE_E2EE_MODEL, PROMPT)
         check_clean_run(run)
         assert run.summary["decrypted"] == FAKE_ANSWER
-        assert run.summary["encrypted_chunks"] == TOKENS
+        # The first token alone, the rest in as many chunks as arrived apart
+        # (tokens that arrive together are merged: server/batching.py).
+        assert 2 <= run.summary["encrypted_chunks"] <= TOKENS
         check_wire_is_ciphertext(run, PROMPT)
         check_signature(api_root, run, {})
 

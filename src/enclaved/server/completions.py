@@ -20,7 +20,11 @@ an OpenAI-style error before any response byte is written):
    sent, so a backend that fails at once gets a real HTTP error status.
 7. Stream: every backend chunk is rebuilt from an allow-list of fields (id,
    model, created rewritten; content and reasoning sealed under E2EE),
-   serialized once, hashed and written. Then one usage chunk, then
+   serialized once, hashed and written. Up to the first token each chunk is
+   written the moment it arrives; after it, the chunks that arrived while
+   the previous write was under way go out with one write, and runs of
+   plain text pieces among them are merged into one chunk (one envelope):
+   see :mod:`.batching`. Then one usage chunk, then
    ``data: [DONE]``. A failure after the first byte becomes an SSE error
    event followed by ``[DONE]``, and no signature.
 8. Sign: if the client is still connected when the stream is complete, the
@@ -49,6 +53,7 @@ from starlette.datastructures import Headers
 from ..crypto import Sealer
 from . import e2ee
 from .backends.base import Backend, BackendError, ChatRequest
+from .batching import ChunkPump, text_piece
 from .config import ModelConfig
 from .errors import (
     INVALID_REQUEST,
@@ -90,6 +95,11 @@ STORE_TIMEOUT_SECONDS = 5.0
 #: step 7 in ``ChatCompletions._stream``): a bare ``await asyncio.sleep(0)``,
 #: a few microseconds against the ~100 us each chunk costs.
 YIELD_EVERY_CHUNKS = 8
+
+#: The most engine chunks that wait to be written (``batching.ChunkPump``):
+#: the bound on one batch, and how far the server reads ahead of a slow
+#: client before it stops reading the engine.
+BATCH_MAX_CHUNKS = 64
 
 _ROLES = ("system", "user", "assistant", "tool", "developer", "function")
 
@@ -366,7 +376,7 @@ class ChunkWriter:
     are the completion's; content and reasoning are sealed when a sealer is set.
     """
 
-    __slots__ = ("_content_chunks", "_sealer", "created", "id", "model", "usage")
+    __slots__ = ("_content_chunks", "_prefix", "_sealer", "created", "id", "model", "usage")
 
     def __init__(self, completion_id: str, model: str, created: int, sealer: Sealer | None) -> None:
         self.id = completion_id
@@ -375,9 +385,25 @@ class ChunkWriter:
         self._sealer = sealer
         self.usage: dict[str, Any] | None = None
         self._content_chunks = 0
+        # Every event starts with the same bytes: encoded once. orjson writes
+        # a dict's keys in order and without spaces, so prefix + choices + "}"
+        # is byte for byte what encoding the whole chunk would give.
+        head = orjson.dumps(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+            }
+        )
+        self._prefix = b"data: " + head[:-1] + b',"choices":'
 
-    def choices(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The rewritten choices of one backend chunk; remembers its usage."""
+    def choices(self, chunk: Mapping[str, Any], *, pieces: int = 1) -> list[dict[str, Any]]:
+        """The rewritten choices of one backend chunk; remembers its usage.
+
+        ``pieces``: how many engine chunks ``chunk`` stands for (merged text,
+        see :meth:`batch`); the usage estimate counts them.
+        """
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
@@ -392,7 +418,7 @@ class ChunkWriter:
             content = delta.get("content")
             if content is not None:
                 if content:
-                    self._content_chunks += 1
+                    self._content_chunks += pieces
                     if sealer is not None:
                         content = sealer.seal(content)
                 d["content"] = content
@@ -416,22 +442,44 @@ class ChunkWriter:
         return out
 
     def event(self, choices: list[dict[str, Any]]) -> bytes:
-        return (
-            b"data: "
-            + orjson.dumps(
-                {
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.model,
-                    "choices": choices,
-                }
-            )
-            + b"\n\n"
-        )
+        """One SSE event: ``data: {id, object, created, model, choices}``."""
+        return self._prefix + orjson.dumps(choices) + b"}\n\n"
+
+    def batch(self, chunks: list[dict[str, Any]]) -> bytes:
+        """The events of chunks that arrived together, to be written at once.
+
+        Each run of consecutive chunks that are nothing but a piece of text of
+        the same kind (:func:`~enclaved.server.batching.text_piece`) becomes
+        one chunk carrying the run's text (one envelope under E2EE); every
+        other chunk - role, finish reason, usage, tool calls, logprobs - is
+        written on its own, in order, exactly as :meth:`choices` rewrites it.
+        """
+        out: list[bytes] = []
+        n = len(chunks)
+        pieces = [text_piece(chunk) for chunk in chunks]
+        i = 0
+        while i < n:
+            piece = pieces[i]
+            j = i + 1
+            if piece is not None:
+                field = piece[0]
+                while j < n and (other := pieces[j]) is not None and other[0] == field:
+                    j += 1
+            if j - i > 1:
+                assert piece is not None
+                text = "".join(p[1] for p in pieces[i:j] if p is not None)
+                merged = {"choices": [{"index": 0, "delta": {piece[0]: text}}]}
+                choices = self.choices(merged, pieces=j - i)
+            else:
+                choices = self.choices(chunks[i])
+            if choices:
+                out.append(self.event(choices))
+            i = j
+        return b"".join(out)
 
     def final_usage(self) -> dict[str, int]:
-        """The backend's token counts, or an estimate (one token per content chunk)."""
+        """The backend's token counts, or an estimate (one token per content
+        chunk of the engine's, merged or not)."""
         u = self.usage or {}
         prompt = u.get("prompt_tokens")
         completion = u.get("completion_tokens")
@@ -462,6 +510,15 @@ class ChunkWriter:
             )
             + b"\n\n"
         )
+
+
+def _carries_text(choices: list[dict[str, Any]]) -> bool:
+    """Whether rewritten choices hold a token: non-empty content or reasoning."""
+    for c in choices:
+        d = c["delta"]
+        if d.get("content") or d.get("reasoning_content"):
+            return True
+    return False
 
 
 def error_event(message: str, code: str) -> bytes:
@@ -630,6 +687,7 @@ class ChatCompletions:
             new_completion_id(), prepared.model.id, int(node.clock()), self._sealer(prepared)
         )
         stream: AsyncIterator[dict[str, Any]] | None = None
+        pump: ChunkPump | None = None
         try:
             # 6. Failures before the first byte are real HTTP errors (a
             # backend may raise when called, or at its first chunk).
@@ -649,17 +707,22 @@ class ChatCompletions:
             hasher = ResponseHasher()
             update = hasher.update
 
-            # 7. Every byte written goes through the hasher first.
-            #
-            # An engine whose output is already buffered (a fast upstream:
-            # many events per socket read) hands over chunk after chunk
-            # without this loop ever waiting, and the event loop only runs
-            # when it waits. Then a client that left is never noticed (the
-            # rest of the answer is sealed and written into a closed socket,
-            # asyncio logging a warning per write) and no other stream on the
-            # node is served meanwhile. So the loop yields every
-            # YIELD_EVERY_CHUNKS chunks, and stops once the client is gone.
+            # 7. Every byte written goes through the hasher first, in the
+            # order written: batching changes how many ``send`` calls carry
+            # the bytes, never which bytes.
+            tail = b""
             try:
+                # 7a. Up to and including the first chunk that carries text,
+                # each chunk is written the moment it is read, on its own:
+                # the first token never waits for company.
+                #
+                # An engine whose output is already buffered hands over chunk
+                # after chunk without this loop ever waiting, and the event
+                # loop only runs when it waits: a client that left would go
+                # unnoticed and no other stream on the node would be served.
+                # So the loop yields every YIELD_EVERY_CHUNKS chunks and stops
+                # once the client is gone (this matters for a stream with no
+                # text, e.g. tool calls only; 7b always yields).
                 since_yield = 0
                 while chunk is not None:
                     choices = writer.choices(chunk)
@@ -667,6 +730,8 @@ class ChatCompletions:
                         data = writer.event(choices)
                         update(data)
                         await send({"type": "http.response.body", "body": data, "more_body": True})
+                        if _carries_text(choices):
+                            break
                     since_yield += 1
                     if since_yield == YIELD_EVERY_CHUNKS:
                         since_yield = 0
@@ -674,6 +739,30 @@ class ChatCompletions:
                         if conn.disconnected:
                             return  # nothing was delivered: no signature
                     chunk = await anext(stream, None)
+
+                # 7b. The rest in batches: a pump reads the engine in a task of
+                # its own, and every chunk that arrived while the previous batch
+                # was being written goes out with one ``send``, runs of text
+                # pieces merged into one chunk (``ChunkWriter.batch``). Nothing
+                # waits for a batch to fill: one ready chunk is a batch.
+                if chunk is not None:
+                    pump = ChunkPump(stream, limit=BATCH_MAX_CHUNKS)
+                    while True:
+                        batch, finished = await pump.take()
+                        if conn.disconnected:
+                            return  # nothing was delivered: no signature
+                        data = writer.batch(batch)
+                        if finished and pump.error is None:
+                            tail = data  # written with the usage chunk, below
+                            break
+                        if data:
+                            update(data)
+                            await send(
+                                {"type": "http.response.body", "body": data, "more_body": True}
+                            )
+                        if finished:
+                            assert pump.error is not None
+                            raise pump.error
             except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
                 if isinstance(exc, BackendError):
                     log.warning("backend failed mid-stream (%s): %s", exc.code, exc.message)
@@ -685,7 +774,7 @@ class ChatCompletions:
                 await send({"type": "http.response.body", "body": event + DONE, "more_body": False})
                 return
 
-            data = writer.usage_event()
+            data = tail + writer.usage_event()
             update(data)
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
@@ -699,7 +788,9 @@ class ChatCompletions:
                     await self._forget(record)
             await send({"type": "http.response.body", "body": DONE, "more_body": False})
         finally:
-            if stream is not None:
+            if pump is not None:
+                await pump.aclose()  # it owns the stream now, and closes it
+            elif stream is not None:
                 await _aclose(stream)
 
     # -- non-streaming ---------------------------------------------------------------
