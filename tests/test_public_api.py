@@ -194,6 +194,7 @@ ALLOWED_BUILTIN_RAISES = {
     ("client/sdk.py", "TypeError"),  # transport_of() on a client enclaved did not make
     ("evidence/simulated.py", "ValueError"),  # SimulatedTd fields of the wrong size
     ("server/attestation.py", "ValueError"),  # an internal invariant (20-byte address, 32-byte nonce)
+    ("server/batching.py", "ValueError"),  # a ChunkPump limit below 1
     # Internal invariants: a bug in enclaved itself if ever raised.
     ("client/_stream.py", "RuntimeError"),
     ("client/transport.py", "AssertionError"),

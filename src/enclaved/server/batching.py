@@ -30,6 +30,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..errors import Error
+
 __all__ = ["TEXT_FIELDS", "ChunkPump", "StreamInterrupted", "text_piece"]
 
 Chunk = dict[str, Any]
@@ -187,8 +189,11 @@ async def _aclose(stream: AsyncIterator[Chunk]) -> None:
             await aclose()
 
 
-class StreamInterrupted(Exception):
-    """The pump's stream stopped without ending (cancelled)."""
+class StreamInterrupted(Error):
+    """The pump's stream stopped without ending (cancelled).
+
+    Reported to the client as a mid-stream error; the answer is never signed.
+    """
 
 
 def _wake(future: asyncio.Future[None] | None) -> None:
