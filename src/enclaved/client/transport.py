@@ -340,11 +340,31 @@ def _stale_error(status: int, body: bytes) -> StaleAttestationError:
     )
 
 
+class _EngineViews:
+    """What both transports show of their engine (the CLI prints it)."""
+
+    _engine: _Engine
+
+    @property
+    def last_attestation(self) -> AttestedNode | None:
+        """The most recent attestation this transport verified (for display)."""
+        return self._engine.last_attestation
+
+    @property
+    def last_signature(self) -> SignatureCheck | None:
+        """The most recent response signature this transport checked."""
+        return self._engine.last_signature
+
+    @property
+    def cache(self) -> AttestationCache:
+        return self._engine.cache
+
+
 # --------------------------------------------------------------------------
 # sync
 
 
-class EnclavedTransport(httpx.BaseTransport):
+class EnclavedTransport(_EngineViews, httpx.BaseTransport):
     """The sync transport. See the module docstring for what it does.
 
     ``inner`` is the transport that does the network I/O (default
@@ -385,20 +405,6 @@ class EnclavedTransport(httpx.BaseTransport):
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
         )
-
-    @property
-    def last_attestation(self) -> AttestedNode | None:
-        """The most recent attestation this transport verified (for display)."""
-        return self._engine.last_attestation
-
-    @property
-    def last_signature(self) -> SignatureCheck | None:
-        """The most recent response signature this transport checked."""
-        return self._engine.last_signature
-
-    @property
-    def cache(self) -> AttestationCache:
-        return self._engine.cache
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         plan = self._engine.plan(request)
@@ -549,7 +555,7 @@ async def _async_sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-class AsyncEnclavedTransport(httpx.AsyncBaseTransport):
+class AsyncEnclavedTransport(_EngineViews, httpx.AsyncBaseTransport):
     """The async twin of :class:`EnclavedTransport`; same arguments, ``sleep`` awaited."""
 
     def __init__(
@@ -584,18 +590,6 @@ class AsyncEnclavedTransport(httpx.AsyncBaseTransport):
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
         )
-
-    @property
-    def last_attestation(self) -> AttestedNode | None:
-        return self._engine.last_attestation
-
-    @property
-    def last_signature(self) -> SignatureCheck | None:
-        return self._engine.last_signature
-
-    @property
-    def cache(self) -> AttestationCache:
-        return self._engine.cache
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(request.stream, httpx.ByteStream):
