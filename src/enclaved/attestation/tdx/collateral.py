@@ -190,11 +190,38 @@ class TcbLevel:
 
 
 @dataclasses.dataclass(frozen=True)
-class TdxModuleTcbLevel:
+class IsvsvnTcbLevel:
+    """A TCB level keyed by one ISVSVN: the QE identity's and a TDX module identity's."""
+
     isvsvn: int
     tcb_date: str
     status: str
     advisory_ids: tuple[str, ...]
+
+
+TdxModuleTcbLevel = IsvsvnTcbLevel
+QeTcbLevel = IsvsvnTcbLevel
+
+
+def _isvsvn_levels(raw_levels: Any, what: str, *, required: bool) -> tuple[IsvsvnTcbLevel, ...]:
+    """``tcbLevels`` of a QE identity or a TDX module identity."""
+    if required and (not isinstance(raw_levels, list) or not raw_levels):
+        raise EvidenceParseError(f"{what}: tcbLevels missing or empty")
+    if not isinstance(raw_levels, list):
+        raise EvidenceParseError(f"{what}: tcbLevels must be a list")
+    levels = []
+    for lv in raw_levels:
+        if not isinstance(lv, dict) or not isinstance(lv.get("tcb", {}), dict):
+            raise EvidenceParseError(f"{what}: malformed tcb level")
+        levels.append(
+            IsvsvnTcbLevel(
+                isvsvn=_int(lv.get("tcb", {}).get("isvsvn"), f"{what} isvsvn"),
+                tcb_date=_str(lv.get("tcbDate", ""), f"{what} tcbDate"),
+                status=_str(lv.get("tcbStatus"), f"{what} tcbStatus"),
+                advisory_ids=_advisories(lv),
+            )
+        )
+    return tuple(levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,28 +256,14 @@ class TcbInfo:
         def module(m: Any, what: str, with_levels: bool) -> TdxModuleIdentity:
             if not isinstance(m, dict):
                 raise EvidenceParseError(f"{what}: expected an object")
-            levels = []
             raw_levels = m.get("tcbLevels", []) if with_levels else []
-            if not isinstance(raw_levels, list):
-                raise EvidenceParseError(f"{what}: tcbLevels must be a list")
-            for lv in raw_levels:
-                tcb = lv.get("tcb", {}) if isinstance(lv, dict) else None
-                if not isinstance(tcb, dict):
-                    raise EvidenceParseError(f"{what}: tcb level without 'tcb'")
-                levels.append(
-                    TdxModuleTcbLevel(
-                        isvsvn=_int(tcb.get("isvsvn"), f"{what} isvsvn"),
-                        tcb_date=_str(lv.get("tcbDate", ""), f"{what} tcbDate"),
-                        status=_str(lv.get("tcbStatus"), f"{what} tcbStatus"),
-                        advisory_ids=_advisories(lv),
-                    )
-                )
+            levels = _isvsvn_levels(raw_levels, what, required=False)
             return TdxModuleIdentity(
                 id=_str(m.get("id", ""), f"{what} id"),
                 mrsigner=_hex(m.get("mrsigner"), f"{what} mrsigner", 48),
                 attributes=_hex(m.get("attributes"), f"{what} attributes", 8),
                 attributes_mask=_hex(m.get("attributesMask"), f"{what} attributesMask", 8),
-                tcb_levels=tuple(levels),
+                tcb_levels=levels,
             )
 
         def components(tcb: Mapping[str, Any], name: str) -> tuple[int, ...]:
@@ -302,14 +315,6 @@ class TcbInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class QeTcbLevel:
-    isvsvn: int
-    tcb_date: str
-    status: str
-    advisory_ids: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
 class QeIdentity:
     """The quoting enclave identity (``enclaveIdentity``, version 2), parsed."""
 
@@ -328,21 +333,7 @@ class QeIdentity:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QeIdentity:
-        levels = []
-        raw_levels = d.get("tcbLevels")
-        if not isinstance(raw_levels, list) or not raw_levels:
-            raise EvidenceParseError("QE identity: tcbLevels missing or empty")
-        for lv in raw_levels:
-            if not isinstance(lv, dict) or not isinstance(lv.get("tcb"), dict):
-                raise EvidenceParseError("QE identity: malformed tcb level")
-            levels.append(
-                QeTcbLevel(
-                    isvsvn=_int(lv["tcb"].get("isvsvn"), "QE identity isvsvn"),
-                    tcb_date=_str(lv.get("tcbDate", ""), "QE identity tcbDate"),
-                    status=_str(lv.get("tcbStatus"), "QE identity tcbStatus"),
-                    advisory_ids=_advisories(lv),
-                )
-            )
+        levels = _isvsvn_levels(d.get("tcbLevels"), "QE identity", required=True)
         return cls(
             id=_str(d.get("id"), "QE identity id"),
             version=_int(d.get("version"), "QE identity version"),
@@ -359,7 +350,7 @@ class QeIdentity:
             attributes_mask=_hex(d.get("attributesMask"), "QE attributesMask", 16),
             mrsigner=_hex(d.get("mrsigner"), "QE mrsigner", 32),
             isvprodid=_int(d.get("isvprodid"), "QE isvprodid"),
-            tcb_levels=tuple(levels),
+            tcb_levels=levels,
         )
 
 
