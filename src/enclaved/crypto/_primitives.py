@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from coincurve import PrivateKey, PublicKey
+from coincurve._libsecp256k1 import ffi, lib  # type: ignore[import-not-found]
 from Crypto.Hash import keccak as _keccak
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -53,17 +54,39 @@ def parse_public_key(data: bytes) -> PublicKey:
         raise InvalidKeyError("public key is not a point on secp256k1") from exc
 
 
+def _pass_x(output: object, x32: object, y32: object, data: object) -> int:
+    """libsecp256k1's ECDH "hash function" that returns the x-coordinate as it is."""
+    ffi.memmove(output, x32, 32)
+    return 1
+
+
+# Module-level: the C callback must live as long as anything may call it.
+_copy_x = ffi.callback(
+    "int(unsigned char *, const unsigned char *, const unsigned char *, void *)", _pass_x
+)
+
+
 def ecdh_x(private: PrivateKey, public: PublicKey) -> bytes:
     """The x-coordinate of private * public: the protocol's raw ECDH secret.
 
-    coincurve's ``PrivateKey.ecdh`` hashes the shared point with SHA-256
-    (libsecp256k1's default), which is not what the protocol uses; a
-    constant-time scalar multiplication of the peer point gives the raw x.
+    Computed by ``secp256k1_ecdh``, libsecp256k1's constant-time scalar
+    multiplication, with a hash function that passes x through. Not with
+    coincurve's ``PrivateKey.ecdh`` (it hashes the point with SHA-256, which
+    is not what the protocol uses), nor ``PublicKey.multiply``: that is
+    ``secp256k1_ec_pubkey_tweak_mul``, whose multiplication takes time that
+    depends on the scalar - here the node's long-lived private key, applied
+    to points anyone can send in an envelope.
     """
-    shared = public.multiply(private.secret)
-    return shared.format(compressed=True)[1:]
+    out = ffi.new("unsigned char[32]")
+    if not lib.secp256k1_ecdh(
+        private.context.ctx, out, public.public_key, private.secret, _copy_x, ffi.NULL
+    ):
+        raise InvalidKeyError("ECDH failed")  # only for a private key of zero, never made
+    return bytes(ffi.buffer(out, 32))
 
 
-def hkdf_sha256(ikm: bytes, *, info: bytes = HKDF_INFO, salt: bytes | None = None, length: int = 32) -> bytes:
+def hkdf_sha256(
+    ikm: bytes, *, info: bytes = HKDF_INFO, salt: bytes | None = None, length: int = 32
+) -> bytes:
     """HKDF-SHA256 (RFC 5869). The envelope uses no salt, info = HKDF_INFO, 32 bytes out."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
