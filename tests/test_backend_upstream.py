@@ -3,7 +3,7 @@
 The engine is ``bench/fake_upstream.py`` run as a child process on loopback:
 real sockets, real chunked SSE, real dropped connections. Its failure modes
 are chosen per request with ``X-Fake-*`` headers, which these tests set as
-default headers of the injected ``httpx.AsyncClient``.
+headers the backend is constructed with (``UpstreamBackend(headers=...)``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from enclaved.errors import ConfigError
+from enclaved.server.backends import make_backend
 from enclaved.server.backends.base import BackendError, ChatRequest
 from enclaved.server.backends.upstream import SSEDecoder, UpstreamBackend
 
@@ -61,13 +62,12 @@ def _run(
     request: ChatRequest = REQUEST,
 ) -> list[dict[str, Any]]:
     async def go() -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(headers=headers, timeout=timeout) as client:
-            backend = UpstreamBackend(base_url, "served-model", client=client)
-            await backend.start()
-            try:
-                return await _collect(backend, request)
-            finally:
-                await backend.close()
+        backend = UpstreamBackend(base_url, "served-model", headers=headers, timeout=timeout)
+        await backend.start()
+        try:
+            return await _collect(backend, request)
+        finally:
+            await backend.close()
 
     return asyncio.run(go())
 
@@ -117,12 +117,15 @@ def test_request_body_sent_upstream(fake_url: str) -> None:
 def test_first_chunk_arrives_before_the_engine_finishes(fake_url: str) -> None:
     async def go() -> list[float]:
         headers = {"X-Fake-Delay-Ms": "150", "X-Fake-Tokens": "4"}
-        async with httpx.AsyncClient(headers=headers) as client:
-            backend = UpstreamBackend(fake_url, "m", client=client)
-            start = time.monotonic()
+        backend = UpstreamBackend(fake_url, "m", headers=headers)
+        await backend.start()
+        start = time.monotonic()
+        try:
             return [
                 time.monotonic() - start async for c in backend.stream(REQUEST) if _contents([c])
             ]
+        finally:
+            await backend.close()
 
     arrivals = asyncio.run(go())
     assert len(arrivals) == 4
@@ -159,9 +162,13 @@ def test_connection_dropped_mid_stream(fake_url: str) -> None:
     got: list[dict[str, Any]] = []
 
     async def go() -> None:
-        async with httpx.AsyncClient(headers={"X-Fake-Fail-After": "2"}) as client:
-            async for chunk in UpstreamBackend(fake_url, "m", client=client).stream(REQUEST):
+        backend = UpstreamBackend(fake_url, "m", headers={"X-Fake-Fail-After": "2"})
+        await backend.start()
+        try:
+            async for chunk in backend.stream(REQUEST):
                 got.append(chunk)
+        finally:
+            await backend.close()
 
     with pytest.raises(BackendError) as info:
         asyncio.run(go())
@@ -191,14 +198,17 @@ def test_read_timeout_is_a_504(fake_url: str) -> None:
 def test_closing_the_stream_early_returns_promptly(fake_url: str) -> None:
     async def go() -> float:
         headers = {"X-Fake-Delay-Ms": "500", "X-Fake-Tokens": "20"}
-        async with httpx.AsyncClient(headers=headers) as client:
-            stream = UpstreamBackend(fake_url, "m", client=client).stream(REQUEST)
-            async for chunk in stream:
-                if _contents([chunk]):
-                    break
-            start = time.monotonic()
-            await stream.aclose()  # type: ignore[attr-defined]
-            return time.monotonic() - start
+        backend = UpstreamBackend(fake_url, "m", headers=headers)
+        await backend.start()
+        stream = backend.stream(REQUEST)
+        async for chunk in stream:
+            if _contents([chunk]):
+                break
+        start = time.monotonic()
+        await stream.aclose()  # type: ignore[attr-defined]
+        elapsed = time.monotonic() - start
+        await backend.close()
+        return elapsed
 
     assert asyncio.run(go()) < 0.4  # the remaining 19 tokens would take 9.5 s
 
@@ -215,22 +225,60 @@ def test_list_models(fake_url: str) -> None:
     assert asyncio.run(go()) == ["fake-engine-model"]
 
 
-def test_api_key_is_sent_and_never_shown() -> None:
-    seen: list[httpx.Request] = []
+def test_api_key_and_headers_are_sent_and_never_shown() -> None:
+    """What goes on the wire, read by a bare socket server: the request line,
+    the key, the caller's headers; and the key is in no repr."""
+    seen: list[bytes] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, content=b"data: [DONE]\n\n")
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        seen.append(head + await reader.readexactly(length))
+        body = b"data: [DONE]\n\n"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
 
     async def go() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            backend = UpstreamBackend("http://engine/v1/", "m", api_key="sk-secret", client=client)
-            assert "sk-secret" not in repr(backend)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        backend = UpstreamBackend(
+            f"http://127.0.0.1:{port}/v1/", "m", api_key="sk-secret", headers={"X-Trace": "t1"}
+        )
+        assert "sk-secret" not in repr(backend)
+        assert "sk-secret" not in repr(backend._http)
+        await backend.start()
+        try:
             assert await _collect(backend) == []
+        finally:
+            await backend.close()
+            server.close()
 
     asyncio.run(go())
-    assert str(seen[0].url) == "http://engine/v1/chat/completions"
-    assert seen[0].headers["authorization"] == "Bearer sk-secret"
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /v1/chat/completions HTTP/1.1"
+    fields = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+    assert fields["authorization"] == "Bearer sk-secret"
+    assert fields["x-trace"] == "t1"
+    assert fields["accept-encoding"] == "identity"
+    assert json.loads(body)["model"] == "m"
+
+
+def test_header_injection_is_refused() -> None:
+    with pytest.raises(ValueError):
+        UpstreamBackend("http://127.0.0.1:1/v1", "m", api_key="sk\r\nX-Evil: 1")
+
+
+def test_unusable_key_or_url_is_a_config_error_that_never_shows_the_key() -> None:
+    """An engine key with a line break (it would end the header) or a URL that
+    cannot make a request line stops the node at start-up with a ConfigError."""
+    spec = {"backend": "upstream", "base_url": "http://127.0.0.1:1/v1", "model": "m"}
+    with pytest.raises(ConfigError) as info:
+        make_backend({**spec, "api_key_env": "K"}, env={"K": "sk-secret\nX-Evil: 1"})
+    assert "sk-secret" not in str(info.value)
+    with pytest.raises(ConfigError):
+        make_backend({**spec, "base_url": "http://127.0.0.1:1/v 1"}, env={})
 
 
 # -- the SSE decoder on its own ------------------------------------------------

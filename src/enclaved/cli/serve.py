@@ -226,6 +226,9 @@ def run_serve(args: argparse.Namespace) -> int:
         host=config.host,
         port=config.port,
         lifespan="on",
+        # llhttp (C) rather than h11 (pure Python) to parse requests: uvicorn's
+        # choice anyway once httptools is installed, which enclaved requires.
+        http="httptools",
         log_config=None,  # ours (above): uvicorn's loggers propagate to it
         access_log=False,
         server_header=False,

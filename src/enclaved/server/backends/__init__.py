@@ -91,7 +91,15 @@ def make_backend(spec: Any, *, env: Mapping[str, str] | None = None) -> Backend:
                 raise ConfigError(
                     f"environment variable {s.api_key_env} (the upstream API key) is not set"
                 )
-        return UpstreamBackend(s.base_url, s.upstream_model, api_key=api_key)
+            if not api_key.isprintable():  # a line break would end the HTTP header
+                raise ConfigError(
+                    f"environment variable {s.api_key_env} (the upstream API key) "
+                    "holds control characters"
+                )
+        try:
+            return UpstreamBackend(s.base_url, s.upstream_model, api_key=api_key)
+        except ValueError as exc:  # a URL that cannot make a request line
+            raise ConfigError(f"base_url {s.base_url!r} is not a usable engine URL") from exc
     raise ConfigError(f"unknown backend {s.backend!r} (use 'embedded' or 'upstream')")
 
 

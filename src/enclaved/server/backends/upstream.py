@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from .base import BackendError, ChatRequest
+from .engine_http import EngineHttp, Timeouts
 
 __all__ = ["SSEDecoder", "UpstreamBackend"]
 
@@ -49,26 +50,15 @@ log = logging.getLogger(__name__)
 
 #: Between two chunks an engine may be busy with a long prefill or queued
 #: behind other requests; only connecting must be fast.
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
-
-#: Enough connections for many concurrent streams to one engine, and
-#: keep-alive for a few of them. A kept connection saves a TCP connect and
-#: close per request (~1 ms of time to first token, ~1.5 ms of CPU on the
-#: benchmark machine), but httpcore's pool walks all of its connections on
-#: every request and every response end - for each idle one a ``poll()`` and
-#: a pass over all the others - so keeping 64 of them costs more than the
-#: handshakes it saves (measured at 64 streams: 210 against 135 us of server
-#: CPU per token). httpcore closes an idle connection once the pool holds
-#: more than ``max_keepalive_connections`` connections in all, so a quiet
-#: node keeps its connections and a busy one opens one per request, as
-#: before.
-KEEPALIVE_CONNECTIONS = 8
-DEFAULT_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=KEEPALIVE_CONNECTIONS)
+DEFAULT_TIMEOUTS = Timeouts(connect=10.0, read=300.0, write=30.0)
 
 #: After ``[DONE]``: how long, and how many bytes, the end of the body is
 #: waited for so that the connection can be reused (see ``_read_rest``).
 REST_TIMEOUT = 1.0
 REST_MAX_BYTES = 64 * 1024
+
+#: The engine's model list, at most.
+MODELS_MAX_BYTES = 4 * 1024 * 1024
 
 _DONE = b"[DONE]"
 _CR = 0x0D
@@ -178,9 +168,11 @@ class UpstreamBackend:
     >>> async for chunk in backend.stream(ChatRequest(messages=[...])):  # doctest: +SKIP
     ...     ...
 
-    ``client`` lets the caller share or inject an :class:`httpx.AsyncClient`
-    (tests, a custom transport); a client passed in is not closed by
-    :meth:`close`.
+    The engine is reached through :class:`~.engine_http.EngineHttp` (see that
+    module for why not httpx). ``headers`` are sent with every request, after
+    the backend's own; ``timeout`` is a :class:`~.engine_http.Timeouts` or one
+    number for every step; ``ssl_context`` replaces the default certificate
+    check for an ``https://`` engine.
     """
 
     def __init__(
@@ -189,63 +181,69 @@ class UpstreamBackend:
         model: str,
         *,
         api_key: str | None = None,
-        client: httpx.AsyncClient | None = None,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        timeout: Timeouts | float = DEFAULT_TIMEOUTS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         #: The engine's name for the model: sent as ``model`` upstream.
         self.model_name = model
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        self._headers = {"Accept": "text/event-stream"}
+        self._timeouts = Timeouts.of(timeout)
+        self._ssl_context = ssl_context
+        common = {"Accept": "text/event-stream"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._post_headers = {
-            **self._headers,
-            # Compressing an event stream token by token only adds latency.
-            "Accept-Encoding": "identity",
-            "Content-Type": "application/json",
-        }
-        self._client = client
-        self._owns_client = client is None
-        self._url = httpx.URL(f"{self.base_url}/chat/completions")
+            common["Authorization"] = f"Bearer {api_key}"
+        common.update(headers or {})
+        self._http = EngineHttp(self.base_url, timeouts=self._timeouts, ssl_context=ssl_context)
+        self._started = False
+        # The header blocks never change: built once.
+        self._models_head = self._http.head(
+            "GET", "/models", {**common, "Accept": "application/json"}
+        )
+        self._post_head = self._http.head(
+            "POST",
+            "/chat/completions",
+            {
+                **common,
+                # Compressing an event stream token by token only adds latency.
+                "Accept-Encoding": "identity",
+                "Content-Type": "application/json",
+            },
+        )
 
     def __repr__(self) -> str:  # never shows the api key
         return f"UpstreamBackend(base_url={self.base_url!r}, model={self.model_name!r})"
 
     async def start(self) -> None:
-        """Open the connection pool. The engine need not be up yet (vLLM loads
+        """Get ready to connect. The engine need not be up yet (vLLM loads
         slowly); requests fail with a 502 until it is."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, limits=DEFAULT_LIMITS)
-            self._owns_client = True
+        if self._http.closed:
+            self._http = EngineHttp(
+                self.base_url, timeouts=self._timeouts, ssl_context=self._ssl_context
+            )
+        self._started = True
 
     async def close(self) -> None:
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
+        self._started = False
+        await self._http.aclose()
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _engine(self) -> EngineHttp:
+        if not self._started:
             raise BackendError("upstream backend used before start()", status=503, code="not_ready")
-        return self._client
+        return self._http
 
     async def list_models(self) -> list[str]:
         """The model ids the engine serves (``GET {base_url}/models``): a health check."""
+        response = await self._engine().send(self._models_head)
         try:
-            response = await self._http().get(
-                f"{self.base_url}/models", headers=self._headers, timeout=self._timeout
-            )
-        except httpx.TimeoutException as exc:
-            raise BackendError(
-                "upstream engine timed out", status=504, code="upstream_timeout"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise BackendError("upstream engine unreachable", status=502) from exc
-        if not response.is_success:
-            raise _status_error(response.status_code)
+            if not response.is_success:
+                raise _status_error(response.status)
+            body = await response.read(MODELS_MAX_BYTES)
+        finally:
+            await response.aclose()
         try:
-            return [str(entry["id"]) for entry in response.json()["data"]]
-        except (ValueError, KeyError, TypeError) as exc:
+            return [str(entry["id"]) for entry in orjson.loads(body)["data"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BackendError("upstream engine sent a malformed model list") from exc
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -270,59 +268,41 @@ class UpstreamBackend:
         the same read) is consumed, so that the connection goes back to the
         pool instead of being closed: the next request skips a TCP handshake.
         """
-        client = self._http()
+        response = await self._engine().send(self._post_head, orjson.dumps(self._body(request)))
+        pieces = response.pieces()
         try:
-            async with client.stream(
-                "POST",
-                self._url,
-                content=orjson.dumps(self._body(request)),
-                headers=self._post_headers,
-            ) as response:
-                if not response.is_success:
-                    raise _status_error(response.status_code)
-                pieces = _body_pieces(response)
-                decoder = SSEDecoder()
-                async for raw in pieces:
-                    for event, data in decoder.feed(raw):
-                        if data == _DONE:
-                            await _read_rest(pieces)
-                            return
-                        yield _parse_event(event, data)
-                for event, data in decoder.flush():
+            if not response.is_success:
+                raise _status_error(response.status)
+            encoding = response.headers.get(b"content-encoding", b"identity").strip().lower()
+            if encoding not in (b"", b"identity"):
+                # Asked for identity; an engine that compresses anyway is not understood.
+                raise BackendError("upstream engine sent a compressed stream")
+            decoder = SSEDecoder()
+            async for raw in pieces:
+                for event, data in decoder.feed(raw):
                     if data == _DONE:
+                        await _read_rest(pieces)
                         return
                     yield _parse_event(event, data)
-        except httpx.TimeoutException as exc:
-            raise BackendError(
-                "upstream engine timed out", status=504, code="upstream_timeout"
-            ) from exc
-        except httpx.HTTPError as exc:
-            # ConnectError before the first chunk; RemoteProtocolError / ReadError
-            # when the engine drops the connection mid-stream.
-            raise BackendError("upstream engine connection failed") from exc
+            for event, data in decoder.flush():
+                if data == _DONE:
+                    return
+                yield _parse_event(event, data)
+        finally:
+            await pieces.aclose()  # a generator never started runs no finally:
+            await response.aclose()  # so the answer is closed here too
         # The body ended without [DONE]: the answer may be truncated.
         raise BackendError("upstream stream ended without [DONE]", code="upstream_truncated")
 
 
-def _body_pieces(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The response body as it arrives. The raw body skips httpx's decoder
-    layer (a few generator hops per SSE event) when there is nothing to
-    decode; a body already read (an in-memory transport) is only available
-    decoded."""
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity") and not response.is_stream_consumed:
-        return response.aiter_raw()
-    return response.aiter_bytes()
-
-
-async def _read_rest(pieces: AsyncIterator[bytes]) -> None:
-    """Read what follows ``[DONE]`` so that httpx can keep the connection.
+async def _read_rest(pieces: AsyncGenerator[bytes, None]) -> None:
+    """Read what follows ``[DONE]`` so that the connection can be kept.
 
     Normally that is only the end of the chunked body, already received or
     a moment away. An engine that sends more, or keeps the body open, is
     not waited for beyond :data:`REST_TIMEOUT` / :data:`REST_MAX_BYTES`: the
-    answer is complete either way, and httpx then closes the connection
-    instead of pooling it. Nothing read here is looked at.
+    answer is complete either way, and the connection is then closed
+    instead of pooled. Nothing read here is looked at.
     """
     size = 0
     try:
@@ -331,7 +311,7 @@ async def _read_rest(pieces: AsyncIterator[bytes]) -> None:
                 size += len(raw)
                 if size > REST_MAX_BYTES:
                     return
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, BackendError):
         pass
 
 
