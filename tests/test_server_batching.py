@@ -487,3 +487,45 @@ def test_sse_decoder_one_event_per_chunk_as_byte_by_byte(feeds: list[bytes]) -> 
     slow = SSEDecoder()
     expected = [e for f in feeds for i in range(len(f)) for e in slow.feed(f[i : i + 1])]
     assert got == expected + slow.flush()
+
+
+# -- what the node hands to the HTTP server before the first token ----------------------
+
+
+def test_status_line_and_role_chunk_go_out_with_the_first_token(tmp_path: Path) -> None:
+    """The engine's role chunk arrives 50 ms before its first token; the node
+    writes nothing until that token, then the status line and one body
+    message with both chunks: the client wakes once for the first token."""
+    from conftest import running_server
+    from server_fakes import fake_backends, fake_config
+
+    from enclaved.server.app import create_app
+
+    messages: list[dict[str, Any]] = []
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        async def record(message: dict[str, Any]) -> None:
+            if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
+                messages.append({**message, "at": time.monotonic()})
+            await send(message)
+
+        await app(scope, receive, record)
+
+    backend = FakeBackend(pieces=["Hi", " there"], delay=0.05)
+    app = create_app(fake_config(tmp_path), backends=fake_backends(backend))
+    body = {"model": TEE_MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with running_server(recording) as url:
+        sent = time.monotonic()
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=10) as r:
+            assert r.status_code == 200
+            raw = b"".join(r.iter_raw())
+    assert messages[0]["type"] == "http.response.start"
+    assert messages[0]["at"] - sent >= 0.04  # held until the first token
+    first = messages[1]
+    assert first["type"] == "http.response.body"
+    events = sse_events(first["body"])
+    assert [e["choices"][0]["delta"] for e in events] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hi"},
+    ]
+    assert raw.startswith(first["body"])  # and that is what the client read first

@@ -181,6 +181,30 @@ def test_access_log_cannot_be_forged_through_the_path(
     assert all("\n" not in line and "\r" not in line for line in lines), lines
 
 
+def test_an_unexpected_failure_on_the_chat_route_is_a_500_logged_by_type_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chat route bypasses Starlette's middleware (``EnclavedApp``'s
+    ``direct``): a bug that escapes it still answers an OpenAI-style 500, the
+    access log records it, and the exception's text (which could quote the
+    prompt) reaches no log."""
+
+    async def broken(self: Any, prepared: Any, send: Any, conn: Any) -> None:
+        raise RuntimeError("the secret prompt text")
+
+    monkeypatch.setattr(completions.ChatCompletions, "_stream", broken)
+    caplog.set_level(logging.INFO)
+    with fake_node(tmp_path) as n:
+        body = {"model": TEE_MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        r = httpx.post(n.api + "/chat/completions", json=body, timeout=10)
+    err = _error(r, 500, "internal_error")
+    assert "secret" not in json.dumps(err)
+    messages = [rec.getMessage() for rec in caplog.records]
+    assert any("RuntimeError" in m for m in messages)
+    assert not any("secret prompt" in m for m in messages)
+    assert any(m.startswith("POST /api/v1/chat/completions 500 ") for m in messages)
+
+
 # -- a signature store that hangs -------------------------------------------------------------
 
 

@@ -521,6 +521,17 @@ def _carries_text(choices: list[dict[str, Any]]) -> bool:
     return False
 
 
+def _role_only(choices: list[dict[str, Any]]) -> bool:
+    """Whether rewritten choices say nothing but the role (and empty text)."""
+    for c in choices:
+        if c["finish_reason"] is not None or len(c) > 3:  # index, delta, finish_reason
+            return False
+        for key, value in c["delta"].items():
+            if key != "role" and value:
+                return False
+    return True
+
+
 def error_event(message: str, code: str) -> bytes:
     """The mid-stream failure event (PROTOCOL.md): exactly message, type, code."""
     return (
@@ -538,18 +549,26 @@ class _Connection:
     final sign-and-store step from cancellation (its outcome is decided by
     checking ``disconnected`` instead)."""
 
-    __slots__ = ("_receive", "disconnected", "finishing")
+    __slots__ = ("_receive", "_task", "cancelled", "disconnected", "finishing")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
         self._receive = receive
+        self._task = task
         self.disconnected = False
         self.finishing = False
+        #: Whether ``watch`` cancelled the request's task.
+        self.cancelled = False
 
     async def watch(self) -> None:
+        """Until the client leaves; then stop the request's task, unless it
+        is signing and storing (``finishing``) or has already returned."""
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.disconnected = True
+                if not self.finishing and not self._task.done():
+                    self.cancelled = True
+                    self._task.cancel()
                 return
 
 
@@ -623,21 +642,23 @@ class ChatCompletions:
             await send_error(send, exc)
             return
 
-        conn = _Connection(receive)
+        # The completion runs in this task (a task of its own would cost the
+        # first token a turn of the event loop); a watcher task cancels it
+        # when the client leaves mid-generation, which stops the engine now.
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Connection(receive, task)
         run = self._stream if prepared.stream else self._complete
-        work = asyncio.ensure_future(run(prepared, send, conn))
         watcher = asyncio.ensure_future(conn.watch())
         try:
-            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not work.done() and not conn.finishing:
-                # The client left mid-generation: stop the engine now.
-                work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await run(prepared, send, conn)
+        except asyncio.CancelledError:
+            if not conn.cancelled or task.cancelling() > 1:
+                raise  # cancelled from outside (server shutdown)
         finally:
             watcher.cancel()
-            if not work.done():  # we were cancelled ourselves (server shutdown)
-                work.cancel()
+            if conn.cancelled:
+                task.uncancel()  # the watcher's request, handled
 
     # -- shared --------------------------------------------------------------------
 
@@ -683,17 +704,28 @@ class ChatCompletions:
 
     async def _stream(self, prepared: Prepared, send: Send, conn: _Connection) -> None:
         node = self.node
-        writer = ChunkWriter(
-            new_completion_id(), prepared.model.id, int(node.clock()), self._sealer(prepared)
-        )
         stream: AsyncIterator[dict[str, Any]] | None = None
         pump: ChunkPump | None = None
+        sealer: Sealer | None = None
         try:
             # 6. Failures before the first byte are real HTTP errors (a
             # backend may raise when called, or at its first chunk).
             try:
                 stream = prepared.backend.stream(prepared.request)
-                chunk = await self._first(stream)
+                if prepared.e2ee is None:
+                    chunk = await self._first(stream)
+                else:
+                    # The response's key (a key generation and an ECDH, ~0.2 ms)
+                    # is made while the engine works on the prompt, not before.
+                    first = asyncio.ensure_future(self._first(stream))
+                    try:
+                        await asyncio.sleep(0)  # the request goes out to the engine
+                        sealer = self._sealer(prepared)
+                        chunk = await first
+                    finally:
+                        if not first.done():  # we were cancelled ourselves
+                            first.cancel()
+                            await asyncio.wait((first,))  # it owns the stream until then
             except BackendError as exc:
                 log.warning("backend failed before streaming (%s): %s", exc.code, exc.message)
                 await send_error(send, _backend_http_error(exc), TEE_HEADERS)
@@ -703,14 +735,28 @@ class ChatCompletions:
                 await send_error(send, internal_error(), TEE_HEADERS)
                 return
 
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), sealer)
             hasher = ResponseHasher()
             update = hasher.update
+            started = False
+
+            async def write(data: bytes, *, more: bool = True) -> None:
+                # The status line goes out with the first bytes of the body:
+                # the client is woken once for both (each wake-up of an idle
+                # process costs ~0.1 ms on a virtual machine).
+                nonlocal started
+                if not started:
+                    started = True
+                    await send(
+                        {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
+                    )
+                await send({"type": "http.response.body", "body": data, "more_body": more})
 
             # 7. Every byte written goes through the hasher first, in the
             # order written: batching changes how many ``send`` calls carry
             # the bytes, never which bytes.
             tail = b""
+            held = b""
             try:
                 # 7a. Up to and including the first chunk that carries text,
                 # each chunk is written the moment it is read, on its own:
@@ -723,15 +769,21 @@ class ChatCompletions:
                 # So the loop yields every YIELD_EVERY_CHUNKS chunks and stops
                 # once the client is gone (this matters for a stream with no
                 # text, e.g. tool calls only; 7b always yields).
+                #
+                # Chunks that only announce the role (engines send one before
+                # the first token) are held and written with the next one, so
+                # that the first token costs the client one wake-up, not two.
                 since_yield = 0
                 while chunk is not None:
                     choices = writer.choices(chunk)
                     if choices:
-                        data = writer.event(choices)
-                        update(data)
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-                        if _carries_text(choices):
-                            break
+                        held += writer.event(choices)
+                        if not _role_only(choices):
+                            data, held = held, b""
+                            update(data)
+                            await write(data)
+                            if _carries_text(choices):
+                                break
                     since_yield += 1
                     if since_yield == YIELD_EVERY_CHUNKS:
                         since_yield = 0
@@ -757,9 +809,7 @@ class ChatCompletions:
                             break
                         if data:
                             update(data)
-                            await send(
-                                {"type": "http.response.body", "body": data, "more_body": True}
-                            )
+                            await write(data)
                         if finished:
                             assert pump.error is not None
                             raise pump.error
@@ -771,12 +821,13 @@ class ChatCompletions:
                     log.error("completion failed mid-stream: %s", type(exc).__name__)
                     event = error_event("Internal server error", "internal_error")
                 # No signature for a failed completion.
-                await send({"type": "http.response.body", "body": event + DONE, "more_body": False})
+                await write(held + event + DONE, more=False)
                 return
 
-            data = tail + writer.usage_event()
+            # ``held``: role chunks of a stream that ended before anything else.
+            data = held + tail + writer.usage_event()
             update(data)
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await write(data)
 
             # 8. Sign over everything including [DONE], store, then write [DONE].
             conn.finishing = True
@@ -786,7 +837,7 @@ class ChatCompletions:
                 record = await self._sign(prepared, writer.id, hasher.hexdigest())
                 if conn.disconnected:  # left while we stored: the answer was not delivered
                     await self._forget(record)
-            await send({"type": "http.response.body", "body": DONE, "more_body": False})
+            await write(DONE, more=False)
         finally:
             if pump is not None:
                 await pump.aclose()  # it owns the stream now, and closes it
