@@ -137,3 +137,23 @@ def test_keypair_does_not_leak_its_secret() -> None:
 
     with pytest.raises(TypeError):
         pickle.dumps(kp)
+
+
+def test_ephemeral_keys_are_what_openssl_derives_from_their_secrets() -> None:
+    """The sealer's own key generation (one libsecp256k1 call, no coincurve
+    objects) gives the public key OpenSSL computes from the same secret, and
+    a broken random source is refused rather than looped on."""
+    from enclaved.crypto._primitives import new_ephemeral
+    from enclaved.errors import InvalidKeyError
+
+    for _ in range(20):
+        secret, public = new_ephemeral()
+        expected = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256K1())
+        point = expected.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        assert public == point
+    with pytest.raises(InvalidKeyError):
+        new_ephemeral(lambda n: b"\x00" * n)  # zero is not a secret
+    with pytest.raises(InvalidKeyError):
+        new_ephemeral(lambda n: b"\xff" * n)  # nor is anything >= the group order

@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import DecryptionError, InvalidKeyError
-from ._primitives import ecdh_x, hkdf_sha256, parse_public_key
+from ._primitives import ecdh_x, hkdf_sha256, new_ephemeral, parse_public_key
 from .keys import KeyPair
 
 PUB_LEN = 65
@@ -41,11 +41,13 @@ MIN_HEX_LEN = 2 * (PUB_LEN + IV_LEN + TAG_LEN)  # 186
 RandomBytes = Callable[[int], bytes]
 
 
-def _derive(private: PrivateKey, public: PublicKey) -> AESGCM:
+def _derive(private: PrivateKey | bytes, public: PublicKey) -> AESGCM:
     return AESGCM(hkdf_sha256(ecdh_x(private, public)))
 
 
-def seal(plaintext: bytes | str, recipient: bytes | PublicKey, *, random: RandomBytes = os.urandom) -> str:
+def seal(
+    plaintext: bytes | str, recipient: bytes | PublicKey, *, random: RandomBytes = os.urandom
+) -> str:
     """Encrypt one message to ``recipient`` (65-byte public key) with a fresh ephemeral key."""
     return Sealer(recipient, per_chunk=True, random=random).seal(plaintext)
 
@@ -65,7 +67,9 @@ class Sealer:
         per_chunk: bool = False,
         random: RandomBytes = os.urandom,
     ) -> None:
-        self._recipient = recipient if isinstance(recipient, PublicKey) else parse_public_key(recipient)
+        self._recipient = (
+            recipient if isinstance(recipient, PublicKey) else parse_public_key(recipient)
+        )
         self._per_chunk = per_chunk
         self._random = random
         self._prefix = b""
@@ -74,8 +78,8 @@ class Sealer:
             self._prefix, self._aead = self._fresh_key()
 
     def _fresh_key(self) -> tuple[bytes, AESGCM]:
-        eph = PrivateKey(self._random(32)) if self._random is not os.urandom else PrivateKey()
-        return eph.public_key.format(compressed=False), _derive(eph, self._recipient)
+        secret, public = new_ephemeral(self._random)
+        return public, _derive(secret, self._recipient)
 
     def seal(self, plaintext: bytes | str) -> str:
         """One envelope, lowercase hex."""
