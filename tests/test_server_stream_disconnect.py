@@ -99,8 +99,7 @@ def test_a_client_that_leaves_during_the_prefill_stops_the_engine(
 ) -> None:
     """The engine is still working on the prompt (no chunk yet, nothing written)
     when the client leaves: the engine's stream is cancelled at once, for plain
-    and E2EE requests alike (E2EE waits for the first chunk in a task of its
-    own while it makes the response key), and the node keeps serving."""
+    and E2EE requests alike, and the node keeps serving."""
     backend = SlowStartBackend()
     with fake_node(tmp_path, backend=backend) as node:
         url = urlsplit(node.api)

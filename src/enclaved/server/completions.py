@@ -706,26 +706,12 @@ class ChatCompletions:
         node = self.node
         stream: AsyncIterator[dict[str, Any]] | None = None
         pump: ChunkPump | None = None
-        sealer: Sealer | None = None
         try:
             # 6. Failures before the first byte are real HTTP errors (a
             # backend may raise when called, or at its first chunk).
             try:
                 stream = prepared.backend.stream(prepared.request)
-                if prepared.e2ee is None:
-                    chunk = await self._first(stream)
-                else:
-                    # The response's key (a key generation and an ECDH, ~0.2 ms)
-                    # is made while the engine works on the prompt, not before.
-                    first = asyncio.ensure_future(self._first(stream))
-                    try:
-                        await asyncio.sleep(0)  # the request goes out to the engine
-                        sealer = self._sealer(prepared)
-                        chunk = await first
-                    finally:
-                        if not first.done():  # we were cancelled ourselves
-                            first.cancel()
-                            await asyncio.wait((first,))  # it owns the stream until then
+                chunk = await self._first(stream)
             except BackendError as exc:
                 log.warning("backend failed before streaming (%s): %s", exc.code, exc.message)
                 await send_error(send, _backend_http_error(exc), TEE_HEADERS)
@@ -735,7 +721,9 @@ class ChatCompletions:
                 await send_error(send, internal_error(), TEE_HEADERS)
                 return
 
-            writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), sealer)
+            writer = ChunkWriter(
+                new_completion_id(), prepared.model.id, int(node.clock()), self._sealer(prepared)
+            )
             hasher = ResponseHasher()
             update = hasher.update
             started = False
