@@ -48,9 +48,11 @@ Reported per mode and C:
   *idle* TTFT: ``--idle-requests`` single 4-token requests per mode, one at a
   time, 20 ms apart, interleaved across the modes; and the *engine hop*:
   the engine's TTFT from the bench process through enclaved's own engine
-  client (``UpstreamBackend``, i.e. httpx) against ``RawHttp``, interleaved
+  client (``node``: ``UpstreamBackend`` over ``engine_http``), through httpx
+  doing the same work (``httpx``: what the node used before, kept as the
+  reference) and through ``RawHttp`` (``raw``), interleaved
   (``engine_hop_ttft_ms``) - the share of the node's TTFT overhead that is
-  httpx on the way to the engine;
+  its HTTP client on the way to the engine;
 - CPU microseconds per token of the server, the engine and the client
   (``/proc`` and ``getrusage``, warm-up and tail included). Throughput on a
   shared 2-core machine swings with whatever else runs; CPU per token
@@ -67,8 +69,9 @@ Ratios, side by side from the same run:
 - ``idle_ttft_overhead_ms``: idle TTFT p50 through the node minus the
   engine's own (target <= 2 ms); ``ttft_overhead_ms_c1``: the same under the
   closed loop at the smallest C;
-- ``engine_hop_httpx_overhead_ms``: the engine hop's TTFT p50 through httpx
-  minus through ``RawHttp``.
+- ``engine_hop_overhead_ms``: the engine hop's TTFT p50 through the node's
+  client minus through ``RawHttp``; ``engine_hop_httpx_overhead_ms``: the
+  same for httpx.
 
 Any server (issue item 3): ``--server-url URL --server-cmd "CMD"`` also
 starts CMD (a shell command) and measures it with the same modes, side by
@@ -452,15 +455,17 @@ async def _idle_ttft(
 
 
 async def _engine_hop(upstream_url: str, n: int, gap: float) -> dict[str, list[float]]:
-    """Time to the engine's first token from this process: through the server's
-    own engine client (``UpstreamBackend``, httpx) and through ``RawHttp``.
+    """Time to the engine's first token from this process, three ways: through
+    the node's own engine client (``UpstreamBackend``), through httpx doing
+    the same work (stream, SSE events, one ``orjson.loads`` each) and through
+    ``RawHttp``.
 
     The same engine, the same 4-token request, interleaved, one at a time:
-    the difference is what httpx costs the node on the hop to the engine,
-    which every enclaved time to first token includes.
+    the differences are what each HTTP client costs the node on the hop to
+    the engine, which every enclaved time to first token includes.
     """
     from enclaved.server.backends.base import ChatRequest
-    from enclaved.server.backends.upstream import UpstreamBackend
+    from enclaved.server.backends.upstream import SSEDecoder, UpstreamBackend
 
     backend = UpstreamBackend(upstream_url, UPSTREAM_MODEL)
     await backend.start()
@@ -469,25 +474,51 @@ async def _engine_hop(upstream_url: str, n: int, gap: float) -> dict[str, list[f
     request = ChatRequest(
         messages=[{"role": "user", "content": PROMPT}], params={"max_tokens": 4, "temperature": 0}
     )
-    times: dict[str, list[float]] = {"httpx": [], "raw": []}
+    body = orjson.dumps(
+        {"model": UPSTREAM_MODEL, "messages": request.messages, "max_tokens": 4, "stream": True}
+    )
+    url = upstream_url.rstrip("/") + "/chat/completions"
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+    def has_text(chunk: dict[str, Any]) -> bool:
+        return any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or ())
+
+    async def via_node() -> float | None:
+        started = time.perf_counter()
+        first = None
+        async for chunk in backend.stream(request):
+            if first is None and has_text(chunk):
+                first = time.perf_counter() - started
+        return first
+
+    async def via_httpx(client: httpx.AsyncClient) -> float | None:
+        started = time.perf_counter()
+        first = None
+        decoder = SSEDecoder()
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            async for piece in response.aiter_raw():
+                for _, data in decoder.feed(piece):
+                    if data != b"[DONE]" and first is None and has_text(orjson.loads(data)):
+                        first = time.perf_counter() - started
+        return first
+
+    times: dict[str, list[float]] = {"node": [], "httpx": [], "raw": []}
     try:
-        for i in range(n + 2):
-            started = time.perf_counter()
-            first = None
-            async for chunk in backend.stream(request):
-                if first is None and any(
-                    (c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()
-                ):
-                    first = time.perf_counter() - started
-            await asyncio.sleep(gap)
-            out = _empty()
-            await _one_stream(raw, spec, None, (0.0, math.inf), out, 4)
-            if out["errors"] or first is None:
-                raise RuntimeError(f"engine hop: {out['last_error']}")
-            if i >= 2:
-                times["httpx"].append(first)
-                times["raw"] += out["ttft"]
-            await asyncio.sleep(gap)
+        async with httpx.AsyncClient() as client:
+            for i in range(n + 2):
+                node = await via_node()
+                await asyncio.sleep(gap)
+                over_httpx = await via_httpx(client)
+                await asyncio.sleep(gap)
+                out = _empty()
+                await _one_stream(raw, spec, None, (0.0, math.inf), out, 4)
+                if out["errors"] or node is None or over_httpx is None:
+                    raise RuntimeError(f"engine hop: {out['last_error']}")
+                if i >= 2:
+                    times["node"].append(node)
+                    times["httpx"].append(over_httpx)
+                    times["raw"] += out["ttft"]
+                await asyncio.sleep(gap)
     finally:
         await raw.close()
         await backend.close()
@@ -788,6 +819,9 @@ def main() -> None:
             "results": results,
             "idle_ttft_ms": idle_ttft,
             "engine_hop_ttft_ms": engine_hop,
+            "engine_hop_overhead_ms": (
+                round(engine_hop["node"]["p50"] - engine_hop["raw"]["p50"], 3) if engine_hop else None
+            ),
             "engine_hop_httpx_overhead_ms": (
                 round(engine_hop["httpx"]["p50"] - engine_hop["raw"]["p50"], 3) if engine_hop else None
             ),

@@ -102,6 +102,10 @@ def test_stream_enclaved_and_any_server() -> None:
         "second/e2ee",
     }
     assert all(t["n"] == 2 for t in result["idle_ttft_ms"].values())
+    # The engine hop through the node's own client, httpx and a bare socket.
+    assert set(result["engine_hop_ttft_ms"]) == {"node", "httpx", "raw"}
+    assert all(t["n"] == 2 for t in result["engine_hop_ttft_ms"].values())
+    assert isinstance(result["engine_hop_overhead_ms"], float)
 
 
 def test_client() -> None:
