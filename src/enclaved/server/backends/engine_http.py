@@ -77,8 +77,6 @@ MAX_HEAD_BYTES = 64 * 1024
 #: consumer - the node's writer to its client - is slower than the engine).
 READ_HIGH_WATER = 256 * 1024
 
-_READ_CHUNK = 64 * 1024
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -133,7 +131,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False  # the connection is gone (closed by either side)
         self.error: BackendError | None = None  # a malformed answer
-        self.idle_since = 0.0  # loop time of the release to the pool; 0: in use
+        self.idle_since = 0.0  # time.monotonic() of the release to the pool; 0: in use
         self._waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
