@@ -279,6 +279,12 @@ def test_unusable_key_or_url_is_a_config_error_that_never_shows_the_key() -> Non
     assert "sk-secret" not in str(info.value)
     with pytest.raises(ConfigError):
         make_backend({**spec, "base_url": "http://127.0.0.1:1/v 1"}, env={})
+    # Credentials in the URL would not be sent (no Basic auth on this hop): refused,
+    # and the password is not repeated in the error.
+    with pytest.raises(ConfigError) as info:
+        make_backend({**spec, "base_url": "http://user:hunter2@127.0.0.1:1/v1"}, env={})
+    assert "hunter2" not in str(info.value)
+    assert "api_key_env" in str(info.value)
 
 
 # -- the SSE decoder on its own ------------------------------------------------

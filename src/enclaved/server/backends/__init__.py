@@ -98,8 +98,8 @@ def make_backend(spec: Any, *, env: Mapping[str, str] | None = None) -> Backend:
                 )
         try:
             return UpstreamBackend(s.base_url, s.upstream_model, api_key=api_key)
-        except ValueError as exc:  # a URL that cannot make a request line
-            raise ConfigError(f"base_url {s.base_url!r} is not a usable engine URL") from exc
+        except ValueError as exc:  # a URL that cannot make a request line, or has credentials
+            raise ConfigError(f"base_url: {exc}") from exc
     raise ConfigError(f"unknown backend {s.backend!r} (use 'embedded' or 'upstream')")
 
 

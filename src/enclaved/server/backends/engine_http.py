@@ -410,6 +410,11 @@ class EngineHttp:
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
     ) -> None:
         url = urlsplit(base_url)
+        if url.username is not None or url.password is not None:
+            # Not sent (no Basic auth here), and not repeated: it may be a password.
+            raise ValueError(
+                "credentials in the engine URL are not used: give the key by api_key_env"
+            )
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http:// or https:// URL: {base_url!r}")
         self.base_url = base_url
