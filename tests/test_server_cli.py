@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from enclaved.crypto import eip191_recover_address, sha256_hex
 pytestmark = pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+LOW_FD_LIMIT = 1024
+_HARD_FDS = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 CANARY = "CANARY-7f3a-prompt"
 
 
@@ -89,8 +92,15 @@ upstream_model = "{TEE_MODEL}"
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "ENCLAVED_PORT": "0",
     }
+    # Started as many systems start it, with a soft limit of 1024 open files
+    # (a shell sets it: preexec_fn is unsafe in this threaded test process).
+    low = min(LOW_FD_LIMIT, _HARD_FDS)
     proc = subprocess.Popen(
         [
+            "/bin/sh",
+            "-c",
+            f'ulimit -S -n {low} && exec "$@"',
+            "sh",
             sys.executable,
             "-m",
             "enclaved",
@@ -130,6 +140,17 @@ upstream_model = "{TEE_MODEL}"
         yield handle
     finally:
         handle.stop()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_one(served: Served) -> None:
+    """Started with a soft limit of 1024 open files, the node lifts it to the
+    hard limit: every stream holds two sockets (client and engine)."""
+    limits = Path(f"/proc/{served.proc.pid}/limits").read_text(encoding="utf-8")
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard, line
+    if _HARD_FDS > LOW_FD_LIMIT:
+        assert int(soft) > LOW_FD_LIMIT
 
 
 def test_banner(served: Served, engine: NodeHandle) -> None:

@@ -196,6 +196,30 @@ def _banner(config: Any, app: Any, url: str) -> str:
     return "\n".join(lines)
 
 
+def _raise_open_file_limit(log: logging.Logger) -> None:
+    """Lift the soft limit on open files to the hard one.
+
+    Each stream holds two sockets (its client's and, with an upstream
+    engine, one to the engine), and many systems start processes with a
+    soft limit of 1024: a few hundred streams would then fail to accept or
+    to connect. Raising the soft limit up to the hard one needs no privilege.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+        return
+    log.info("open-file limit raised from %d to %d", soft, target)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, Error
 
@@ -214,6 +238,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..server.app import create_app
 
     log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
+    _raise_open_file_limit(log)
     key = KeyPair.generate()  # in memory only: never written, never logged
     try:
         app = create_app(config, node_key=key)
