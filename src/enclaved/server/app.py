@@ -55,7 +55,7 @@ from ..evidence.base import EvidenceSource
 from .attestation import VerifyFn, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
-from .completions import STORE_TIMEOUT_SECONDS, ChatCompletions
+from .completions import STORE_TIMEOUT_SECONDS, ChatCompletions, send_error
 from .config import ModelConfig, ServerConfig
 from .errors import (
     NOT_FOUND,
@@ -340,15 +340,7 @@ class EnclavedApp(Starlette):
                 except Exception as exc:  # noqa: BLE001 - answered 500, logged by type only
                     log.error("unhandled error on %s: %s", scope["path"], type(exc).__name__)
                     if not status:
-                        err = internal_error()
-                        await send_wrapper(
-                            {
-                                "type": "http.response.start",
-                                "status": 500,
-                                "headers": [(b"content-type", b"application/json")],
-                            }
-                        )
-                        await send_wrapper({"type": "http.response.body", "body": err.body()})
+                        await send_error(send_wrapper, internal_error())
         except Exception:  # noqa: BLE001, S110 - see below
             # Already answered (500) and logged by type in ``on_unexpected``;
             # re-raising would hand the traceback to uvicorn's log.
