@@ -132,7 +132,7 @@ def test_looks_like_envelope() -> None:
 
 def test_keypair_does_not_leak_its_secret() -> None:
     kp = KeyPair.generate()
-    assert "address" in repr(kp) and kp._private.secret.hex() not in repr(kp)
+    assert "address" in repr(kp) and kp._secret.hex() not in repr(kp)
     import pickle
 
     with pytest.raises(TypeError):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import NoReturn
 
 from coincurve import PrivateKey
 
 from ..errors import InvalidKeyError
-from ._primitives import ethereum_address, parse_public_key
+from ._primitives import ethereum_address, new_ephemeral, parse_public_key
 
 
 def address_from_public_key(public_key: bytes | str) -> str:
@@ -46,30 +48,51 @@ class KeyPair:
     The private scalar is never exposed as a property, never part of
     ``repr``, and never written anywhere; the objects that need it
     (:class:`~enclaved.crypto.envelope.Opener`, signing) take the key pair.
+
+    Cheap to make: one libsecp256k1 key generation (a client makes one per
+    request). The Ethereum address and coincurve's signing object are
+    derived the first time they are needed.
     """
 
-    __slots__ = ("_private", "address", "public_key", "public_key_hex")
+    __slots__ = ("_address", "_secret", "_signing", "public_key", "public_key_hex")
 
-    def __init__(self, private: PrivateKey | None = None) -> None:
-        self._private = private if private is not None else PrivateKey()
+    def __init__(self, secret: bytes, public_key: bytes) -> None:
+        """Use :meth:`generate` or :meth:`from_secret`: this trusts its arguments."""
+        self._secret = secret
+        self._signing: PrivateKey | None = None
+        self._address: str | None = None
         #: 65-byte uncompressed public key.
-        self.public_key: bytes = self._private.public_key.format(compressed=False)
+        self.public_key: bytes = public_key
         #: lowercase hex of :attr:`public_key`, 130 chars, ``04...``.
-        self.public_key_hex: str = self.public_key.hex()
-        #: ``0x`` + 40 lowercase hex.
-        self.address: str = ethereum_address(self.public_key)
+        self.public_key_hex: str = public_key.hex()
 
     @classmethod
-    def generate(cls) -> KeyPair:
-        return cls()
+    def generate(cls, random: Callable[[int], bytes] = os.urandom) -> KeyPair:
+        return cls(*new_ephemeral(random))
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyPair:
         """For tests and vectors only: a key pair from a known 32-byte scalar."""
         try:
-            return cls(PrivateKey(secret))
+            private = PrivateKey(secret)
         except Exception as exc:
             raise InvalidKeyError("invalid secp256k1 private key") from exc
+        keypair = cls(private.secret, private.public_key.format(compressed=False))
+        keypair._signing = private
+        return keypair
+
+    @property
+    def address(self) -> str:
+        """``0x`` + 40 lowercase hex."""
+        if self._address is None:
+            self._address = ethereum_address(self.public_key)
+        return self._address
+
+    def _signing_key(self) -> PrivateKey:
+        """coincurve's key object, for signing (made once: it costs two key generations)."""
+        if self._signing is None:
+            self._signing = PrivateKey(self._secret)
+        return self._signing
 
     def __repr__(self) -> str:
         return f"KeyPair(address={self.address})"

@@ -18,7 +18,7 @@ def eip191_hash(message: bytes | str) -> bytes:
 
 def eip191_sign(keypair: KeyPair, message: bytes | str) -> str:
     """``0x`` + r || s || v (65 bytes, v in {27, 28}), lowercase hex."""
-    sig = keypair._private.sign_recoverable(eip191_hash(message), hasher=None)
+    sig = keypair._signing_key().sign_recoverable(eip191_hash(message), hasher=None)
     return "0x" + (sig[:64] + bytes([sig[64] + 27])).hex()
 
 
