@@ -238,6 +238,10 @@ def test_streaming_required(node: NodeHandle, client: SeedClient, stream: Any) -
         pytest.param(lambda env: env[:-1], id="odd-length"),
         pytest.param(lambda env: env[:100] + "zz" + env[102:], id="non-hex-chars"),
         pytest.param(lambda env: env[:100] + " " + env[101:], id="space"),
+        # bytes.fromhex would skip whitespace between pairs: the node must not.
+        pytest.param(lambda env: env[:100] + " " + env[100:], id="space-between-pairs"),
+        pytest.param(lambda env: env + "\n", id="trailing-newline"),
+        pytest.param(lambda env: env[:100] + "\u0663\u0663" + env[102:], id="non-ascii-digits"),
         pytest.param(lambda env: "0x" + env, id="0x-prefix"),
     ],
 )
