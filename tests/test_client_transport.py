@@ -122,6 +122,26 @@ def test_each_message_gets_its_own_ephemeral_key_and_each_request_its_own_sessio
     assert node.seen[0].headers["x-venice-tee-client-pub-key"] != node.seen[1].headers["x-venice-tee-client-pub-key"]
 
 
+def test_prompt_keys_are_made_ahead_and_each_used_once(node: FakeNode) -> None:
+    """The attested node holds the next prompt's sealers (made during the
+    attestation, then after each answer): each message still gets a key of
+    its own, and one made ahead of time is one of them."""
+    from enclaved.client._attest import PROMPT_SEALERS
+
+    client = sync_client(node)
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    att = last_attestation(client)
+    assert att is not None and att.sealers is not None
+    assert len(att.sealers) == PROMPT_SEALERS  # topped up after the answer
+    ready = [s._prefix.hex() for s in list(att.sealers._items)]  # the keys waiting
+    for _ in range(2):
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    keys = [m["content"][:130] for seen in node.seen for m in seen.body["messages"]]
+    assert len(keys) == 3 * len(MESSAGES) and len(set(keys)) == len(keys)
+    assert keys[len(MESSAGES)] == ready[0]  # the second request used a key made ahead
+    assert node.attestations == 1
+
+
 def test_text_parts_and_developer_role_are_sealed(node: FakeNode) -> None:
     client = sync_client(node)
     messages = [

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from ..attestation.checks import Check, Verdict
+from ..crypto import Sealer
+from ..crypto.reserve import Reserve, prompt_sealers
 from ..errors import ConfigError, InvalidKeyError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +43,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The nonce size the protocol requires (bytes).
 NONCE_BYTES = 32
+#: Prompt sealers kept ready per attested E2EE node: a system and a user
+#: message (what ``fold_history`` leaves) seal without waiting for a key.
+PROMPT_SEALERS = 2
 
 
 class VerifierLike(Protocol):
@@ -76,6 +81,9 @@ class AttestedNode:
     verdict: Verdict = dataclasses.field(compare=False)
     #: When it was verified, on the transport's clock (monotonic seconds).
     verified_at: float = dataclasses.field(default=0.0, compare=False)
+    #: E2EE: sealers to ``signing_key`` made ahead of time, one per prompt
+    #: message, each used once (``None`` when the node was attested for plain use).
+    sealers: Reserve[Sealer] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         """``intel-tdx, 0x1234...``: what ``enclaved chat`` prints after ``verified:``."""
@@ -142,6 +150,12 @@ def check_attestation(
     verdict.raise_for_status()
 
     key_text = _raw_key_text(report.raw)
+    sealers = None
+    if e2ee and report.signing_key is not None:
+        # The first request's prompt keys, made now: attestation already
+        # took milliseconds, the first token should not wait for them.
+        sealers = prompt_sealers(report.signing_key, PROMPT_SEALERS)
+        sealers.refill()
     return AttestedNode(
         base_url=base_url,
         model=model,
@@ -154,6 +168,7 @@ def check_attestation(
         nonce=nonce.hex(),
         verdict=verdict,
         verified_at=now,
+        sealers=sealers,
     )
 
 

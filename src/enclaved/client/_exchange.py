@@ -35,13 +35,15 @@ clear.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from ..crypto import KeyPair, Opener, seal, sha256_hex
+from ..crypto import KeyPair, Opener, Sealer, sha256_hex
+from ..crypto.reserve import Reserve
 from ..errors import ConfigError
 from ._attest import AttestedNode, attestation_query, signature_query
 from ._stream import ResponseDecoder
@@ -224,7 +226,7 @@ class Exchange:
             messages = plan.body.get("messages")
             if plan.fold_history:
                 messages = fold_history(messages)
-            body["messages"] = seal_messages(messages, node.signing_key)
+            body["messages"] = seal_messages(messages, node.signing_key, sealers=node.sealers)
             body["stream"] = True
             # 1. The session key: in memory, for this request only.
             self._keypair = keypair_factory()
@@ -259,14 +261,25 @@ class Exchange:
         return self._keypair is not None
 
     def close(self) -> None:
-        """Forget the session key. Idempotent."""
+        """Forget the session key, and make the next request's prompt keys. Idempotent."""
         if self.decoder is not None:
             self.decoder.forget_key()
+        if self._keypair is not None and self.node.sealers is not None:
+            # Now rather than when the next prompt is sealed: off its path to a first token.
+            self.node.sealers.refill()
         self._keypair = None
 
 
-def seal_messages(messages: Any, model_key: bytes) -> list[Any]:
-    """The messages with every user/system content sealed to ``model_key``."""
+def seal_messages(
+    messages: Any, model_key: bytes, *, sealers: Reserve[Sealer] | None = None
+) -> list[Any]:
+    """The messages with every user/system content sealed to ``model_key``.
+
+    Each content (or text part) gets a sealer of its own, with a fresh
+    ephemeral key: from ``sealers`` (made ahead of time for ``model_key``)
+    when given, else made here.
+    """
+    new_sealer = sealers.take if sealers is not None else functools.partial(Sealer, model_key)
     if not isinstance(messages, list):
         raise ConfigError("messages must be a list")
     out: list[Any] = []
@@ -282,7 +295,7 @@ def seal_messages(messages: Any, model_key: bytes) -> list[Any]:
             out.append(message)
             continue
         sealed = dict(message)
-        sealed["content"] = _seal_content(message.get("content"), model_key)
+        sealed["content"] = _seal_content(message.get("content"), new_sealer)
         out.append(sealed)
     return out
 
@@ -347,14 +360,14 @@ def _text_of(content: Any) -> str:
     raise ConfigError("message content must be a string or a list of text parts")
 
 
-def _seal_content(content: Any, model_key: bytes) -> Any:
+def _seal_content(content: Any, new_sealer: Callable[[], Sealer]) -> Any:
     if isinstance(content, str):
-        return seal(content, model_key)
+        return new_sealer().seal(content)
     if isinstance(content, list):
         parts = []
         for part in content:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                parts.append({**part, "text": seal(part["text"], model_key)})
+                parts.append({**part, "text": new_sealer().seal(part["text"])})
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise ConfigError(f"{kind} content parts are not supported with E2EE")
