@@ -24,7 +24,9 @@ tee        ``tee-bench`` through enclaved: plaintext, but rebuilt, hashed and
 e2ee       ``e2ee-bench`` through enclaved with real E2EE: the client attests
            the node once up front (fresh nonce, full verifier under the
            development policy that trusts the node's ``dev-root-ca.pem``),
-           seals the prompt to the attested key, and opens every delta
+           and per request does what the SDK does: a fresh session key,
+           the prompt sealed to the attested key with a sealer made ahead
+           of time (after the previous answer), every delta opened
 =========  ====================================================================
 
 The load is C closed-loop streams in one client process (``--client-procs K``
@@ -46,7 +48,9 @@ Reported per mode and C:
 - TTFT p50/p95, from just before the request (prompt sealing included) to
   the first decoded token, under that load; and, before the loads, the
   *idle* TTFT: ``--idle-requests`` single 4-token requests per mode, one at a
-  time, 20 ms apart, interleaved across the modes; and the *engine hop*:
+  time, 20 ms apart, interleaved across the modes (for E2EE also the
+  client's own share: session key, sealing, opening the first delta); and
+  the *engine hop*:
   the engine's TTFT from the bench process through enclaved's own engine
   client (``node``: ``UpstreamBackend`` over ``engine_http``), through httpx
   doing the same work (``httpx``: what the node used before, kept as the
@@ -68,7 +72,8 @@ Ratios, side by side from the same run:
   compared with the bare engine;
 - ``idle_ttft_overhead_ms``: idle TTFT p50 through the node minus the
   engine's own (target <= 2 ms); ``ttft_overhead_ms_c1``: the same under the
-  closed loop at the smallest C;
+  closed loop at the smallest C; ``idle_client_crypto_ms``: the E2EE
+  client's own crypto inside that overhead (p50);
 - ``engine_hop_overhead_ms``: the engine hop's TTFT p50 through the node's
   client minus through ``RawHttp``; ``engine_hop_httpx_overhead_ms``: the
   same for httpx.
@@ -277,9 +282,16 @@ async def _one_stream(
     started = perf()
     content = PROMPT
     headers: dict[str, str] = {}
+    opener = None
+    crypto_s = 0.0  # the client's own E2EE work before its first token
     if e2ee is not None:
-        content = e2ee["seal"](PROMPT)
-        headers = e2ee["headers"]
+        # What the SDK does per request: a fresh session key, the prompt
+        # sealed with a sealer made ahead of time (after the previous answer).
+        session = e2ee["keypair"]()
+        content = e2ee["sealers"].take().seal(PROMPT)
+        headers = {**e2ee["headers"], "X-Venice-TEE-Client-Pub-Key": session.public_key_hex}
+        opener = e2ee["opener"](session)
+        crypto_s = perf() - started
     body = orjson.dumps(
         {
             "model": spec["model"],
@@ -290,7 +302,6 @@ async def _one_stream(
             "stream_options": {"include_usage": True},
         }
     )
-    opener = e2ee["opener"] if e2ee is not None else None
     first = True
     status, pieces = await http.post(body, headers)
     if status != 200:
@@ -320,12 +331,19 @@ async def _one_stream(
                 if not text:
                     continue
                 if opener is not None:
-                    text = opener.open_text(text)
+                    if first:
+                        opened = perf()
+                        text = opener.open_text(text)
+                        crypto_s += perf() - opened
+                    else:
+                        text = opener.open_text(text)
                 now = perf()
                 if first:
                     first = False
                     if t_start <= now <= t_end:
                         out["ttft"].append(now - started)
+                        if opener is not None:
+                            out["client_crypto"].append(crypto_s)
                 # The fake engine writes " tok<i>" per token: count from the
                 # text, so that chunks packing several tokens count right.
                 n = text.count(" tok")
@@ -335,6 +353,8 @@ async def _one_stream(
             if "error" in chunk:
                 out["errors"] += 1
                 out["last_error"] = "stream error event"
+    if e2ee is not None:
+        e2ee["sealers"].refill()  # the next prompt's keys: the SDK makes them here too
     if done:
         out["requests"] += 1
     else:
@@ -343,18 +363,22 @@ async def _one_stream(
 
 
 def _e2ee_session(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """One client session key per stream slot, as the SDK holds one per session."""
+    """A stream slot's E2EE client state, as the SDK keeps it per attested node:
+    prompt sealers to the node key made ahead of time (``enclaved.crypto.reserve``);
+    the session key is made per request (:func:`_one_stream`), as the SDK does."""
     if spec["mode"] != "e2ee":
         return None
-    from enclaved.crypto import KeyPair, Opener, seal
+    from enclaved.client._attest import PROMPT_SEALERS
+    from enclaved.crypto import KeyPair, Opener
+    from enclaved.crypto.reserve import prompt_sealers
 
-    client_key = KeyPair.generate()
-    model_key = bytes.fromhex(spec["model_key_hex"])
+    sealers = prompt_sealers(bytes.fromhex(spec["model_key_hex"]), PROMPT_SEALERS)
+    sealers.refill()
     return {
-        "seal": lambda text: seal(text, model_key),
-        "opener": Opener(client_key),
+        "keypair": KeyPair.generate,
+        "sealers": sealers,
+        "opener": Opener,
         "headers": {
-            "X-Venice-TEE-Client-Pub-Key": client_key.public_key_hex,
             "X-Venice-TEE-Model-Pub-Key": spec["model_key_text"],
             "X-Venice-TEE-Signing-Algo": "ecdsa",
         },
@@ -415,6 +439,7 @@ def _empty() -> dict[str, Any]:
         "requests": 0,
         "errors": 0,
         "ttft": [],
+        "client_crypto": [],
         "last_error": None,
         "client_cpu_s": 0.0,
     }
@@ -447,6 +472,8 @@ async def _idle_ttft(
                     raise RuntimeError(f"{key}: {out['last_error']}")
                 if i >= 2:
                     times[key] += out["ttft"]
+                    if out["client_crypto"]:
+                        times.setdefault(f"{key} client crypto", []).extend(out["client_crypto"])
                 await asyncio.sleep(gap)
     finally:
         for _, _, http, _ in sessions:
@@ -801,7 +828,8 @@ def main() -> None:
     ratios, targets_met = _ratios(results, conc, idle_ttft)
     _print_table(results, ratios, targets_met, conc)
     for key, t in idle_ttft.items():
-        print(f"idle TTFT {key:<18} p50 {t['p50']:7.2f} ms  p95 {t['p95']:7.2f} ms")
+        label = f"idle, {key}" if key.endswith("crypto") else f"idle TTFT {key}"
+        print(f"{label:<36} p50 {t['p50']:7.2f} ms  p95 {t['p95']:7.2f} ms")
     for key, t in engine_hop.items():
         print(f"engine hop, TTFT via {key:<7} p50 {t['p50']:7.2f} ms  p95 {t['p95']:7.2f} ms")
     emit(
@@ -868,6 +896,9 @@ def _ratios(
                 r.setdefault("idle_ttft_overhead_ms", {})[mode] = round(
                     idle[f"{name}/{mode}"]["p50"] - idle_up["p50"], 3
                 )
+            if f"{name}/{mode} client crypto" in idle:
+                # The client's own share of that overhead (session key, prompt, first open).
+                r.setdefault("idle_client_crypto_ms", {})[mode] = idle[f"{name}/{mode} client crypto"]["p50"]
         ratios[name] = r
         if "e2ee_over_tee" in r and "64" in r["e2ee_over_tee"]:
             value = r["e2ee_over_tee"]["64"]

@@ -100,8 +100,12 @@ def test_stream_enclaved_and_any_server() -> None:
         "enclaved/e2ee",
         "second/tee",
         "second/e2ee",
+        # The E2EE client's own share of its TTFT (key, sealing, first open).
+        "enclaved/e2ee client crypto",
+        "second/e2ee client crypto",
     }
     assert all(t["n"] == 2 for t in result["idle_ttft_ms"].values())
+    assert set(result["ratios"]["enclaved"]["idle_client_crypto_ms"]) == {"e2ee"}
     # The engine hop through the node's own client, httpx and a bare socket.
     assert set(result["engine_hop_ttft_ms"]) == {"node", "httpx", "raw"}
     assert all(t["n"] == 2 for t in result["engine_hop_ttft_ms"].values())
