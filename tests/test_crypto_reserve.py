@@ -1,23 +1,21 @@
 """Keys made ahead of time (enclaved.crypto.reserve) and the lighter KeyPair.
 
 What a user relies on: an item of a reserve is never handed out twice (so
-"a fresh ephemeral key per message / per response" still holds), an empty
-reserve never blocks, and a sealer built on a made-ahead key produces the
-same envelope any client opens.
+"a fresh ephemeral key per message" still holds), an empty reserve never
+blocks, and a sealer made ahead produces an envelope the node opens.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 from coincurve import PrivateKey
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclaved.crypto import KeyPair, Opener, Sealer, looks_like_envelope
+from enclaved.crypto import KeyPair, Opener, looks_like_envelope
 from enclaved.crypto._primitives import ethereum_address
-from enclaved.crypto.reserve import Reserve, ephemeral_keys, prompt_sealers
+from enclaved.crypto.reserve import Reserve, prompt_sealers
 
 
 def _counter() -> tuple[Reserve[int], list[int]]:
@@ -47,24 +45,15 @@ def test_an_empty_reserve_makes_the_item_on_the_spot() -> None:
     assert len(reserve) == 0 and made == [0, 1]
 
 
-def test_clear_drops_waiting_items() -> None:
-    reserve, made = _counter()
-    reserve.refill()
-    reserve.clear()
-    assert len(reserve) == 0
-    assert reserve.take() == 3  # a new one, not a dropped one
-    assert made == [0, 1, 2, 3]
-
-
 def test_negative_size_is_refused() -> None:
     with pytest.raises(ValueError):
         Reserve(int, -1)
 
 
 def test_threads_sharing_a_reserve_never_get_the_same_item() -> None:
-    reserve = ephemeral_keys(200)
+    reserve = Reserve(lambda: os.urandom(16), 200)
     reserve.refill()
-    taken: list[tuple[bytes, bytes]] = []
+    taken: list[bytes] = []
     lock = threading.Lock()
 
     def worker() -> None:
@@ -78,27 +67,7 @@ def test_threads_sharing_a_reserve_never_get_the_same_item() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert len(taken) == 400 and len({secret for secret, _ in taken}) == 400
-
-
-def test_ephemeral_keys_are_valid_pairs_and_seal_to_the_recipient() -> None:
-    client = KeyPair.generate()
-    reserve = ephemeral_keys(2)
-    reserve.refill()
-    secret, public = reserve.take()
-    expected = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256K1())
-    assert public == expected.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    sealer = Sealer(client.public_key, ephemeral=(secret, public))
-    envelopes = [sealer.seal("one"), sealer.seal("two")]
-    assert all(bytes.fromhex(e)[:65] == public for e in envelopes)
-    assert [Opener(client).open_text(e) for e in envelopes] == ["one", "two"]
-
-
-def test_a_sealer_with_a_key_per_chunk_takes_no_ephemeral_key() -> None:
-    with pytest.raises(ValueError):
-        Sealer(KeyPair.generate().public_key, per_chunk=True, ephemeral=ephemeral_keys(1).take())
+    assert len(taken) == 400 and len(set(taken)) == 400
 
 
 def test_prompt_sealers_each_use_their_own_key_and_open_at_the_node() -> None:

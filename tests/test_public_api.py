@@ -195,7 +195,6 @@ ALLOWED_BUILTIN_RAISES = {
     ("evidence/simulated.py", "ValueError"),  # SimulatedTd fields of the wrong size
     ("server/attestation.py", "ValueError"),  # an internal invariant (20-byte address, 32-byte nonce)
     ("server/batching.py", "ValueError"),  # a ChunkPump limit below 1
-    ("crypto/envelope.py", "ValueError"),  # Sealer: a made-ahead key together with per_chunk
     ("crypto/reserve.py", "ValueError"),  # a Reserve of negative size
     # EngineHttp: a base URL that is not http(s), a header with CR/LF (the
     # configuration checks both first: ConfigError)

@@ -228,45 +228,6 @@ def test_one_ephemeral_key_per_response_by_default(node: NodeHandle) -> None:
     assert len({e[130:154] for e in envs}) == len(envs)  # a fresh IV per chunk
 
 
-def test_response_keys_are_made_ahead_and_never_used_twice(node: NodeHandle) -> None:
-    """The node keeps the next responses' ephemeral keys ready (``Node.ephemeral_keys``,
-    made after a response rather than before a first token): each response takes
-    one, none is used twice, and the reserve is full again once a response is done."""
-    from enclaved.server.node import EPHEMERAL_RESERVE
-
-    reserve = node.app.state.node.ephemeral_keys
-    assert len(reserve) == EPHEMERAL_RESERVE  # made at start-up
-    ready = {public.hex() for _, public in list(reserve._items)}
-    client = SeedClient()
-    k = node.key.public_key_hex
-    used = []
-    for i in range(EPHEMERAL_RESERVE + 4):
-        body = json.dumps(
-            {
-                "model": E2EE_MODEL,
-                "stream": True,
-                "messages": [{"role": "user", "content": SeedClient.encrypt(f"x{i}", k)}],
-            }
-        ).encode()
-        status, raw = _stream(node, body, client.headers(k))
-        assert status == 200
-        envs = [
-            c["delta"]["content"]
-            for e in sse_events(raw)[:-1]
-            for c in e["choices"]
-            if c["delta"].get("content")
-        ]
-        used.append(envs[0][:130])
-        assert "".join(client.decrypt(e) for e in envs) == "".join(node.backend.pieces)
-        # Topped up once the handler is done, which may be just after [DONE] arrives.
-        deadline = time.monotonic() + 5
-        while len(reserve) < EPHEMERAL_RESERVE and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert len(reserve) == EPHEMERAL_RESERVE
-    assert len(set(used)) == len(used)
-    assert used[0] in ready  # the first answer's key was one made at start-up
-
-
 def test_key_per_chunk_option(tmp_path: Path) -> None:
     with fake_node(tmp_path, e2ee_key_per_chunk=True) as n:
         client = SeedClient()

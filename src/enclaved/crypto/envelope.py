@@ -10,9 +10,8 @@ Three recipes:
 - :class:`Sealer`: one response. By default one ephemeral key for the whole
   response and a fresh random IV per chunk - PROTOCOL.md allows this and it
   saves a key generation and an ECDH per chunk; ``per_chunk=True`` makes a
-  fresh ephemeral key for every chunk instead.
-  Its ephemeral key can be made ahead of time
-  (:mod:`enclaved.crypto.reserve`).
+  fresh ephemeral key for every chunk instead. A client can make the
+  sealers of its next messages ahead of time (:mod:`enclaved.crypto.reserve`).
 - :class:`Opener`: the recipient. Caches the derived AES key per ephemeral
   public key, so a response sealed with one ephemeral key costs one ECDH.
 
@@ -58,9 +57,6 @@ class Sealer:
     """Encrypts the chunks of one response to one recipient.
 
     ``random`` supplies IVs and (when given) ephemeral secrets; tests inject it.
-    ``ephemeral``: the response's key pair (secret, uncompressed public key),
-    made ahead of time (:func:`enclaved.crypto.reserve.ephemeral_keys`);
-    without it the sealer makes one. Never with ``per_chunk``.
     """
 
     __slots__ = ("_aead", "_per_chunk", "_prefix", "_random", "_recipient")
@@ -71,10 +67,7 @@ class Sealer:
         *,
         per_chunk: bool = False,
         random: RandomBytes = os.urandom,
-        ephemeral: tuple[bytes, bytes] | None = None,
     ) -> None:
-        if per_chunk and ephemeral is not None:
-            raise ValueError("a sealer with a key per chunk takes no ephemeral key")
         self._recipient = (
             recipient if isinstance(recipient, PublicKey) else parse_public_key(recipient)
         )
@@ -83,10 +76,10 @@ class Sealer:
         self._prefix = b""
         self._aead: AESGCM | None = None
         if not per_chunk:
-            self._prefix, self._aead = self._fresh_key(ephemeral)
+            self._prefix, self._aead = self._fresh_key()
 
-    def _fresh_key(self, ephemeral: tuple[bytes, bytes] | None = None) -> tuple[bytes, AESGCM]:
-        secret, public = ephemeral if ephemeral is not None else new_ephemeral(self._random)
+    def _fresh_key(self) -> tuple[bytes, AESGCM]:
+        secret, public = new_ephemeral(self._random)
         return public, _derive(secret, self._recipient)
 
     def seal(self, plaintext: bytes | str) -> str:

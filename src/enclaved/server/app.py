@@ -147,8 +147,6 @@ def create_app(
         api_keys=ApiKeys(config.api_key_hashes),
         clock=clock,
     )
-    if any(m.e2ee for m in config.models):
-        node.ephemeral_keys.refill()
     created = int(clock())
     chat = ChatCompletions(node)
 

@@ -665,11 +665,7 @@ class ChatCompletions:
     def _sealer(self, prepared: Prepared) -> Sealer | None:
         if prepared.e2ee is None:
             return None
-        if self.node.config.e2ee_key_per_chunk:
-            return e2ee.new_sealer(prepared.e2ee, per_chunk=True)
-        return e2ee.new_sealer(
-            prepared.e2ee, per_chunk=False, ephemeral=self.node.ephemeral_keys.take()
-        )
+        return e2ee.new_sealer(prepared.e2ee, per_chunk=self.node.config.e2ee_key_per_chunk)
 
     async def _sign(
         self, prepared: Prepared, completion_id: str, response_sha256: str
@@ -835,9 +831,6 @@ class ChatCompletions:
                 await pump.aclose()  # it owns the stream now, and closes it
             elif stream is not None:
                 await _aclose(stream)
-            if prepared.e2ee is not None:
-                # The next response's key, made now rather than before its first token.
-                node.ephemeral_keys.refill()
 
     # -- non-streaming ---------------------------------------------------------------
 

@@ -19,9 +19,9 @@ Request side, in this order (the chat pipeline calls the steps):
    failed.
 
 Response side: :func:`new_sealer` makes one :class:`~enclaved.crypto.Sealer`
-per response (one ephemeral key per response by default, made ahead of time
-by the node; a fresh IV per chunk); the pipeline seals every non-empty
-``delta.content`` and ``delta.reasoning_content`` with it.
+per response (one ephemeral key per response by default, a fresh IV per
+chunk); the pipeline seals every non-empty ``delta.content`` and
+``delta.reasoning_content`` with it.
 
 Nothing here logs, and no message contains content.
 """
@@ -38,7 +38,6 @@ from coincurve import PublicKey
 
 from ..crypto import KeyPair, Opener, Sealer
 from ..crypto._primitives import parse_public_key
-from ..crypto.reserve import Ephemeral
 from ..errors import DecryptionError, InvalidKeyError
 from .errors import HTTPError
 
@@ -244,11 +243,6 @@ class RequestDecryptor:
         return out
 
 
-def new_sealer(e2ee: E2EEHeaders, *, per_chunk: bool, ephemeral: Ephemeral | None = None) -> Sealer:
-    """The response sealer: one ephemeral key per response unless ``per_chunk``.
-
-    ``ephemeral``: that key, made ahead of time (``Node.ephemeral_keys``).
-    """
-    if per_chunk:
-        return Sealer(e2ee.client_point, per_chunk=True)
-    return Sealer(e2ee.client_point, ephemeral=ephemeral)
+def new_sealer(e2ee: E2EEHeaders, *, per_chunk: bool) -> Sealer:
+    """The response sealer: one ephemeral key per response unless ``per_chunk``."""
+    return Sealer(e2ee.client_point, per_chunk=per_chunk)
