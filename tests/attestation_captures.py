@@ -15,9 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from conftest import SHARED
-
-CAPTURES = SHARED / "testdata" / "captures"
+from conftest import CAPTURES
 
 # TDX quote v4: a 48-byte header, then the TD report. Offsets into the quote.
 TD = 48

@@ -18,7 +18,10 @@ from typing import Any
 
 import pytest
 
+#: The shared folder beside the repository: the seed document, PROTOCOL.md, testdata.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: The recorded production attestations (one folder per capture, with its manifest).
+CAPTURES = SHARED / "testdata" / "captures"
 
 
 def free_port() -> int:

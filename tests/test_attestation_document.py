@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CAPTURES
 
 from enclaved.attestation.document import AttestationReport
 from enclaved.errors import EvidenceParseError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = SHARED / "testdata" / "captures"
 VENICE = next(CAPTURES.glob("venice_*/responses/0001_*.body"))
 NEAR = next(CAPTURES.glob("neardirect_*/responses/0001_*.body"))
 

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CAPTURES
 
 from enclaved.attestation import binding
 from enclaved.attestation.checks import Status
 from enclaved.attestation.document import AttestationReport
 from enclaved.crypto import KeyPair
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = SHARED / "testdata" / "captures"
 VENICE = next(CAPTURES.glob("venice_*/responses/0001_*.body"))
 NEAR = next(CAPTURES.glob("neardirect_*/responses/0001_*.body"))
 

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CAPTURES
 
 from enclaved.attestation import eventlog, measurements
 from enclaved.attestation.checks import Status
 from enclaved.attestation.document import AttestationReport
 from enclaved.errors import EvidenceParseError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = SHARED / "testdata" / "captures"
 REPORTS = sorted(CAPTURES.glob("*/responses/0001_*.body"))
 
 # TDX quote v4 TD report offsets (after the 48-byte header).

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from conftest import CAPTURES as CAPTURE_DIR
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclaved.attestation.checks import Check, Status
@@ -41,8 +42,7 @@ from enclaved.attestation.nvidia.nras import (
 )
 from enclaved.errors import EvidenceParseError, NetworkError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = sorted((SHARED / "testdata" / "captures").glob("*/manifest.json"))
+CAPTURES = sorted(CAPTURE_DIR.glob("*/manifest.json"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import jwt
 import pytest
+from conftest import CAPTURES as CAPTURE_DIR
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,8 +42,7 @@ from enclaved.attestation.nvidia import (
 )
 from enclaved.errors import EvidenceParseError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = sorted((SHARED / "testdata" / "captures").glob("*/manifest.json"))
+CAPTURES = sorted(CAPTURE_DIR.glob("*/manifest.json"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import CAPTURES
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -32,8 +33,6 @@ from enclaved.attestation.tdx import (
 from enclaved.attestation.tdx.collateral import split_signed_json
 from enclaved.errors import ConfigError, EvidenceParseError, NetworkError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = SHARED / "testdata" / "captures"
 CAPTURE_NAMES = sorted(p.name for p in CAPTURES.glob("*")) if CAPTURES.is_dir() else []
 pytestmark = pytest.mark.skipif(not CAPTURE_NAMES, reason="shared/testdata/captures missing")
 

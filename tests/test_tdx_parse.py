@@ -15,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from conftest import CAPTURES
 
 from enclaved.attestation.tdx import (
     TdAttributes,
@@ -27,8 +28,6 @@ from enclaved.attestation.tdx import (
 from enclaved.attestation.tdx.parse import INTEL_QE_VENDOR_ID, BodyType
 from enclaved.errors import EvidenceParseError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURES = SHARED / "testdata" / "captures"
 DCAP_QVL = Path(__file__).resolve().parent / "data" / "dcap_qvl"
 CAPTURE_NAMES = sorted(p.name for p in CAPTURES.glob("*")) if CAPTURES.is_dir() else []
 
