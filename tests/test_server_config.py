@@ -142,6 +142,8 @@ def test_unknown_keys_are_named(data: dict[str, Any], named: str) -> None:
         ({"api_key_hashes": "abc"}, "api_key_hashes"),
         ({"tee": "tdx"}, "tee: unknown mode 'tdx'"),
         ({"e2ee_key_per_chunk": 1}, "e2ee_key_per_chunk: must be true or false"),
+        ({"request_body_timeout_seconds": 0}, "request_body_timeout_seconds: 0 is out of range"),
+        ({"request_body_timeout_seconds": 1.5}, "request_body_timeout_seconds: must be an integer"),
         ({"signatures": {"kind": "redis"}}, "signatures.url: required"),
         ({"signatures": {"kind": "redis", "url": "http://x"}}, "signatures.url"),
         ({"signatures": {"kind": "sqlite", "url": "redis://x"}}, "only for kind = 'redis'"),

@@ -299,3 +299,42 @@ def test_verified_is_false_when_the_evidence_does_not_bind_the_key(tmp_path: Pat
     assert sv["ok"] is False
     assert sv["signingAddressBinding"]["bound"] is False
     assert sv["nonceBinding"]["bound"] is False
+
+
+def test_a_body_that_never_arrives_whole_is_a_408_and_the_connection_closes(
+    tmp_path: Path,
+) -> None:
+    """A client that announces a body and trickles it (or stops) must not hold
+    a connection and a task for ever: 408 after ``request_body_timeout_seconds``,
+    the connection closed, the engine never asked."""
+    import socket
+    import urllib.parse
+
+    with fake_node(tmp_path, request_body_timeout_seconds=1) as n:
+        url = urllib.parse.urlsplit(n.url)
+        with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"model": '
+            )
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):  # until the node closes the connection
+                answer += chunk
+            waited = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert b"connection: close" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_timeout"
+        assert error["message"] == "Request body not received within 1 seconds"
+        assert 0.9 <= waited < 5
+        assert n.backend.requests == []
+        # The node still serves others.
+        r = httpx.post(
+            n.api + "/chat/completions",
+            json={"model": TEE_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+        assert r.status_code == 200

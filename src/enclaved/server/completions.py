@@ -4,7 +4,8 @@ The pipeline, in order (each step raises an :class:`HTTPError` that becomes
 an OpenAI-style error before any response byte is written):
 
 1. API key (when configured).
-2. Read the body, at most ``max_request_bytes`` (413 above it). These exact
+2. Read the body, at most ``max_request_bytes`` (413 above it), within
+   ``request_body_timeout_seconds`` (408 after, connection closed). These exact
    bytes are what the signature's request hash covers. Steps 3-5 run on a
    worker thread for a body over ``PREPARE_INLINE_BYTES``.
 3. E2EE headers: all three or none, algorithm, client key (``e2ee.parse_headers``).
@@ -626,8 +627,19 @@ class ChatCompletions:
         try:
             # 1. Authenticate before reading anything else.
             self.node.api_keys.check(headers.get("authorization"))
-            # 2. The body, exactly as received.
-            body = await _read_body(receive, self.node.config.max_request_bytes)
+            # 2. The body, exactly as received, in bounded time: a client that
+            # trickles its body must not hold a connection and a task forever.
+            deadline = self.node.config.request_body_timeout_seconds
+            try:
+                async with asyncio.timeout(deadline):
+                    body = await _read_body(receive, self.node.config.max_request_bytes)
+            except TimeoutError:
+                raise HTTPError(
+                    408,
+                    f"Request body not received within {deadline} seconds",
+                    code="request_timeout",
+                    headers={"Connection": "close"},
+                ) from None
             if body is None:
                 return
             if len(body) <= PREPARE_INLINE_BYTES:

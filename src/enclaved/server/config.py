@@ -124,6 +124,8 @@ class ServerConfig:
     tee: str = "simulated"
     #: Largest accepted request body, in bytes (413 above it).
     max_request_bytes: int = 8 * 1024 * 1024
+    #: Seconds a client has to send a chat request's whole body (408 after).
+    request_body_timeout_seconds: int = 60
 
     # -- constructors -------------------------------------------------------
 
@@ -212,6 +214,7 @@ class _Loader:
             "e2ee_key_per_chunk",
             "tee",
             "max_request_bytes",
+            "request_body_timeout_seconds",
         }
     )
     _MODEL: ClassVar[frozenset[str]] = frozenset(
@@ -286,6 +289,14 @@ class _Loader:
             tee=tee,
             max_request_bytes=self._int(
                 data, "max_request_bytes", "max_request_bytes", 8 * 1024 * 1024, low=1024
+            ),
+            request_body_timeout_seconds=self._int(
+                data,
+                "request_body_timeout_seconds",
+                "request_body_timeout_seconds",
+                60,
+                low=1,
+                high=3600,
             ),
         )
 
