@@ -97,6 +97,19 @@ def test_generated_keypair_is_consistent_and_signs_like_coincurve() -> None:
     assert kp.public_key_hex == kp.public_key.hex()
     assert kp.address == ethereum_address(kp.public_key)
     assert eip191_recover_address("hello", eip191_sign(kp, "hello")) == kp.address
-    # A key from a known secret is the same key as one generated with that secret.
-    again = KeyPair.generate(lambda n: kp._secret)
+    # The same secret gives the same key; no two fresh ones are alike.
+    again = KeyPair.from_secret(kp._secret)
     assert again.public_key == kp.public_key and again.address == kp.address
+    assert KeyPair().public_key != KeyPair().public_key
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [b"", b"\x01" * 31, b"\x00" * 32, b"\xff" * 32, "11" * 32, None.__class__],
+    ids=["empty", "short", "zero", "over-the-order", "hex-text", "not-bytes"],
+)
+def test_a_keypair_from_an_invalid_secret_is_refused(secret: object) -> None:
+    from enclaved.errors import InvalidKeyError
+
+    with pytest.raises(InvalidKeyError):
+        KeyPair.from_secret(secret)  # type: ignore[arg-type]

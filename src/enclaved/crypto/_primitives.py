@@ -96,19 +96,27 @@ def new_ephemeral(random: Callable[[int], bytes] = os.urandom) -> tuple[bytes, b
     the x-only (Schnorr) public key as well - which is ~40% of the cost of
     sealing with a key per chunk (measured: 30 against 55 us).
     """
-    point = ffi.new("secp256k1_pubkey *")
     for _ in range(4):
         secret = random(32)
         # Fails only for a secret of zero or >= the group order: 2^-128 for
         # real randomness, so four failures mean a broken random source.
-        if len(secret) == 32 and lib.secp256k1_ec_pubkey_create(_CTX, point, secret):
-            break
-    else:
-        raise InvalidKeyError("the random source gave no valid secp256k1 secret")
+        public = public_key_of(secret)
+        if public is not None:
+            return secret, public
+    raise InvalidKeyError("the random source gave no valid secp256k1 secret")
+
+
+def public_key_of(secret: bytes) -> bytes | None:
+    """The 65-byte uncompressed public key of a 32-byte secret (one key
+    generation), or ``None`` when it is no valid secret (zero, >= the group
+    order, or not 32 bytes)."""
+    point = ffi.new("secp256k1_pubkey *")
+    if len(secret) != 32 or not lib.secp256k1_ec_pubkey_create(_CTX, point, secret):
+        return None
     out = ffi.new("unsigned char[65]")
     size = ffi.new("size_t *", 65)
     lib.secp256k1_ec_pubkey_serialize(_CTX, out, size, point, lib.SECP256K1_EC_UNCOMPRESSED)
-    return secret, bytes(ffi.buffer(out, 65))
+    return bytes(ffi.buffer(out, 65))
 
 
 def hkdf_sha256(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from typing import NoReturn
 
 from coincurve import PrivateKey
 
 from ..errors import InvalidKeyError
-from ._primitives import ethereum_address, new_ephemeral, parse_public_key
+from ._primitives import ethereum_address, new_ephemeral, parse_public_key, public_key_of
 
 
 def address_from_public_key(public_key: bytes | str) -> str:
@@ -56,8 +54,16 @@ class KeyPair:
 
     __slots__ = ("_address", "_secret", "_signing", "public_key", "public_key_hex")
 
-    def __init__(self, secret: bytes, public_key: bytes) -> None:
-        """Use :meth:`generate` or :meth:`from_secret`: this trusts its arguments."""
+    def __init__(self, secret: bytes | None = None) -> None:
+        """A fresh key pair, or the one of ``secret`` (32 bytes: tests and vectors)."""
+        if secret is None:
+            secret, public_key = new_ephemeral()
+        else:
+            secret = bytes(secret) if isinstance(secret, bytes | bytearray) else b""
+            derived = public_key_of(secret)
+            if derived is None:  # not 32 bytes, zero, or >= the group order
+                raise InvalidKeyError("invalid secp256k1 private key")
+            public_key = derived
         self._secret = secret
         self._signing: PrivateKey | None = None
         self._address: str | None = None
@@ -67,19 +73,13 @@ class KeyPair:
         self.public_key_hex: str = public_key.hex()
 
     @classmethod
-    def generate(cls, random: Callable[[int], bytes] = os.urandom) -> KeyPair:
-        return cls(*new_ephemeral(random))
+    def generate(cls) -> KeyPair:
+        return cls()
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyPair:
         """For tests and vectors only: a key pair from a known 32-byte scalar."""
-        try:
-            private = PrivateKey(secret)
-        except Exception as exc:
-            raise InvalidKeyError("invalid secp256k1 private key") from exc
-        keypair = cls(private.secret, private.public_key.format(compressed=False))
-        keypair._signing = private
-        return keypair
+        return cls(secret)
 
     @property
     def address(self) -> str:
