@@ -227,8 +227,12 @@ def test_attestation_is_cached_then_refreshed_with_a_new_nonce(node: FakeNode) -
 def test_a_rotated_node_key_is_re_attested_once_and_the_prompt_resealed(node: FakeNode) -> None:
     client = sync_client(node)
     client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    stale = last_attestation(client)
+    assert stale is not None and stale.sealers is not None
     node.key = KeyPair.generate()  # the node restarted: the pinned key answers 421
     reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    # The 421 used the stale key's ready sealers; none were made again for it.
+    assert len(stale.sealers) == 0
     assert reply.choices[0].message.content == "".join(ANSWER)
     assert node.attestations == 2
     assert node.seen[-1].plaintext_messages[1]["content"] == PROMPT

@@ -261,11 +261,13 @@ class Exchange:
         return self._keypair is not None
 
     def close(self) -> None:
-        """Forget the session key, and make the next request's prompt keys. Idempotent."""
+        """Forget the session key; after a whole answer, make the next prompt's keys. Idempotent."""
+        answered = self.decoder is not None and self.decoder.done
         if self.decoder is not None:
             self.decoder.forget_key()
-        if self._keypair is not None and self.node.sealers is not None:
-            # Now rather than when the next prompt is sealed: off its path to a first token.
+        if answered and self._keypair is not None and self.node.sealers is not None:
+            # Now rather than when the next prompt is sealed: off its path to a
+            # first token. Not after a failure: a 421 means this node key is gone.
             self.node.sealers.refill()
         self._keypair = None
 
