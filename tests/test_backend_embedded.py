@@ -318,3 +318,51 @@ def test_held_suffix() -> None:
     assert _held_suffix("hello", ("world",)) == 0
     assert _held_suffix("abc<|im", ("<|im_end|>", "c<")) == 4
     assert _held_suffix("x", ()) == 0
+
+
+# -- portability: extra buffer types off, self-test at start -----------------------
+
+
+@pytest.mark.model
+def test_model_loads_without_extra_buffer_types(backend: EmbeddedBackend) -> None:
+    # ggml's AMX kernels (an "extra buffer type") crash on some Intel hosts:
+    # the backend turns them off on every host, and the library's own
+    # defaults are left as they were for anyone else in the process.
+    import llama_cpp
+
+    assert backend._llama is not None
+    assert backend._llama.model_params.use_extra_bufts is False
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is True
+
+
+@pytest.mark.model
+def test_start_logs_the_setting_its_reason_and_the_self_test(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    b = EmbeddedBackend()
+    with caplog.at_level("INFO", logger="enclaved.server.backends.embedded"):
+        asyncio.run(b.start())
+    asyncio.run(b.close())
+    text = caplog.text
+    assert "extra buffer types off" in text and "AMX: " in text
+    assert "self-test passed: one token in" in text
+
+
+@pytest.mark.model
+def test_a_build_that_cannot_generate_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in for a broken native build (the real one here works): the
+    # first generated token is garbage. The start fails with a clear error;
+    # the node never reaches its first request.
+    import llama_cpp
+
+    def broken(self: Any, tokens: Any, **kwargs: Any) -> Iterator[int]:
+        yield -7
+
+    monkeypatch.setattr(llama_cpp.Llama, "generate", broken)
+    b = EmbeddedBackend()
+    with pytest.raises(BackendError, match="failed its start-up self-test") as info:
+        asyncio.run(b.start())
+    assert info.value.code == "model_unavailable"
+    assert b._llama is None
+    asyncio.run(b.close())

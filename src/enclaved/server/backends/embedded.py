@@ -28,6 +28,17 @@ worker thread that loads the model and runs every generation, one after the
 other. Requests queue in arrival order; a request abandoned while queued never
 runs. Concurrency comes from more nodes, not from one context.
 
+Portability: llama.cpp's "extra buffer types" are turned off
+(``use_extra_bufts = False``): weights stay in plain CPU buffers instead of
+being repacked for AMX tiles or interleaved SIMD kernels. On Intel CPUs with
+AMX (every TDX host) ggml's AMX matrix kernels die with a general protection
+fault inside some VMs, killing the whole node at its first request; for this
+model the repacked kernels give no speed-up worth that risk (measured in
+docs/benchmarks.md, "Embedded model"). One setting on every x86-64 host
+means the suite, whatever CPU it runs on, tests what production runs.
+:meth:`EmbeddedBackend.start` then generates one token as a self-test, so a
+broken build fails at start with a clear message, never at a user's request.
+
 Not supported: ``n`` > 1, ``logprobs``, ``logit_bias``, tools and response
 formats (ignored, or refused where ignoring would mislead: ``n``). Content
 parts other than text are refused.
@@ -72,6 +83,38 @@ DEFAULT_CONTEXT_TOKENS = 2048
 # defaults, which suit small instruct models better than OpenAI's temperature 1.
 _DEFAULT_TEMPERATURE = 0.2
 _DEFAULT_TOP_P = 0.95
+
+#: Why :data:`USE_EXTRA_BUFFER_TYPES` is off, as the start-up log says it.
+EXTRA_BUFFER_TYPES_REASON = (
+    "llama.cpp extra buffer types off (AMX tiles, repacked weights): ggml's AMX "
+    "kernels crash on some Intel hosts and give this model no measured speed-up"
+)
+#: llama.cpp's ``use_extra_bufts`` model parameter (see the module docstring).
+USE_EXTRA_BUFFER_TYPES = False
+
+# llama-cpp-python's Llama() has no argument for use_extra_bufts: its
+# constructor takes llama_model_default_params() and loads the model at once.
+# So the defaults function is swapped for the duration of one load; the lock
+# keeps two backends in one process from loading (and swapping) at once.
+_LOAD_LOCK = threading.Lock()
+
+
+def cpu_description() -> str:
+    """The CPU model and whether it has AMX, from ``/proc/cpuinfo`` (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return "unknown CPU"
+    name, flags = "unknown CPU", ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and name == "unknown CPU":
+            name = value.strip()
+        elif key == "flags" and not flags:
+            flags = value
+    amx = "yes" if "amx_tile" in flags.split() else "no"
+    return f"{name}, AMX: {amx}"
 
 
 def bundled_model_path() -> Path:
@@ -302,19 +345,40 @@ class EmbeddedBackend:
             self._n_ctx,
             self._n_threads,
         )
+        log.info("%s; CPU: %s", EXTRA_BUFFER_TYPES_REASON, cpu_description())
         started = time.monotonic()
-        try:
-            llama = Llama(
-                model_path=str(path),
-                n_ctx=self._n_ctx,
-                n_threads=self._n_threads,
-                n_threads_batch=self._n_threads,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
+        with _LOAD_LOCK:
+            library_defaults = llama_cpp.llama_model_default_params
+
+            def model_defaults() -> Any:
+                params = library_defaults()
+                params.use_extra_bufts = USE_EXTRA_BUFFER_TYPES
+                return params
+
+            llama_cpp.llama_model_default_params = model_defaults
+            try:
+                llama = Llama(
+                    model_path=str(path),
+                    n_ctx=self._n_ctx,
+                    n_threads=self._n_threads,
+                    n_threads_batch=self._n_threads,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise BackendError(
+                    f"failed to load model {self.model_name}", status=503, code="model_unavailable"
+                ) from exc
+            finally:
+                llama_cpp.llama_model_default_params = library_defaults
+        if bool(llama.model_params.use_extra_bufts) != USE_EXTRA_BUFFER_TYPES:
+            # A llama-cpp-python that no longer reads the defaults this way:
+            # refuse to run with settings we did not choose.
+            llama.close()
             raise BackendError(
-                f"failed to load model {self.model_name}", status=503, code="model_unavailable"
-            ) from exc
+                "llama-cpp-python ignored use_extra_bufts; install the version pyproject.toml pins",
+                status=503,
+                code="model_unavailable",
+            )
 
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
@@ -343,6 +407,42 @@ class EmbeddedBackend:
         self._llama = llama
         self.load_seconds = time.monotonic() - started
         log.info("model %s loaded in %.2f s", self.model_name, self.load_seconds)
+        self._self_test()
+
+    def _self_test(self) -> None:
+        """Generate one token, so that a broken build fails now, not at a user's request.
+
+        An exception here fails the start with a clear message. A crash of
+        the native library cannot be caught; the log line before it and the
+        fault handler's stack (``enclaved serve`` enables it) then name this
+        step as the last thing the node did (docs/server.md).
+        """
+        llama, formatter = self._llama, self._formatter
+        assert llama is not None and formatter is not None
+        log.info("self-test: generating one token with llama.cpp")
+        started = time.monotonic()
+        try:
+            rendered = formatter(messages=[{"role": "user", "content": "Hi"}])
+            prompt = llama.tokenize(
+                rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+            )
+            generator = llama.generate(prompt, temp=0.0, reset=True)
+            try:
+                token = next(generator)
+            finally:
+                generator.close()
+            if not 0 <= token < llama.n_vocab():
+                raise ValueError(f"token id {token} is outside the vocabulary")
+        except Exception as exc:
+            llama.close()
+            self._llama = None
+            raise BackendError(
+                f"model {self.model_name} failed its start-up self-test ({type(exc).__name__}): "
+                "the llama-cpp-python build does not work on this machine",
+                status=503,
+                code="model_unavailable",
+            ) from exc
+        log.info("self-test passed: one token in %.0f ms", (time.monotonic() - started) * 1000)
 
     async def close(self) -> None:
         """Stop every generation, free the model, end the worker thread."""
