@@ -178,7 +178,14 @@ def test_simulated_tee_with_its_root(capsys: pytest.CaptureFixture[str], tmp_pat
     )
     assert code == 0, out + err
     assert "proves nothing about hardware" in err  # said loudly
-    # Intel's root alone: the PCK chain does not lead to it.
+    # Intel's root alone: refused at once with the message chat and the SDK
+    # give (exit 2), without asking Intel's servers for anything.
+    code, out, err = run(capsys, "verify", str(report), "--nonce", nonce.hex())
+    assert code == 2 and "client.simulated_tee" in out.splitlines()[-1]
+    assert "SIMULATED TEE" in err and "--trust-root" in err
+    # A report that hides that it is simulated still fails, on the chain.
+    doc["tee_hardware"] = "intel-tdx"
+    report = write(tmp_path, doc)
     code, out, _ = run(
         capsys, "verify", str(report), "--nonce", nonce.hex(), "--collateral", str(VENICE.responses)
     )

@@ -183,12 +183,16 @@ def test_every_allow_field_is_a_relaxation() -> None:
         assert any(m.startswith(name) for m in p.relaxations()), name
 
 
-def test_relaxations_warn_every_time(caplog: pytest.LogCaptureFixture) -> None:
+def test_relaxations_warn_every_time_through_one_channel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     p = Policy(allow_debug=True)
     for _ in range(2):
-        with pytest.warns(InsecurePolicyWarning, match="allow_debug"):
+        with pytest.warns(InsecurePolicyWarning, match="allow_debug") as record:
             p.warn_relaxations()
-    assert sum("allow_debug" in r.message for r in caplog.records) == 2
+        assert len(record) == 1
+    # Warned, not also logged: a user of the SDK would see every line twice.
+    assert not caplog.records
 
 
 def test_development_policy_is_loud() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from enclaved.errors import ConfigError
-from enclaved.server.config import ServerConfig
+from enclaved.server.config import ServerConfig, default_data_dir
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -23,17 +23,30 @@ def _doc_example() -> str:
 
 def test_default_needs_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ENCLAVED_DATA_DIR", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", "/home/alice")
     c = ServerConfig.default()
     assert (c.host, c.port) == ("127.0.0.1", 8000)
-    assert c.data_dir == Path("data")
+    data = Path("/home/alice/.local/share/enclaved")
+    assert c.data_dir == data
     assert [m.id for m in c.models] == ["e2ee-smollm2-135m", "tee-smollm2-135m"]
     assert all(m.backend == "embedded" for m in c.models)
     e2ee, tee = c.models
     assert e2ee.capabilities.supports_e2ee and not tee.capabilities.supports_e2ee
     assert e2ee.capabilities.supports_tee_attestation and tee.capabilities.supports_tee_attestation
     assert c.api_key_hashes == () and c.system_prompt is None
-    assert c.signatures.kind == "sqlite" and c.signature_db_path == Path("data") / "signatures.db"
+    assert c.signatures.kind == "sqlite" and c.signature_db_path == data / "signatures.db"
     assert c.e2ee_key_per_chunk is False and c.tee == "simulated"
+
+
+def test_default_data_dir_is_absolute_wherever_the_node_starts() -> None:
+    # The README's trust_root path must work from any directory.
+    assert default_data_dir({"HOME": "/home/a"}) == Path("/home/a/.local/share/enclaved")
+    assert default_data_dir({"HOME": "/h", "XDG_DATA_HOME": "/xdg"}) == Path("/xdg/enclaved")
+    assert default_data_dir({"HOME": "/h", "XDG_DATA_HOME": "rel"}) == Path(
+        "/h/.local/share/enclaved"
+    )  # the XDG spec says a relative XDG_DATA_HOME is ignored
+    assert default_data_dir({"HOME": "/h", "ENCLAVED_DATA_DIR": "/srv"}) == Path("/srv")
 
 
 def test_data_dir_from_environment() -> None:

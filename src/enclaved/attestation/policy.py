@@ -16,7 +16,11 @@ ways:
 
 Every relaxation is a field named ``allow_...``. A verification that runs
 under a policy with any relaxation emits an :class:`InsecurePolicyWarning`
-and logs it, *every* time (:meth:`Policy.warn_relaxations`).
+per relaxation, *every* time (:meth:`Policy.warn_relaxations`). It is said
+through :mod:`warnings` only, never also logged: a library that did both
+would print each relaxation twice. Applications decide how to show them
+(the verdict lists them too, ``Verdict.relaxations``; ``enclaved serve``
+logs them once, the CLI prints each once).
 
 :meth:`Policy.strict` (the default) requires everything: a client nonce
 echoed and bound, a quote under Intel's pinned root, collateral, TCB status
@@ -45,7 +49,6 @@ XFAM (the extended CPU features the TD may use) is NOT checked.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
@@ -57,8 +60,6 @@ from cryptography import x509
 from ..errors import EvidenceParseError, PolicyError
 from ._x509 import DECODE_ERRORS, decoded_certificate
 from .checks import Check, Status
-
-logger = logging.getLogger("enclaved.attestation.policy")
 
 
 class InsecurePolicyWarning(UserWarning):
@@ -400,11 +401,10 @@ class Policy:
         return out
 
     def warn_relaxations(self, *, stacklevel: int = 3) -> list[str]:
-        """Warn (and log) once per active relaxation. Called on every verification."""
+        """One :class:`InsecurePolicyWarning` per active relaxation. Called on every verification."""
         msgs = self.relaxations()
         for msg in msgs:
             text = f"INSECURE attestation policy: {msg}"
-            logger.warning(text)
             warnings.warn(text, InsecurePolicyWarning, stacklevel=stacklevel)
         return msgs
 

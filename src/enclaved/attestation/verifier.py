@@ -144,11 +144,18 @@ class Verifier:
         self.now = now
 
     def verify(
-        self, report: AttestationReport, *, nonce: bytes | None, now: datetime | None = None
+        self,
+        report: AttestationReport,
+        *,
+        nonce: bytes | None,
+        now: datetime | None = None,
+        warn: bool = True,
     ) -> AttestationVerdict:
         """Check ``report`` against the ``nonce`` the client sent (``None``: freshness unchecked).
 
-        ``now`` overrides the verifier's clock for this call. Raises
+        ``now`` overrides the verifier's clock for this call. ``warn=False``
+        is for a caller that reports ``verdict.relaxations`` itself (a node
+        logs its own): no :class:`InsecurePolicyWarning` is issued. Raises
         :class:`~enclaved.errors.EvidenceParseError` for a quote or GPU payload
         that does not parse, :class:`~enclaved.errors.NetworkError` when
         collateral or NRAS cannot be fetched, and ``ValueError`` for a nonce
@@ -165,7 +172,10 @@ class Verifier:
         if nonce is not None and len(nonce) != binding.NONCE_SIZE:
             raise ValueError("nonce must be 32 bytes")
         verdict = AttestationVerdict(
-            nonce=nonce, verified_at=now, report=report, relaxations=policy.warn_relaxations()
+            nonce=nonce,
+            verified_at=now,
+            report=report,
+            relaxations=policy.warn_relaxations() if warn else policy.relaxations(),
         )
         rows: list[Check] = []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 #: Modules that contribute subcommands, in ``--help`` order.
@@ -45,14 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Each distinct warning once, as one line on stderr.
+
+    A relaxed attestation policy warns on every verification (a chat session
+    verifies again when its attestation expires); Python's own format adds
+    the source line of whoever called. A command says it once, plainly.
+    """
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
+        print(f"enclaved: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("once", message="INSECURE attestation policy")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # restored when the command ends (tests call main)
+        _one_line_warnings()
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

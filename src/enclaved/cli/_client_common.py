@@ -46,6 +46,8 @@ EXIT_POLICY = 4
 EXIT_INPUT = 5
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+#: Every command that talks to a service reads its key the same way (:func:`api_key`).
+API_KEY_HELP = "API key [$ENCLAVED_API_KEY, else $OPENAI_API_KEY]; prefer the environment"
 
 
 def add_connection_args(p: argparse.ArgumentParser, *, base_url_flag: str = "--base-url") -> None:
@@ -55,11 +57,7 @@ def add_connection_args(p: argparse.ArgumentParser, *, base_url_flag: str = "--b
         metavar="URL",
         help=f"API root of the service [$ENCLAVED_BASE_URL, else {DEFAULT_BASE_URL}]",
     )
-    p.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="API key [$ENCLAVED_API_KEY, $OPENAI_API_KEY]; prefer the environment",
-    )
+    p.add_argument("--api-key", metavar="KEY", help=API_KEY_HELP)
     add_trust_args(p)
     p.add_argument("--timeout", type=float, default=600.0, help="HTTP timeout in seconds (default 600)")
 
@@ -87,16 +85,12 @@ def api_key(args: argparse.Namespace) -> str | None:
 def policy(args: argparse.Namespace) -> Any:
     """The :class:`Policy` the options describe (``--policy`` plus ``--trust-root``).
 
-    A relaxed policy announces every relaxation on every verification, both
-    as a log line and as an ``InsecurePolicyWarning``; on the command line
-    the log line (on stderr) is enough, so the duplicate warning is muted.
+    A relaxed policy warns of every relaxation on every verification; the
+    command prints each distinct warning once, on one line
+    (:func:`enclaved.cli.main`).
     """
-    import warnings
-
-    from ..attestation.policy import InsecurePolicyWarning
     from ..client.transport import build_policy
 
-    warnings.filterwarnings("ignore", category=InsecurePolicyWarning)
     return build_policy(args.policy, args.trust_root)
 
 

@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from . import _client_common as common
+from ._listen import bind, bind_error, url_of
 
 DEFAULT_PORT = 8787
 
@@ -42,7 +43,13 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--api-key", metavar="KEY", help="upstream API key [$ENCLAVED_API_KEY]; prefer the environment")
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the upstream's API key [$ENCLAVED_API_KEY; never $OPENAI_API_KEY, which belongs to "
+        "the apps that call the proxy]; prefer the environment. Without one, each caller's "
+        "Authorization header is forwarded",
+    )
     p.add_argument(
         "--allow-plaintext-models",
         action="store_true",
@@ -86,6 +93,14 @@ def run_proxy(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     # httpx logs full URLs at INFO; the proxy's own lines are enough.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    print(f"enclaved proxy: http://{args.host}:{args.port}/v1 -> {upstream}", file=err)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"enclaved proxy: {bind_error(args.host, args.port, exc)}", file=err)
+        return 1
+    with sock:
+        # Printed once the port is ours: the URL shown is one that answers.
+        print(f"enclaved proxy: {url_of(sock)}/v1 -> {upstream}", file=err, flush=True)
+        config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
     return common.EXIT_OK

@@ -30,13 +30,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import faulthandler
 import getpass
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from ._listen import bind, bind_error, url_of
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -160,7 +165,7 @@ def _setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("enclaved.attestation.policy").addFilter(_Once())
+    logging.getLogger("enclaved.server.policy").addFilter(_Once())
     # The same relaxations also arrive as InsecurePolicyWarning: the log line says it already.
     warnings.filterwarnings("ignore", message="INSECURE attestation policy")
     # uvicorn's own access log prints query strings; ours (enclaved.access) does not.
@@ -188,12 +193,28 @@ def _banner(config: Any, app: Any, url: str) -> str:
         ]
         if root_path is not None:
             model = config.models[0].id
+            command, on_path = _own_command()
             lines.append(
-                f"  check it with:   enclaved attest --model {model} --base-url {url}/v1 "
+                f"  check it with:   {command} attest --model {model} --base-url {url}/v1 "
                 f"--trust-root {root_path}"
             )
+            if not on_path:
+                lines.append(
+                    f"  (enclaved is not on PATH: `source {Path(sys.executable).parent}/activate` "
+                    "puts it there)"
+                )
     lines.append("")
     return "\n".join(lines)
+
+
+def _own_command() -> tuple[str, bool]:
+    """How to run this same ``enclaved`` from another shell, and whether PATH finds it."""
+    script = Path(sys.argv[0]).absolute()
+    found = shutil.which("enclaved")
+    if found and Path(found).absolute() == script:
+        return "enclaved", True
+    beside = Path(sys.executable).parent / "enclaved"  # the virtual environment's script
+    return (str(script) if script.name == "enclaved" else str(beside)), False
 
 
 def _raise_open_file_limit(log: logging.Logger) -> None:
@@ -221,8 +242,12 @@ def _raise_open_file_limit(log: logging.Logger) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Exit codes: 0 stopped by a signal, 1 could not start (port, model), 2 configuration."""
     from ..errors import ConfigError, Error
 
+    # A crash in native code (llama.cpp) would otherwise end the process with
+    # no word: print the Python stack of every thread to stderr instead.
+    faulthandler.enable()
     level = args.log_level or os.environ.get("ENCLAVED_LOG_LEVEL") or "info"
     _setup_logging(level)
     log = logging.getLogger("enclaved.serve")
@@ -232,10 +257,18 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"enclaved serve: {exc}", file=sys.stderr)
         return 2
 
+    # Take the port first: a busy one fails in a second, not after the model loads.
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        print(f"enclaved serve: {bind_error(config.host, config.port, exc)}", file=sys.stderr)
+        return 1
+
     import uvicorn
 
     from ..crypto import KeyPair
-    from ..server.app import create_app
+    from ..server.app import create_app, start_backends
+    from ..server.backends.base import BackendError
 
     log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
     _raise_open_file_limit(log)
@@ -243,6 +276,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(config, node_key=key)
     except Error as exc:
+        sock.close()
         print(f"enclaved serve: {exc}", file=sys.stderr)
         return 2
 
@@ -275,19 +309,27 @@ def run_serve(args: argparse.Namespace) -> int:
 
     server = Server(uv_config)
 
-    async def serve() -> None:
-        task = asyncio.ensure_future(server.serve())
+    async def serve() -> int:
+        # The models load (and self-test) before the node serves, so that one
+        # that cannot run stops the start with its reason, not a traceback.
+        try:
+            await start_backends(app)
+        except BackendError as exc:
+            cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ else ""
+            print(f"enclaved serve: {exc.message}{cause}", file=sys.stderr)
+            for backend in {id(b): b for b in app.state.node.backends.values()}.values():
+                with contextlib.suppress(Exception):
+                    await backend.close()
+            return 1
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            host = config.host if ":" not in config.host else f"[{config.host}]"
-            port = config.port
-            for s in server.servers:
-                for sock in s.sockets or ():
-                    port = sock.getsockname()[1]
-                    break
-            print(_banner(config, app, f"http://{host}:{port}"), flush=True)
+            print(_banner(config, app, url_of(sock)), flush=True)
         await task
+        return 0 if server.started else 1
 
-    asyncio.run(serve())
-    return 0 if server.started else 1
+    try:
+        return asyncio.run(serve())
+    finally:
+        sock.close()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import secrets
 import sys
 import warnings
@@ -48,7 +47,7 @@ from ..errors import (
     NetworkError,
     PolicyError,
 )
-from ._client_common import DEFAULT_BASE_URL, error_message
+from ._client_common import API_KEY_HELP, DEFAULT_BASE_URL, api_key, base_url, error_message
 
 EXIT_OK = 0
 EXIT_VERIFICATION = 2
@@ -86,11 +85,10 @@ def add_parsers(subparsers: Any) -> None:
     a.add_argument(
         "--base-url",
         default=None,
-        help=f"API base URL (env ENCLAVED_BASE_URL; default {DEFAULT_BASE_URL})",
+        metavar="URL",
+        help=f"API root of the service [$ENCLAVED_BASE_URL, else {DEFAULT_BASE_URL}]",
     )
-    a.add_argument(
-        "--api-key", default=None, help="API key (env ENCLAVED_API_KEY or VENICE_API_KEY)"
-    )
+    a.add_argument("--api-key", default=None, metavar="KEY", help=API_KEY_HELP)
     a.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
     a.add_argument("--save", metavar="FILE", help="also save the report as received")
     _common(a)
@@ -151,14 +149,9 @@ def run_attest(args: argparse.Namespace) -> int:
     out, err = sys.stdout, sys.stderr
     try:
         policy = _load_policy(args)
-        base_url = (
-            args.base_url or os.environ.get("ENCLAVED_BASE_URL") or DEFAULT_BASE_URL
-        ).rstrip("/")
-        api_key = (
-            args.api_key or os.environ.get("ENCLAVED_API_KEY") or os.environ.get("VENICE_API_KEY")
-        )
+        url = base_url(args)
         nonce = new_nonce()
-        raw = _fetch_report(base_url, args.model, nonce, api_key, args.timeout)
+        raw = _fetch_report(url, args.model, nonce, api_key(args), args.timeout)
         if args.save:
             Path(args.save).write_bytes(raw)
         return _verify_and_print(raw, nonce, policy, args, clock(), out, err)
@@ -312,14 +305,49 @@ def _verify_and_print(
     out: TextIO,
     err: TextIO,
 ) -> int:
+    from ..attestation.checks import Verdict
     from ..attestation.document import AttestationReport
-    from ..attestation.policy import InsecurePolicyWarning
-    from ..attestation.verifier import Verifier
+    from ..client._attest import refuse_untrusted_simulated
 
     try:
         report = AttestationReport.from_json(raw)
     except EvidenceParseError as exc:
         raise _fail(EXIT_PARSE, f"malformed attestation report: {exc}") from exc
+
+    refused = refuse_untrusted_simulated(report, policy)
+    if refused is not None:
+        # As chat, the SDK and the proxy say it: no trip to Intel's servers
+        # for a quote that cannot chain to Intel's root.
+        print(f"enclaved: verification failed: {refused.id}: {refused.reason}", file=err)
+        verdict = Verdict([refused])
+    else:
+        verdict = _run_verifier(report, nonce, policy, args, now, err)
+
+    code = exit_code(verdict)
+    if args.json:
+        doc = verdict.to_dict()
+        doc["exit_code"] = code
+        doc["nonce"] = nonce.hex() if nonce is not None else None
+        doc["freshness_checked"] = nonce is not None
+        doc["verified_at"] = now.isoformat()
+        print(json.dumps(doc, indent=2), file=out)
+    else:
+        print(verdict.table(), file=out)
+        print(file=out)
+        print(_summary(verdict, code, nonce), file=out)
+    return code
+
+
+def _run_verifier(
+    report: Any,
+    nonce: bytes | None,
+    policy: Any,
+    args: argparse.Namespace,
+    now: datetime,
+    err: TextIO,
+) -> Any:
+    from ..attestation.policy import InsecurePolicyWarning
+    from ..attestation.verifier import Verifier
 
     try:
         collateral, nras = _collateral(args), _nras(args)
@@ -337,20 +365,7 @@ def _verify_and_print(
     for w in caught:
         if issubclass(w.category, InsecurePolicyWarning):
             print(f"WARNING: {w.message}", file=err)
-
-    code = exit_code(verdict)
-    if args.json:
-        doc = verdict.to_dict()
-        doc["exit_code"] = code
-        doc["nonce"] = nonce.hex() if nonce is not None else None
-        doc["freshness_checked"] = nonce is not None
-        doc["verified_at"] = now.isoformat()
-        print(json.dumps(doc, indent=2), file=out)
-    else:
-        print(verdict.table(), file=out)
-        print(file=out)
-        print(_summary(verdict, code, nonce), file=out)
-    return code
+    return verdict
 
 
 def exit_code(verdict: Any) -> int:

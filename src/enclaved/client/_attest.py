@@ -108,6 +108,28 @@ def signature_query(model: str, request_id: str) -> str:
     return urlencode({"model": model, "request_id": request_id})
 
 
+#: The development root's path on a default ``enclaved serve`` (its data dir).
+DEV_ROOT_HINT = "~/.local/share/enclaved/dev-root-ca.pem"
+
+
+def refuse_untrusted_simulated(report: Any, policy: Any) -> Check | None:
+    """The failed ``client.simulated_tee`` row, when a simulated report meets a
+    policy that trusts no development root; else None.
+
+    A simulated quote cannot chain to Intel's root, so there is nothing to
+    fetch and nothing more to check: the verdict says plainly what to do
+    instead of failing later on Intel's servers or on the chain.
+    """
+    if report.tee_hardware != "simulated" or policy is None or policy.allow_development_roots:
+        return None
+    return Check.failed(
+        "client.simulated_tee",
+        "the node runs a SIMULATED TEE (development only) and no development root is trusted: "
+        f"trust its root explicitly (trust_root=, --trust-root: {DEV_ROOT_HINT} for a default "
+        "enclaved serve) if this is your own test server",
+    )
+
+
 def check_attestation(
     body: bytes,
     *,
@@ -131,15 +153,9 @@ def check_attestation(
     # A simulated TEE can only pass under a policy that trusts a development
     # root. Say so plainly instead of letting the verifier fetch Intel
     # collateral for a quote that cannot chain to Intel's root anyway.
-    policy = getattr(verifier, "policy", None)
-    if report.tee_hardware == "simulated" and policy is not None and not policy.allow_development_roots:
-        row = Check.failed(
-            "client.simulated_tee",
-            "the node runs a SIMULATED TEE (development only) and no development root is trusted: "
-            "trust its root explicitly (trust_root=<data_dir>/dev-root-ca.pem, --trust-root) "
-            "if this is your own test server",
-        )
-        Verdict([row]).raise_for_status()
+    refused = refuse_untrusted_simulated(report, getattr(verifier, "policy", None))
+    if refused is not None:
+        Verdict([refused]).raise_for_status()
     # 3. The verifier: every cryptographic and policy row.
     verdict = verifier.verify(report, nonce=nonce)
     # 4. The client's own rows.

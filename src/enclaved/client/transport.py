@@ -113,10 +113,11 @@ _OWN_HEADERS = (HEADER_HARDWARE, HEADER_ADDRESS)
 
 
 def load_trust_root(trust_root: str | os.PathLike[str]) -> str:
-    """PEM text from a path (or PEM text given directly)."""
+    """PEM text from a path (``~`` is expanded), or PEM text given directly."""
     text = os.fspath(trust_root)
     if "-----BEGIN" in text:
         return text
+    text = os.path.expanduser(text)
     try:
         pem = Path(text).read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:

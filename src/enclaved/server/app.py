@@ -264,13 +264,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        unique = {id(b): b for b in node.backends.values()}.values()
-        for backend in unique:
-            ids = ", ".join(m for m, b in node.backends.items() if b is backend)
-            log.info("starting backend %s for %s", backend.model_name, ids)
-            started = time.monotonic()
-            await backend.start()
-            log.info("backend %s ready in %.1f s", backend.model_name, time.monotonic() - started)
+        await start_backends(app)
         try:
             yield
         finally:
@@ -290,6 +284,26 @@ def create_app(
     )
     app.state.node = node
     return app
+
+
+async def start_backends(app: Starlette) -> None:
+    """Start (load) every backend of ``app``'s node, once.
+
+    The lifespan calls it; ``enclaved serve`` calls it before it starts
+    serving, so that a model that cannot load fails the start with a clear
+    message. A :class:`~enclaved.server.backends.base.BackendError` says why.
+    """
+    if getattr(app.state, "backends_started", False):
+        return
+    backends = app.state.node.backends
+    unique = {id(b): b for b in backends.values()}.values()
+    for backend in unique:
+        ids = ", ".join(m for m, b in backends.items() if b is backend)
+        log.info("starting backend %s for %s", backend.model_name, ids)
+        started = time.monotonic()
+        await backend.start()
+        log.info("backend %s ready in %.1f s", backend.model_name, time.monotonic() - started)
+    app.state.backends_started = True
 
 
 class EnclavedApp(Starlette):

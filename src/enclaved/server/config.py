@@ -105,13 +105,30 @@ class StoreConfig:
     ttl_seconds: int = 7 * 24 * 3600
 
 
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where a node keeps its state when nothing says otherwise.
+
+    ``$ENCLAVED_DATA_DIR``, else ``$XDG_DATA_HOME/enclaved``, else
+    ``~/.local/share/enclaved``: one absolute place, so that the development
+    root's path (``dev-root-ca.pem`` in it) is the same from any directory.
+    """
+    env = os.environ if env is None else env
+    if env.get("ENCLAVED_DATA_DIR"):
+        return Path(env["ENCLAVED_DATA_DIR"])
+    xdg = env.get("XDG_DATA_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is to be ignored
+        return Path(xdg) / "enclaved"
+    home = env.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "share" / "enclaved"
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Everything ``create_app`` and ``enclaved serve`` need. Immutable."""
 
     host: str = "127.0.0.1"
     port: int = 8000
-    data_dir: Path = Path("data")
+    data_dir: Path = dataclasses.field(default_factory=lambda: default_data_dir())
     models: tuple[ModelConfig, ...] = ()
     #: The operator's system prompt (``include_venice_system_prompt``); never used under E2EE.
     system_prompt: str | None = None
@@ -135,7 +152,7 @@ class ServerConfig:
     ) -> ServerConfig:
         """The built-in configuration: both SmolLM2 ids on the embedded backend.
 
-        ``data_dir`` defaults to ``$ENCLAVED_DATA_DIR``, else ``./data``.
+        ``data_dir`` defaults to :func:`default_data_dir`.
         """
         return cls.from_dict({}, data_dir=data_dir, env=env)
 
@@ -245,7 +262,7 @@ class _Loader:
         elif "data_dir" in data:
             data_dir = self._path(self._str(data, "data_dir", "data_dir", ""))
         else:
-            data_dir = Path(self.env.get("ENCLAVED_DATA_DIR") or "data")
+            data_dir = default_data_dir(self.env)
 
         raw_models = data.get("models", None)
         if raw_models is None:
