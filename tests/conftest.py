@@ -78,3 +78,13 @@ def running_server(app: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def user_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The README's first command running (``tests/real_node.py``): one per session."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from real_node import started_node
+
+    with started_node(tmp_path_factory.mktemp("home"), free_port()) as node:
+        yield node

@@ -94,13 +94,25 @@ def policy(args: argparse.Namespace) -> Any:
     return build_policy(args.policy, args.trust_root)
 
 
-def describe_error(exc: BaseException) -> tuple[int, str]:
+def verified_line(node: Any, *, plaintext_prompt: bool = False) -> str:
+    """What the client commands print once a node's attestation passed."""
+    notes = []
+    if node.tee_hardware == "simulated":
+        notes.append("SIMULATED TEE: proves nothing about hardware")
+    if plaintext_prompt:
+        notes.append("no E2EE: the prompt is sent to the enclave in plaintext")
+    suffix = f" ({'; '.join(notes)})" if notes else ""
+    return f"verified: {node.describe()}{suffix}"
+
+
+def describe_error(exc: BaseException, *, url: str | None = None) -> tuple[int, str]:
     """An exit code and a one-line message for an error a client command met.
 
     Verification failures name the failing check (``attestation check
     binding.report_data.nonce fail: ...``); decryption failures say only
     that. When the development root is needed but not trusted, the message
-    says how to trust it.
+    says how to trust it. ``url``, where given, is named when it cannot be
+    reached.
     """
     import httpx
 
@@ -137,13 +149,13 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
             cause = exc.__cause__
             if isinstance(cause, Error):
                 # openai 1.x wraps whatever the transport raises, checks included.
-                return describe_error(cause)
+                return describe_error(cause, url=url)
             what = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-            return EXIT_NETWORK, f"cannot reach the server: {what}"
+            return EXIT_NETWORK, f"cannot reach {url or 'the server'}: {what}"
         if isinstance(exc, openai.APIError):
             return EXIT_NETWORK, f"server error: {exc.message}"
     if isinstance(exc, httpx.HTTPError):
-        return EXIT_NETWORK, f"cannot reach the server: {type(exc).__name__}: {exc}"
+        return EXIT_NETWORK, f"cannot reach {url or 'the server'}: {type(exc).__name__}: {exc}"
     raise exc
 
 

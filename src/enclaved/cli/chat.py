@@ -18,7 +18,14 @@ once the streamed answer is complete: the command then says that the text
 above was NOT verified, and exits 2. ``--no-stream`` prints the answer only
 after everything, signature included, was verified.
 
-Interactive mode keeps the conversation. For ``e2ee-*`` models the earlier
+Answers are at most ``--max-tokens`` long (default
+:data:`DEFAULT_MAX_TOKENS`; ``0`` leaves the limit to the server).
+
+Interactive mode keeps the conversation. Ctrl-C stops the answer being
+streamed (the connection is closed, so the node stops generating) and
+returns to the prompt; Ctrl-C at the prompt, Ctrl-D or an empty line ends
+the session. Whatever is typed while an answer streams is discarded, not
+taken as the next prompt. For ``e2ee-*`` models the earlier
 turns are sent inside the encrypted system message (the protocol encrypts
 only user and system content, so replaying them as plaintext ``assistant``
 messages would let the answers leave the machine in the clear).
@@ -27,6 +34,7 @@ messages would let the answers leave the machine in the clear).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -38,6 +46,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..client.transport import SignatureMode
 
 DEFAULT_MODEL = "e2ee-smollm2-135m"
+#: Answer length when ``--max-tokens`` is not given: a small model left to
+#: itself can repeat until its context is full.
+DEFAULT_MAX_TOKENS = 512
+#: What a one-shot chat stopped by Ctrl-C exits with (128 + SIGINT, as shells do).
+EXIT_INTERRUPTED = 130
 
 _SIGNATURE_MODES: dict[str, SignatureMode] = {"full": True, "address": "address", "off": False}
 
@@ -58,7 +71,13 @@ def add_parsers(subparsers: Any) -> None:
         "--model", "-m", help=f"model id [$ENCLAVED_MODEL, else {DEFAULT_MODEL}]"
     )
     p.add_argument("--system", metavar="TEXT", help="a system prompt (encrypted too, for e2ee-* models)")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="limit the answer's length")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        default=DEFAULT_MAX_TOKENS,
+        help=f"longest answer, in tokens (default {DEFAULT_MAX_TOKENS}; 0: the server's limit)",
+    )
     p.add_argument("--temperature", type=float, help="sampling temperature")
     p.add_argument(
         "--no-stream",
@@ -79,6 +98,9 @@ def add_parsers(subparsers: Any) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     out, err = sys.stdout, sys.stderr
     model = args.model or os.environ.get("ENCLAVED_MODEL") or DEFAULT_MODEL
+    if args.max_tokens < 0:
+        print("enclaved: --max-tokens must be 0 or more", file=err)
+        return common.EXIT_INPUT
     try:
         client = _make_client(args)
     except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
@@ -108,8 +130,8 @@ def _make_client(args: argparse.Namespace) -> Any:
     )
 
 
-def _fail(exc: BaseException, err: TextIO) -> int:
-    code, message = common.describe_error(exc)
+def _fail(exc: BaseException, err: TextIO, url: str | None = None) -> int:
+    code, message = common.describe_error(exc, url=url)
     print(f"enclaved: {message}", file=err)
     return code
 
@@ -128,6 +150,7 @@ class _Session:
         print(f"enclaved chat with {self.model} - empty line or Ctrl-D to quit", file=self.err)
         code = 0
         while True:
+            _discard_typeahead(stdin)
             try:
                 self.err.write("> ")
                 self.err.flush()
@@ -135,21 +158,27 @@ class _Session:
             except KeyboardInterrupt:
                 print(file=self.err)
                 return code
-            if not line or not line.strip() or line.strip() in ("/quit", "/exit"):
+            if not line:  # Ctrl-D: end the "> " line, so the shell's prompt starts clean
+                print(file=self.err)
+                return code
+            if not line.strip() or line.strip() in ("/quit", "/exit"):
                 return code
             code = self.turn(line.strip())
-            if code not in (0, common.EXIT_NETWORK):
+            if code == EXIT_INTERRUPTED:
+                code = 0  # the user stopped that answer: not an error of the session
+            elif code not in (0, common.EXIT_NETWORK):
                 return code  # a failed verification ends the session
 
     def turn(self, prompt: str) -> int:
         messages = build_messages(self.history, prompt, self.args.system, e2ee=self.model.startswith("e2ee-"))
         params: dict[str, Any] = {"model": self.model, "messages": messages}
-        if self.args.max_tokens is not None:
+        if self.args.max_tokens:
             params["max_tokens"] = self.args.max_tokens
         if self.args.temperature is not None:
             params["temperature"] = self.args.temperature
         shown = False
         pieces: list[str] = []
+        stream: Any = None
         try:
             if self.args.no_stream:
                 reply = self.client.chat.completions.create(**params)
@@ -171,12 +200,24 @@ class _Session:
                             shown = True
             self.out.write("\n")
             self.out.flush()
+        except KeyboardInterrupt:
+            # Stop this answer only: closing the stream closes the connection,
+            # and the node stops generating. A cut answer has no signature to
+            # check, so it is not kept in the conversation either.
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+            if shown:
+                self.out.write("\n")
+                self.out.flush()
+            print("[stopped: this answer is incomplete and unsigned]", file=self.err)
+            return EXIT_INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
             if shown:
                 self.out.write("\n")
                 self.out.flush()
                 print("enclaved: WARNING: the text above was NOT verified", file=self.err)
-            return _fail(exc, self.err)
+            return _fail(exc, self.err, common.base_url(self.args))
         self._show_signature()
         self.history.append((prompt, "".join(pieces)))
         return common.EXIT_OK
@@ -191,13 +232,8 @@ class _Session:
         if node.signing_address == self._shown_address:
             return
         self._shown_address = node.signing_address
-        notes = []
-        if node.tee_hardware == "simulated":
-            notes.append("SIMULATED TEE: proves nothing about hardware")
-        if not self.model.startswith("e2ee-"):
-            notes.append("no E2EE: the prompt is sent to the enclave in plaintext")
-        suffix = f" ({'; '.join(notes)})" if notes else ""
-        print(f"verified: {node.describe()}{suffix}", file=self.err)
+        plaintext = not self.model.startswith("e2ee-")
+        print(common.verified_line(node, plaintext_prompt=plaintext), file=self.err)
 
     def _show_signature(self) -> None:
         if self.args.signatures == "off" or not self.model.startswith(("e2ee-", "tee-")):
@@ -207,6 +243,17 @@ class _Session:
         sig = last_signature(self.client)
         if sig is not None:
             print(f"signature: ok, {sig.request_id} signed by {sig.recovered_address}", file=self.err)
+
+
+def _discard_typeahead(stdin: TextIO) -> None:
+    """Drop what was typed while an answer streamed: it is not the next prompt."""
+    try:
+        if stdin.isatty():
+            import termios
+
+            termios.tcflush(stdin.fileno(), termios.TCIFLUSH)
+    except (OSError, ValueError, ImportError):  # not a terminal after all, or not POSIX
+        pass
 
 
 def build_messages(

@@ -82,14 +82,14 @@ def run_signature(args: argparse.Namespace) -> int:
             node = check_attestation(
                 r.content, base_url=base, model=args.model, nonce=nonce, verifier=verifier, e2ee=False
             )
-            print(f"verified: {node.describe()}", file=err)
+            print(common.verified_line(node), file=err)
             # 2. The signature document.
             r = http.get(base + "/tee/signature", params={"model": args.model, "request_id": args.request_id})
             if r.status_code != 200:
                 print(f"enclaved: signature: HTTP {r.status_code}: {common.error_message(r)}", file=err)
                 return common.EXIT_NETWORK
     except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
-        code, message = common.describe_error(exc)
+        code, message = common.describe_error(exc, url=base)
         print(f"enclaved: {message}", file=err)
         return code
     # 3-4.
