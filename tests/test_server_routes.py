@@ -598,3 +598,17 @@ def test_attestation_refused_for_a_model_without_tee(tmp_path: Path) -> None:
     with running_server(app) as url:
         r = httpx.get(url + "/v1/tee/attestation", params={"model": odd.id}, timeout=30)
         _error(r, 400, "tee_not_supported", f"Model {odd.id} does not support TEE attestation")
+
+
+def test_a_node_without_gpus_reports_no_gpu_verification_not_a_failed_one(
+    node: NodeHandle,
+) -> None:
+    # venice-e2ee (npm) refuses a node whose server_verification.nvidia is
+    # present with valid: false ("Venice reported failed NVIDIA attestation").
+    doc = httpx.get(
+        node.api + "/tee/attestation", params={"model": TEE_MODEL, "nonce": "cd" * 32}, timeout=30
+    ).json()
+    assert doc["nvidia_payload"] is None
+    sv = doc["server_verification"]
+    assert sv["nvidia"] is None and sv["nvidiaNonceBinding"] is None
+    assert doc["verified"] is True

@@ -426,6 +426,11 @@ def server_verification(verdict: Verdict) -> dict[str, Any]:
     certificateChainValid, ...}``, ``nvidia{...}``, ``signingAddressBinding``,
     ``nonceBinding``, ``verifiedAt``), plus ``ok`` and our own ``checks``
     list, so a client can see exactly which rows held.
+
+    Without GPU evidence ``nvidia`` and ``nvidiaNonceBinding`` are ``null``
+    (not applicable), never ``valid: false``: clients written for the
+    production service (the npm ``venice-e2ee``) read ``nvidia.valid ==
+    false`` as a failed GPU attestation and refuse the node.
     """
 
     def prefixed(prefix: str) -> list[Check]:
@@ -510,6 +515,8 @@ def server_verification(verdict: Verdict) -> dict[str, Any]:
         "relaxations": list(getattr(verdict, "relaxations", [])),
         "checks": [c.to_dict() for c in verdict],
     }
+    if not nvidia_present:
+        out["nvidia"] = out["nvidiaNonceBinding"] = None
     return out
 
 
