@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CAPTURES
+from conftest import REPORT_CAPTURES
 
 from enclaved.attestation import eventlog, measurements
 from enclaved.attestation.checks import Status
 from enclaved.attestation.document import AttestationReport
 from enclaved.errors import EvidenceParseError
 
-REPORTS = sorted(CAPTURES.glob("*/responses/0001_*.body"))
+REPORTS = sorted(next((c / "responses").glob("0001_*.body")) for c in REPORT_CAPTURES)
 
 # TDX quote v4 TD report offsets (after the 48-byte header).
 TD = 48

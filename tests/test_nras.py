@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import CAPTURES as CAPTURE_DIR
+from conftest import REPORT_CAPTURES
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclaved.attestation.checks import Check, Status
@@ -42,7 +42,7 @@ from enclaved.attestation.nvidia.nras import (
 )
 from enclaved.errors import EvidenceParseError, NetworkError
 
-CAPTURES = sorted(CAPTURE_DIR.glob("*/manifest.json"))
+CAPTURES = [c / "manifest.json" for c in REPORT_CAPTURES]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import CAPTURES as CAPTURE_DIR
+from conftest import REPORT_CAPTURES
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,7 +42,7 @@ from enclaved.attestation.nvidia import (
 )
 from enclaved.errors import EvidenceParseError
 
-CAPTURES = sorted(CAPTURE_DIR.glob("*/manifest.json"))
+CAPTURES = [c / "manifest.json" for c in REPORT_CAPTURES]
 
 
 @dataclasses.dataclass(frozen=True)

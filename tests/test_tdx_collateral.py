@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CAPTURES
+from conftest import CAPTURES, REPORT_CAPTURES
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -33,7 +33,7 @@ from enclaved.attestation.tdx import (
 from enclaved.attestation.tdx.collateral import split_signed_json
 from enclaved.errors import ConfigError, EvidenceParseError, NetworkError
 
-CAPTURE_NAMES = sorted(p.name for p in CAPTURES.glob("*")) if CAPTURES.is_dir() else []
+CAPTURE_NAMES = [p.name for p in REPORT_CAPTURES]
 pytestmark = pytest.mark.skipif(not CAPTURE_NAMES, reason="shared/testdata/captures missing")
 
 FMSPC = bytes.fromhex("90c06f000000")

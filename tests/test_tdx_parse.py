@@ -15,7 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import CAPTURES
+from conftest import CAPTURES, REPORT_CAPTURES
 
 from enclaved.attestation.tdx import (
     TdAttributes,
@@ -29,7 +29,7 @@ from enclaved.attestation.tdx.parse import INTEL_QE_VENDOR_ID, BodyType
 from enclaved.errors import EvidenceParseError
 
 DCAP_QVL = Path(__file__).resolve().parent / "data" / "dcap_qvl"
-CAPTURE_NAMES = sorted(p.name for p in CAPTURES.glob("*")) if CAPTURES.is_dir() else []
+CAPTURE_NAMES = [p.name for p in REPORT_CAPTURES]
 
 needs_captures = pytest.mark.skipif(not CAPTURE_NAMES, reason="shared/testdata/captures missing")
 

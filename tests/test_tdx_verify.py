@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPORT_CAPTURES, SHARED
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -40,10 +41,9 @@ from enclaved.attestation.tdx import (
 from enclaved.attestation.tdx.roots import INTEL_SGX_ROOT_CA_DER, INTEL_SGX_ROOT_CA_SHA256
 from enclaved.evidence.simulated import SimulatedTdx
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CAPTURES = SHARED / "testdata" / "captures"
 DCAP_QVL = Path(__file__).resolve().parent / "data" / "dcap_qvl"
-CAPTURE_NAMES = sorted(p.name for p in CAPTURES.glob("*")) if CAPTURES.is_dir() else []
+CAPTURE_NAMES = [p.name for p in REPORT_CAPTURES]
 needs_captures = pytest.mark.skipif(not CAPTURE_NAMES, reason="shared/testdata/captures missing")
 
 
