@@ -15,8 +15,8 @@ ways:
    ``allow_tcb_statuses`` waives the statuses it names (never ``Revoked``).
 
 Every relaxation is a field named ``allow_...``. A verification that runs
-under a policy with any relaxation emits an :class:`InsecurePolicyWarning`
-per relaxation, *every* time (:meth:`Policy.warn_relaxations`). It is said
+under a policy with any relaxation emits one :class:`InsecurePolicyWarning`
+that names them all, *every* time (:meth:`Policy.warn_relaxations`). It is said
 through :mod:`warnings` only, never also logged: a library that did both
 would print each relaxation twice. Applications decide how to show them
 (the verdict lists them too, ``Verdict.relaxations``; ``enclaved serve``
@@ -401,10 +401,15 @@ class Policy:
         return out
 
     def warn_relaxations(self, *, stacklevel: int = 3) -> list[str]:
-        """One :class:`InsecurePolicyWarning` per active relaxation. Called on every verification."""
+        """One :class:`InsecurePolicyWarning` naming every active relaxation.
+
+        Called on every verification. One warning, not one per relaxation:
+        Python prints each warning with the line that caused it, and three
+        of them (the development policy's) made six lines before an answer.
+        """
         msgs = self.relaxations()
-        for msg in msgs:
-            text = f"INSECURE attestation policy: {msg}"
+        if msgs:
+            text = "INSECURE attestation policy: " + "; ".join(msgs)
             warnings.warn(text, InsecurePolicyWarning, stacklevel=stacklevel)
         return msgs
 

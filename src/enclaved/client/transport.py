@@ -279,7 +279,7 @@ class _Engine:
 
 
 def _warn_signature_mode(mode: SignatureMode) -> None:
-    """A relaxed signature check is a relaxation like any policy one: say so (log and warning).
+    """A relaxed signature check is a relaxation like any policy one: say so (one warning).
 
     Decrypting proves nothing about who wrote a delta - anyone can seal to
     the session key, which travels in a request header - so without the
@@ -295,7 +295,6 @@ def _warn_signature_mode(mode: SignatureMode) -> None:
         else "response signatures: only the signer is checked, not the hashes of the bytes exchanged"
     )
     text = f"INSECURE client setting: {what} - a man in the middle can replace the answer"
-    logger.warning(text)
     warnings.warn(text, InsecurePolicyWarning, stacklevel=4)
 
 
