@@ -7,7 +7,10 @@ Side by side in one run, interleaved round by round:
 =========  ====================================================================
 direct     ``llama_cpp.Llama(...).create_chat_completion(stream=True)`` in
            this process: the bundled SmolLM2-135M-Instruct GGUF, the same
-           ``n_ctx`` and thread count as the server's embedded backend
+           ``n_ctx`` and thread count as the server's embedded backend,
+           llama.cpp's extra buffer types on (the library's default)
+direct_plain  the same with them off, as the server loads the model
+           (docs/server.md, "The embedded model")
 tee        ``tee-smollm2-135m`` through ``enclaved serve`` (a real process on
            loopback; a lean httpx streaming client)
 e2ee       ``e2ee-smollm2-135m`` through it, end-to-end encrypted (attested
@@ -77,20 +80,16 @@ def server_threads() -> int:
 
 
 class Direct:
-    """llama-cpp-python on the bundled GGUF, configured as the server's backend is."""
+    """llama-cpp-python on the bundled GGUF, configured as the server's backend is,
+    with llama.cpp's extra buffer types (AMX, repacked weights) on - the
+    library's default - or off, as the server loads it."""
 
-    def __init__(self, threads: int) -> None:
-        from llama_cpp import Llama
-
-        from enclaved.server.backends.embedded import bundled_model_path
+    def __init__(self, threads: int, *, extra_bufts: bool = True) -> None:
+        from enclaved.server.backends.embedded import bundled_model_path, load_llama
 
         started = time.perf_counter()
-        self.llama = Llama(
-            model_path=str(bundled_model_path()),
-            n_ctx=N_CTX,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
+        self.llama = load_llama(
+            bundled_model_path(), n_ctx=N_CTX, n_threads=threads, use_extra_bufts=extra_bufts
         )
         self.load_s = time.perf_counter() - started
 
@@ -269,7 +268,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
 
-    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "tee": [], "e2ee": []}
+    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "direct_plain": [], "tee": [], "e2ee": []}
     memory: dict[str, Any] = {}
     setup: dict[str, Any] = {
         "threads_direct": args.threads,
@@ -293,13 +292,16 @@ def main() -> None:
                 memory["rss_started_kib"] = rss_kib(server.pid)
                 key = attest(base_url, E2EE, folder / "data" / "dev-root-ca.pem")
                 direct = Direct(args.threads)
+                plain = Direct(args.threads, extra_bufts=False)
                 setup["direct_load_s"] = round(direct.load_s, 2)
                 # One untimed run each: first-call costs (allocations, caches) out of the figures.
                 direct.run(8)
+                plain.run(8)
                 asyncio.run(_server_runs(base_url, [(TEE, 8, None)]))
                 memory["rss_after_first_completion_kib"] = rss_kib(server.pid)
                 for _ in range(args.rounds):
                     runs["direct"].append(direct.run(args.max_tokens))
+                    runs["direct_plain"].append(plain.run(args.max_tokens))
                     tee, e2ee = asyncio.run(
                         _server_runs(base_url, [(TEE, args.max_tokens, None), (E2EE, args.max_tokens, key)])
                     )
@@ -314,7 +316,7 @@ def main() -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-                del direct
+                del direct, plain
                 if not args.skip_memory:
                     memory["streams"] = args.streams
                     memory["rss_idle_kib"] = rss_kib(server.pid)
@@ -348,7 +350,7 @@ def main() -> None:
         f"{mode}_over_direct_tokens_per_s": ratio(
             results[mode]["decode_tokens_per_s_p50"], results["direct"]["decode_tokens_per_s_p50"]
         )
-        for mode in ("tee", "e2ee")
+        for mode in ("direct_plain", "tee", "e2ee")
     }
     ratios.update(
         {
@@ -360,7 +362,7 @@ def main() -> None:
     )
     for mode, r in results.items():
         print(
-            f"{mode:<7} decode {r['decode_tokens_per_s_p50']:>7.1f} tok/s   TTFT p50 {r['ttft_ms']['p50']:>7.1f} ms"
+            f"{mode:<12} decode {r['decode_tokens_per_s_p50']:>7.1f} tok/s   TTFT p50 {r['ttft_ms']['p50']:>7.1f} ms"
             f"   chunks {r['chunks']}"
         )
     for k, v in {**ratios, "same_text": same_text}.items():

@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-__all__ = ["DEFAULT_MAX_TOKENS", "EmbeddedBackend", "bundled_model_path"]
+__all__ = ["DEFAULT_MAX_TOKENS", "EmbeddedBackend", "bundled_model_path", "load_llama"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,47 @@ USE_EXTRA_BUFFER_TYPES = False
 # So the defaults function is swapped for the duration of one load; the lock
 # keeps two backends in one process from loading (and swapping) at once.
 _LOAD_LOCK = threading.Lock()
+
+
+def load_llama(
+    path: Path, *, n_ctx: int, n_threads: int, use_extra_bufts: bool = USE_EXTRA_BUFFER_TYPES
+) -> Llama:
+    """``llama_cpp.Llama`` on ``path``, with llama.cpp's ``use_extra_bufts`` as given.
+
+    Raises what ``Llama()`` raises, and :class:`BackendError` when the
+    installed llama-cpp-python did not apply the setting.
+    """
+    from llama_cpp import Llama, llama_cpp
+
+    with _LOAD_LOCK:
+        library_defaults = llama_cpp.llama_model_default_params
+
+        def model_defaults() -> Any:
+            params = library_defaults()
+            params.use_extra_bufts = use_extra_bufts
+            return params
+
+        llama_cpp.llama_model_default_params = model_defaults
+        try:
+            llama = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                verbose=False,
+            )
+        finally:
+            llama_cpp.llama_model_default_params = library_defaults
+    if bool(llama.model_params.use_extra_bufts) != use_extra_bufts:
+        # A llama-cpp-python that no longer reads the defaults this way:
+        # refuse to run with settings we did not choose.
+        llama.close()
+        raise BackendError(
+            "llama-cpp-python ignored use_extra_bufts; install the version pyproject.toml pins",
+            status=503,
+            code="model_unavailable",
+        )
+    return llama
 
 
 def cpu_description() -> str:
@@ -328,7 +369,7 @@ class EmbeddedBackend:
 
     def _load(self) -> None:
         try:
-            from llama_cpp import Llama, llama_cpp
+            from llama_cpp import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:
             raise BackendError(
@@ -347,38 +388,12 @@ class EmbeddedBackend:
         )
         log.info("%s; CPU: %s", EXTRA_BUFFER_TYPES_REASON, cpu_description())
         started = time.monotonic()
-        with _LOAD_LOCK:
-            library_defaults = llama_cpp.llama_model_default_params
-
-            def model_defaults() -> Any:
-                params = library_defaults()
-                params.use_extra_bufts = USE_EXTRA_BUFFER_TYPES
-                return params
-
-            llama_cpp.llama_model_default_params = model_defaults
-            try:
-                llama = Llama(
-                    model_path=str(path),
-                    n_ctx=self._n_ctx,
-                    n_threads=self._n_threads,
-                    n_threads_batch=self._n_threads,
-                    verbose=False,
-                )
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise BackendError(
-                    f"failed to load model {self.model_name}", status=503, code="model_unavailable"
-                ) from exc
-            finally:
-                llama_cpp.llama_model_default_params = library_defaults
-        if bool(llama.model_params.use_extra_bufts) != USE_EXTRA_BUFFER_TYPES:
-            # A llama-cpp-python that no longer reads the defaults this way:
-            # refuse to run with settings we did not choose.
-            llama.close()
+        try:
+            llama = load_llama(path, n_ctx=self._n_ctx, n_threads=self._n_threads)
+        except (ValueError, RuntimeError, OSError) as exc:
             raise BackendError(
-                "llama-cpp-python ignored use_extra_bufts; install the version pyproject.toml pins",
-                status=503,
-                code="model_unavailable",
-            )
+                f"failed to load model {self.model_name}", status=503, code="model_unavailable"
+            ) from exc
 
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
