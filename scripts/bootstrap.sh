@@ -24,7 +24,11 @@ fi
 # Re-install only when pyproject.toml changed since the last successful install.
 stamp="$venv/.enclaved-installed${extra:+-$extra}"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-    echo "==> installing enclaved${extra:+[$extra]} and its dependencies (first time: builds llama-cpp-python, ~5 minutes)" >&2
+    if "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+        echo "==> updating enclaved${extra:+[$extra]} in $venv (pyproject.toml changed)" >&2
+    else
+        echo "==> installing enclaved${extra:+[$extra]} and its dependencies (builds llama-cpp-python from source: ~5 minutes on two cores)" >&2
+    fi
     "$venv/bin/python" -m pip install --progress-bar off -e "$root${extra:+[$extra]}" 2>&1 \
         | grep -v -e '^Requirement already satisfied' -e "Location 'file://" >&2 || true
     "$venv/bin/python" -c 'import enclaved, llama_cpp, coincurve' \
