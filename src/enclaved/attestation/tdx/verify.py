@@ -36,8 +36,9 @@ With collateral (each is SKIPPED with reason "no collateral" without it):
 ``tdx.collateral.qe_identity.signature``
     The same for the QE identity.
 ``tdx.collateral.pck_crl``
-    The PCK CRL is signed by its issuer (a CA issued directly by a trusted
-    root, valid at ``now``), that issuer is the CA that issued the PCK leaf,
+    The PCK CRL is signed by its issuer (a CA allowed to sign CRLs, issued
+    directly by a trusted root, valid at ``now``), that issuer is the CA
+    that issued the PCK leaf,
     and the PCK leaf's serial number is not on it.
 ``tdx.collateral.root_ca_crl``
     The root CA CRL is signed by a trusted root and revokes none of the
