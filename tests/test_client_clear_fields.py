@@ -129,7 +129,10 @@ def test_a_non_streaming_answer_with_a_malformed_clear_field_raises(
     node = FakeNode(list(ANSWER))
     node.chunk_edit = edit()
     with pytest.raises(APIError) as info:
-        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        sync_client(node).chat.completions.create(
+            model=E2EE_MODEL,
+            messages=MESSAGES,  # type: ignore[arg-type]
+        )
     assert info.value.code == "invalid_stream" and marker not in str(info.value)
 
 
@@ -137,7 +140,12 @@ def test_an_error_event_of_an_undocumented_type_raises_without_it() -> None:
     node = FakeNode(list(ANSWER))
     node.error_event = {"message": "engine died", "type": "LEAK_type_e5", "code": "upstream_error"}
     with pytest.raises(APIError) as info:
-        list(sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+        stream = sync_client(node).chat.completions.create(
+            model=E2EE_MODEL,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+        )
+        list(stream)
     assert info.value.code == "invalid_stream"
     assert info.value.type is None and "LEAK" not in str(info.value)
 

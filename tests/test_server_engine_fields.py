@@ -94,7 +94,11 @@ HOSTILE: list[tuple[str, bytes, str]] = [
         "LEAK_role_b2",
     ),
     ("index", sse(ROLE, text("Hello", index=918273645), STOP, USAGE), "918273645"),
-    ("index as text", sse(ROLE, text("Hello", index="LEAK_index_c3"), STOP, USAGE), "LEAK_index_c3"),
+    (
+        "index as text",
+        sse(ROLE, text("Hello", index="LEAK_index_c3"), STOP, USAGE),
+        "LEAK_index_c3",
+    ),
     (
         "finish_reason",
         sse(
@@ -130,9 +134,7 @@ def engine() -> Iterator[tuple[ScriptedEngine, str]]:
 
 
 @pytest.fixture
-def node(
-    tmp_path: Path, engine: tuple[ScriptedEngine, str]
-) -> Iterator[tuple[str, KeyPair]]:
+def node(tmp_path: Path, engine: tuple[ScriptedEngine, str]) -> Iterator[tuple[str, KeyPair]]:
     upstream = UpstreamBackend(engine[1], "engine-model", timeout=10.0)
     backends = {E2EE_MODEL: upstream, TEE_MODEL: upstream, TOOLS_MODEL: upstream}
     key = KeyPair.generate()
@@ -205,3 +207,31 @@ def test_a_hostile_engine_value_never_reaches_the_wire_or_the_log(
         error = response.json()["error"]
         assert response.status_code == 400 and error["type"] == "invalid_request_error"
         assert error["code"] == "upstream_rejected"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "documented"),
+    [
+        (
+            {"type": "BadRequestError", "message": "LEAK", "code": 400},
+            400,
+            "upstream_rejected",
+            "invalid_request_error",
+        ),
+        ({"type": "invalid_request_error"}, 400, "upstream_rejected", "invalid_request_error"),
+        ({"type": "LEAK_type", "code": 422}, 400, "upstream_rejected", "invalid_request_error"),
+        ({"type": "server_error", "code": 500}, 502, "upstream_error", "server_error"),
+        ({"type": "LEAK_type", "code": 429}, 502, "upstream_error", "server_error"),
+        ({"type": "LEAK type with spaces"}, 502, "upstream_error", "server_error"),
+        ("LEAK as a string", 502, "upstream_error", "server_error"),
+        (None, 502, "upstream_error", "server_error"),
+    ],
+)
+def test_an_engine_error_type_is_mapped_to_a_documented_one(
+    error: Any, status: int, code: str, documented: str
+) -> None:
+    from enclaved.server.backends.upstream import _engine_error
+
+    failure = _engine_error(error)
+    assert (failure.status, failure.code) == (status, code)
+    assert failure.message == f"upstream engine reported an error mid-stream ({documented})"
