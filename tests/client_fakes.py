@@ -74,6 +74,9 @@ class FakeNode:
         self.per_chunk_keys = False  # a fresh ephemeral key per chunk (one production node)
         self.signature_prefix: str | None = None  # sign "prefix:req:resp" (NEAR nodes: the model)
         self.omit_ids = False  # chunks without an "id"
+        #: Edits every chunk of a stream before it is sent (and signed): a
+        #: hostile node putting its own values in the clear-text fields.
+        self.chunk_edit: Callable[[dict[str, Any]], None] | None = None
 
     # -- the routes -------------------------------------------------------------
 
@@ -203,6 +206,8 @@ class FakeNode:
             }
             if usage is not None:
                 doc["usage"] = usage
+            if self.chunk_edit is not None:
+                self.chunk_edit(doc)
             events.append(b"data: " + json.dumps(doc).encode() + b"\n\n")
 
         chunk({"role": "assistant", "content": ""})

@@ -32,7 +32,7 @@ import enclaved
 from enclaved.attestation import InsecurePolicyWarning
 from enclaved.client import EnclavedTransport
 from enclaved.crypto import KeyPair, eip191_sign, sha256_hex
-from enclaved.errors import DecryptionError, Error, VerificationError
+from enclaved.errors import APIError, DecryptionError, Error, VerificationError
 
 __all__ = ["real_server"]
 
@@ -399,3 +399,24 @@ def test_missing_signature_is_detected(real_server: RealServer, mitm: tuple[Mitm
     pieces, error = run(sdk(real_server, url), stream=False)
     assert isinstance(error, VerificationError) and "signature.document" in str(error)
     assert pieces == []
+
+
+def test_own_text_in_a_clear_field_is_refused_at_that_event(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+    """Text written into a field E2EE leaves in the clear stops the stream where it stands,
+    as a malformed stream (not only later, as a broken signature) and without showing it."""
+    m, url = mitm
+
+    def leak_in_finish_reason(body: bytes) -> bytes:
+        assert body.count(b'"finish_reason":"stop"') == 1
+        return body.replace(b'"finish_reason":"stop"', b'"finish_reason":"LEAK_finish_g7"')
+
+    m.attack.responses["chat"] = leak_in_finish_reason
+    for stream in (False, True):
+        pieces, error = run(sdk(real_server, url), stream=stream)
+        assert isinstance(error, APIError) and error.code == "invalid_stream", error
+        assert "LEAK" not in str(error)
+        if not stream:
+            assert pieces == []
+    events, error = raw_events(real_server, url)
+    assert isinstance(error, APIError)
+    assert not any(b"LEAK" in e or b"[DONE]" in e for e in events)

@@ -12,7 +12,10 @@ came off the network and returns, event by event, what the caller may see:
    replaced by its plaintext. Anything else - plaintext where ciphertext
    belongs, a bad tag, a foreign key, plaintext tool calls or logprobs -
    raises :class:`~enclaved.errors.DecryptionError` ("failed to decrypt")
-   before that event reaches the caller;
+   before that event reaches the caller; and the fields that stay in the
+   clear (``delta.role``, ``choices[].index``, ``finish_reason``, an error's
+   ``type``) must hold the values :mod:`enclaved._wire` allows, else
+   :class:`~enclaved.errors.APIError` (code ``invalid_stream``);
 5. ``data: [DONE]`` is *not* passed on: the transport emits it only after
    the response signature has been checked, so a caller that sees
    ``[DONE]`` saw a verified answer. A stream that ends without it raises
@@ -29,6 +32,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from .._wire import ERROR_TYPES, choice_problem
 from ..crypto import Opener, looks_like_envelope
 from ..errors import APIError, DecryptionError, NetworkError
 from ._sse import SSEEvent, SSEParser
@@ -127,7 +131,7 @@ class ResponseDecoder:
         if not isinstance(chunk, dict):
             raise APIError("the server sent an event that is not a JSON object", status=200, code="invalid_stream")
         if chunk.get("error") or event.event == "error":
-            raise _stream_error(chunk)
+            raise _stream_error(chunk, e2ee=self._e2ee)
         if self.completion_id is None and isinstance(chunk.get("id"), str):
             self.completion_id = chunk["id"]
         if self._e2ee:
@@ -167,6 +171,12 @@ class ResponseDecoder:
         for choice in choices:
             if not isinstance(choice, dict):
                 raise DecryptionError()
+            # The fields that stay in the clear may hold only what _wire
+            # allows: a role, index or finish reason that carries other text
+            # is a channel around the encryption, and is refused.
+            problem = choice_problem(choice)
+            if problem is not None:
+                raise _malformed(problem)
             # Token log-probabilities would be the answer in plaintext.
             if not _empty(choice.get("logprobs")):
                 raise DecryptionError()
@@ -193,8 +203,19 @@ class ResponseDecoder:
                     raise DecryptionError()
 
 
-def _stream_error(chunk: dict[str, Any]) -> APIError:
+def _malformed(field: str) -> APIError:
+    """A chunk whose clear-text ``field`` breaks :mod:`enclaved._wire` (never shows its value)."""
+    return APIError(
+        f"the server sent a malformed chunk ({field})", status=200, code="invalid_stream"
+    )
+
+
+def _stream_error(chunk: dict[str, Any], *, e2ee: bool = False) -> APIError:
     err = chunk.get("error")
+    if e2ee and not (isinstance(err, dict) and err.get("type") in ERROR_TYPES):
+        # Under E2EE the error's type must be a documented one: anything else
+        # could be an engine's text relayed past the encryption.
+        return _malformed("error.type")
     if isinstance(err, dict):
         message = err.get("message")
         return APIError(

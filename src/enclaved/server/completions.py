@@ -20,7 +20,9 @@ an OpenAI-style error before any response byte is written):
 6. Generate. The first backend chunk is awaited before the status line is
    sent, so a backend that fails at once gets a real HTTP error status.
 7. Stream: every backend chunk is rebuilt from an allow-list of fields (id,
-   model, created rewritten; content and reasoning sealed under E2EE),
+   model, created rewritten; content and reasoning sealed under E2EE; role,
+   index and finish_reason relayed only with a value :mod:`enclaved._wire`
+   allows, else the completion fails),
    serialized once, hashed and written. Up to the first token each chunk is
    written the moment it arrives; after it, the chunks that arrived while
    the previous write was under way go out with one write, and runs of
@@ -51,6 +53,7 @@ from typing import Any
 import orjson
 from starlette.datastructures import Headers
 
+from .._wire import ASSISTANT, choice_problem
 from ..crypto import Sealer
 from . import e2ee
 from .backends.base import Backend, BackendError, ChatRequest
@@ -373,8 +376,11 @@ class ChunkWriter:
     """Rebuilds backend chunks for the wire: one per completion.
 
     Only allow-listed fields survive (a backend cannot leak a plaintext field
-    past the E2EE layer by inventing one); ``id``, ``model`` and ``created``
-    are the completion's; content and reasoning are sealed when a sealer is set.
+    past the E2EE layer by inventing one), and the clear ones only with the
+    values :mod:`enclaved._wire` allows (nor by filling one with its own
+    text: :meth:`choices` raises :class:`BackendError` instead); ``id``,
+    ``model`` and ``created`` are the completion's; content and reasoning
+    are sealed when a sealer is set.
     """
 
     __slots__ = ("_content_chunks", "_prefix", "_sealer", "created", "id", "model", "usage")
@@ -411,11 +417,18 @@ class ChunkWriter:
         out: list[dict[str, Any]] = []
         sealer = self._sealer
         for c in chunk.get("choices") or ():
+            # The clear-text fields (role, index, finish_reason) are relayed
+            # only when they hold one of the values _wire allows: an engine
+            # must not put text of its own on the wire beside the envelopes.
+            if not isinstance(c, dict) or not isinstance(c.get("delta") or {}, dict):
+                raise _malformed("choices[]")
+            problem = choice_problem(c)
+            if problem is not None:
+                raise _malformed(problem)
             delta = c.get("delta") or {}
             d: dict[str, Any] = {}
-            role = delta.get("role")
-            if role is not None:
-                d["role"] = role
+            if delta.get("role") is not None:
+                d["role"] = ASSISTANT
             content = delta.get("content")
             if content is not None:
                 if content:
@@ -511,6 +524,15 @@ class ChunkWriter:
             )
             + b"\n\n"
         )
+
+
+def _malformed(field: str) -> BackendError:
+    """The engine sent a chunk whose ``field`` breaks the rules of :mod:`enclaved._wire`.
+
+    The message names the field, never its value: the value is the engine's
+    text, and this message reaches the client and the log.
+    """
+    return BackendError(f"the engine sent a malformed chunk ({field})", code="upstream_error")
 
 
 def _carries_text(choices: list[dict[str, Any]]) -> bool:

@@ -4,9 +4,11 @@ For each GPU of a parsed :class:`~.parse.NvidiaPayload` this checks, in order
 (the same steps NVIDIA's own local verifier takes, minus its online ones):
 
 1. the GPU's certificate chain leads to the pinned *NVIDIA Device Identity
-   CA* (:data:`NVIDIA_DEVICE_ROOT_SHA256`), every certificate valid at ``now``,
-   every link signed by its issuer, every issuer a CA allowed to sign
-   certificates, no unknown critical extension;
+   CA* (:data:`NVIDIA_DEVICE_ROOT_SHA256`) under the path validator the TDX
+   verifier shares (:func:`.._x509.path_problem`): every certificate valid
+   at ``now``, every link signed by its issuer, every issuer a CA allowed
+   to sign certificates (basicConstraints, pathLen, keyUsage keyCertSign),
+   the leaf not a CA, no unknown critical extension;
 2. the SPDM ``MEASUREMENTS`` response is signed (ECDSA P-384 over SHA-384 of
    request || response-without-signature) by the chain's leaf key;
 3. the nonce in the signed SPDM request is the client's nonce, so the
@@ -61,7 +63,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from ...errors import AttestationError, EvidenceParseError
-from .._x509 import der_items
+from .._x509 import cert_name, der_items, path_problem
 from ..checks import Check
 from .parse import GpuEvidence, NvidiaPayload, parse_nvidia_payload
 
@@ -201,95 +203,20 @@ def _check_nonce(check_id: str, actual: bytes, expected: bytes, what: str) -> Ch
 def _check_cert_chain(
     check_id: str, chain: Sequence[x509.Certificate], now: datetime, root: x509.Certificate
 ) -> Check:
-    """Step 1: leaf -> ... -> pinned root, each link signed, each cert valid at ``now``."""
-    # NVIDIA sends the root as the last certificate; accept a chain without it.
-    path = list(chain)
-    if path[-1] != root:
-        path.append(root)
-    for position, cert in enumerate(path):
-        problem = _validity_problem(cert, now) or _critical_extension_problem(cert)
-        if problem:
-            return Check.failed(check_id, f"certificate {position} ({_cn(cert)}): {problem}")
-    if not _key_usage_allows(path[0], "digital_signature"):
-        return Check.failed(check_id, f"leaf ({_cn(path[0])}) may not sign (keyUsage)")
-    for position in range(len(path) - 1):
-        child, issuer = path[position], path[position + 1]
-        # The CAs between this issuer and the leaf (for pathLenConstraint).
-        problem = _link_problem(child, issuer, ca_below=position)
-        if problem:
-            return Check.failed(
-                check_id, f"certificate {position} ({_cn(child)}) <- {_cn(issuer)}: {problem}"
-            )
+    """Step 1: leaf -> ... -> pinned root under the shared path validator (:mod:`.._x509`).
+
+    NVIDIA sends the root as the last certificate; a chain without it is
+    accepted too (the validator drops a trailing root that is the pinned one).
+    """
+    problem, _ = path_problem(chain, [root], now)
+    if problem:
+        return Check.failed(check_id, f"{problem} (trust anchor: {_cn(root)})")
+    path = len(chain) if chain[-1] == root else len(chain) + 1
     return Check.passed(
         check_id,
-        f"{len(path)} certificates, leaf {_cn(path[0])}, chain to pinned "
+        f"{path} certificates, leaf {_cn(chain[0])}, chain to pinned "
         f"{_cn(root)}, valid at {now.isoformat()}",
     )
-
-
-def _validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
-    if now < cert.not_valid_before_utc:
-        return f"not yet valid at {now.isoformat()} (notBefore {cert.not_valid_before_utc})"
-    if now > cert.not_valid_after_utc:
-        return f"expired at {now.isoformat()} (notAfter {cert.not_valid_after_utc})"
-    return None
-
-
-def _critical_extension_problem(cert: x509.Certificate) -> str | None:
-    try:
-        extensions = cert.extensions
-    except ValueError as exc:  # a malformed known extension
-        return f"malformed extension: {exc}"
-    for ext in extensions:
-        if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
-            return f"unknown critical extension {ext.oid.dotted_string}"
-    return None
-
-
-def _key_usage_allows(cert: x509.Certificate, usage: str) -> bool:
-    """True when keyUsage is absent or grants ``usage``."""
-    try:
-        key_usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    return bool(getattr(key_usage, usage))
-
-
-def _link_problem(child: x509.Certificate, issuer: x509.Certificate, ca_below: int) -> str | None:
-    """Why ``issuer`` cannot have issued ``child``, or None."""
-    try:
-        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return "issuer has no basicConstraints, so it is not a CA"
-    if not constraints.ca:
-        return "issuer is not a CA (basicConstraints)"
-    if constraints.path_length is not None and ca_below > constraints.path_length:
-        return f"issuer's pathLenConstraint {constraints.path_length} exceeded"
-    try:
-        issuer.extensions.get_extension_for_class(x509.KeyUsage)
-    except x509.ExtensionNotFound:
-        return "issuer has no keyUsage"
-    if not _key_usage_allows(issuer, "key_cert_sign"):
-        return "issuer may not sign certificates (keyUsage)"
-    return _issued_by(child, issuer)
-
-
-@functools.lru_cache(maxsize=1024)
-def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> str | None:
-    """Issuer name and signature of one link. Cached: a pure function of both DERs.
-
-    Eight GPUs share their three upper certificates, and a client verifies
-    the same evidence again and again; the cache makes that free.
-    """
-    try:
-        child.verify_directly_issued_by(issuer)
-    except ValueError:
-        return "issuer name does not match"
-    except InvalidSignature:
-        return "signature does not verify"
-    except TypeError as exc:  # unsupported key or signature algorithm
-        return f"cannot verify: {exc}"
-    return None
 
 
 def _check_spdm_signature(check_id: str, gpu: GpuEvidence) -> Check:
@@ -414,12 +341,7 @@ def _as_payload(payload: NvidiaPayload | str | bytes | Mapping[str, Any]) -> Nvi
     return parse_nvidia_payload(payload)
 
 
-def _cn(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    if names:
-        value = names[0].value
-        return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return cert.subject.rfc4514_string()
+_cn = cert_name
 
 
 @functools.cache

@@ -14,10 +14,12 @@ Check ids (stable; the policy layer and ``docs/verification.md`` use them):
     carrying a type-5 PCK chain.
 ``tdx.pck.chain``
     The PCK chain in the quote (leaf, intermediate CA [, root]) leads to one
-    of ``trust_roots`` (default: Intel's pinned SGX Root CA): each signature,
-    each certificate valid at ``now``, each issuer a CA (basic constraints,
-    path length, keyCertSign), the leaf not a CA. A root carried in the
-    quote is only accepted if it is byte-for-byte a trusted root.
+    of ``trust_roots`` (default: Intel's pinned SGX Root CA) under the one
+    path validator both verifiers share (:func:`.._x509.path_problem`: each
+    signature, each certificate valid at ``now``, each issuer a CA with
+    basicConstraints, pathLen and keyUsage keyCertSign, the leaf not a CA).
+    A root carried in the quote is only accepted if it is byte-for-byte a
+    trusted root.
 ``tdx.qe_report.signature``
     The PCK leaf key signed the QE report (ECDSA P-256, SHA-256).
 ``tdx.qe_report.binding``
@@ -34,8 +36,9 @@ With collateral (each is SKIPPED with reason "no collateral" without it):
 ``tdx.collateral.qe_identity.signature``
     The same for the QE identity.
 ``tdx.collateral.pck_crl``
-    The PCK CRL is signed by its issuer (a CA issued directly by a trusted
-    root, valid at ``now``), that issuer is the CA that issued the PCK leaf,
+    The PCK CRL is signed by its issuer (a CA allowed to sign CRLs, issued
+    directly by a trusted root, valid at ``now``), that issuer is the CA
+    that issued the PCK leaf,
     and the PCK leaf's serial number is not on it.
 ``tdx.collateral.root_ca_crl``
     The root CA CRL is signed by a trusted root and revokes none of the
@@ -69,7 +72,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 from collections.abc import Callable, Sequence
 
@@ -78,9 +80,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...errors import EvidenceParseError
+from .._x509 import cert_name, path_problem
 from ..checks import Check
 from .collateral import Collateral, QeIdentity, TcbInfo, TcbLevel
 from .parse import (
@@ -168,123 +170,7 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, cert: x509.Certificate) 
     return crl.is_signature_valid(key)
 
 
-def _name(cert: x509.Certificate) -> str:
-    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(cns[0].value) if cns else cert.subject.rfc4514_string()
-
-
-@functools.lru_cache(maxsize=256)
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> str | None:
-    """Did ``parent`` sign ``child`` (names chain, signature valid)? None if so, else why.
-
-    Cached: certificates compare and hash by their full DER, and the answer
-    depends on nothing else, so a warm verifier skips repeated ECDSA work.
-    """
-    try:
-        child.verify_directly_issued_by(parent)
-    except ValueError:
-        return f"{_name(child)!r} is not issued by {_name(parent)!r} (issuer name mismatch)"
-    except InvalidSignature:
-        return f"signature on {_name(child)!r} does not verify under {_name(parent)!r}"
-    except TypeError as exc:
-        return f"{_name(child)!r}: unsupported signature: {exc}"
-    return None
-
-
-def _valid_at(cert: x509.Certificate, now: dt.datetime) -> str | None:
-    if now < cert.not_valid_before_utc:
-        return f"{_name(cert)!r} not valid before {cert.not_valid_before_utc.isoformat()}"
-    if now > cert.not_valid_after_utc:
-        return f"{_name(cert)!r} expired {cert.not_valid_after_utc.isoformat()}"
-    return None
-
-
-def _ca_problem(cert: x509.Certificate, below: int) -> str | None:
-    """Is ``cert`` allowed to issue a chain with ``below`` CA certificates under it?"""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return f"{_name(cert)!r} has no basic constraints (not a CA)"
-    if not bc.ca:
-        return f"{_name(cert)!r} is not a CA"
-    if bc.path_length is not None and below > bc.path_length:
-        return f"{_name(cert)!r} path length {bc.path_length} exceeded"
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    if not ku.key_cert_sign:
-        return f"{_name(cert)!r} may not sign certificates (key usage)"
-    return None
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _verify_chain(
-    chain: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    now: dt.datetime,
-    *,
-    intermediates: int,
-    leaf_is_ca: bool = False,
-) -> tuple[str | None, x509.Certificate | None]:
-    """Check ``chain`` (leaf first) up to one of ``roots``.
-
-    ``intermediates`` is the exact number of CA certificates between the leaf
-    and the root (1 for a PCK chain, 0 for the TCB signer): a fixed shape
-    means a PCK leaf can never pass as a TCB signer, nor the reverse.
-    Returns (problem or None, the trust root reached).
-    """
-    certs = list(chain)
-    root_ders = {r.public_bytes(Encoding.DER) for r in roots}
-    # A root the sender included is only a hint; it must *be* a trusted root.
-    if len(certs) > 1 and _is_ca(certs[-1]) and certs[-1].issuer == certs[-1].subject:
-        if certs[-1].public_bytes(Encoding.DER) not in root_ders:
-            return f"chain ends in {_name(certs[-1])!r}, which is not a trusted root", None
-        certs.pop()
-    problem: str | None
-    if len(certs) != intermediates + 1:
-        problem = (
-            f"expected a leaf and {intermediates} intermediate CA(s) below the root, "
-            f"got {len(certs)} certificate(s)"
-        )
-        return problem, None
-    if leaf_is_ca:
-        problem = _ca_problem(certs[0], below=0)
-        if problem:
-            return problem, None
-    elif _is_ca(certs[0]):
-        return f"leaf {_name(certs[0])!r} is a CA certificate", None
-    for i, cert in enumerate(certs):
-        problem = _valid_at(cert, now)
-        if problem:
-            return problem, None
-        if i + 1 < len(certs):
-            parent = certs[i + 1]
-            problem = _ca_problem(parent, below=i) or _issued_by(cert, parent)
-            if problem:
-                return problem, None
-    top = certs[-1]
-    candidates = [r for r in roots if r.subject == top.issuer]
-    if not candidates:
-        return (
-            f"{_name(top)!r} is not issued by a trusted root ({top.issuer.rfc4514_string()})",
-            None,
-        )
-    last = "no trusted root verifies it"
-    for root in candidates:
-        problem = (
-            _issued_by(top, root) or _ca_problem(root, below=len(certs) - 1) or _valid_at(root, now)
-        )
-        if problem is None:
-            return None, root
-        last = problem
-    return last, None
+_name = cert_name
 
 
 def _fmt_time(t: dt.datetime | None) -> str:
@@ -526,7 +412,7 @@ def _check_structure(quote: Quote) -> Check:
 def _check_pck_chain(quote: Quote, roots: Sequence[x509.Certificate], now: dt.datetime) -> Check:
     cid = "tdx.pck.chain"
     chain = quote.pck_chain
-    problem, root = _verify_chain(chain, roots, now, intermediates=1)
+    problem, root = path_problem(chain, roots, now, intermediates=1)
     if problem:
         return Check.failed(cid, problem)
     assert root is not None
@@ -591,7 +477,7 @@ def _check_signed_json(
         return Check.failed(cid, f"{what} malformed: {exc}")
     if not chain:
         return Check.failed(cid, f"{what} has no issuer chain")
-    problem, root = _verify_chain(chain, roots, now, intermediates=0)
+    problem, root = path_problem(chain, roots, now, intermediates=0)
     if problem:
         return Check.failed(cid, f"{what} signer: {problem}")
     if not _ecdsa_ok(chain[0].public_key(), signature, data):
@@ -614,7 +500,7 @@ def _check_pck_crl(
         return Check.failed(cid, "PCK CRL has no issuer chain")
     signer = chain[0]
     # The CRL signer is a CA issued directly by a trusted root.
-    problem, _ = _verify_chain(chain, roots, now, intermediates=0, leaf_is_ca=True)
+    problem, _ = path_problem(chain, roots, now, intermediates=0, leaf="crl_issuer")
     if problem:
         return Check.failed(cid, f"PCK CRL signer: {problem}")
     if crl.issuer != signer.subject or not _crl_signed_by(crl, signer):

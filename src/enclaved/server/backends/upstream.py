@@ -13,11 +13,14 @@ What is checked:
 * that every event is a JSON object, and that the stream ends with
   ``data: [DONE]`` - a stream cut short (engine crash, dropped connection) is
   an error, never a silently truncated answer that the node would then sign;
-* ``{"error": ...}`` events sent mid-stream (vLLM does this).
+* ``{"error": ...}`` events sent mid-stream (vLLM does this): the engine's
+  error ``type`` is mapped to a documented one, never copied (see
+  :func:`_engine_error`).
 
-What is NOT checked: the shape of each chunk beyond "a JSON object" (the
-server layer reads ``choices`` / ``usage`` and rewrites ids and model names),
-or that the engine honoured the sampling parameters.
+What is NOT checked here: the shape of each chunk beyond "a JSON object"
+(the server layer reads ``choices`` / ``usage``, rewrites ids and model
+names, and refuses a role, index or finish reason outside
+:mod:`enclaved._wire`), or that the engine honoured the sampling parameters.
 
 Error messages never contain prompt or completion content, nor the body of
 an upstream error (engines sometimes echo the input there).
@@ -41,6 +44,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import INVALID_REQUEST, SERVER_ERROR
 from .base import BackendError, ChatRequest
 from .engine_http import EngineHttp, Timeouts
 
@@ -323,9 +327,34 @@ def _parse_event(event: str, data: bytes) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise BackendError("upstream engine sent malformed JSON")
     if event == "error" or "error" in chunk:
-        # The engine's own message may quote the input: report only its type.
-        err = chunk.get("error")
-        kind = err.get("type") if isinstance(err, dict) else None
-        detail = f" ({kind})" if isinstance(kind, str) and kind.isidentifier() else ""
-        raise BackendError(f"upstream engine reported an error mid-stream{detail}")
+        raise _engine_error(chunk.get("error"))
     return chunk
+
+
+#: Engine error types that mean "the request was refused" (OpenAI's name;
+#: vLLM's and SGLang's exception class names). Every other type, and none,
+#: means the engine failed.
+_REQUEST_ERROR_TYPES = frozenset({"invalid_request_error", "BadRequestError", "BadRequest"})
+
+
+def _engine_error(err: object) -> BackendError:
+    """An engine's ``{"error": ...}`` event -> the failure the node reports.
+
+    Nothing of the engine's error is copied: its ``message`` may quote the
+    input, and its ``type`` is whatever text the engine chose. The type is
+    only *mapped* to one of the documented types (docs/errors.md):
+    ``invalid_request_error`` for a refused request, ``server_error`` for
+    anything else; the message names that documented type.
+    """
+    kind = err.get("type") if isinstance(err, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    refused = kind in _REQUEST_ERROR_TYPES or (
+        type(code) is int and 400 <= code < 500 and code != 429
+    )
+    if refused:
+        return BackendError(
+            f"upstream engine reported an error mid-stream ({INVALID_REQUEST})",
+            status=400,
+            code="upstream_rejected",
+        )
+    return BackendError(f"upstream engine reported an error mid-stream ({SERVER_ERROR})")
