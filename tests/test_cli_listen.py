@@ -55,6 +55,6 @@ def test_url_of_brackets_ipv6() -> None:
     try:
         six = bind("::1", 0)
     except OSError:
-        pytest.skip("no IPv6 loopback on this machine")  # noqa: PT018 - environment, not data
+        pytest.skip("no IPv6 loopback on this machine")
     with six:
         assert url_of(six) == f"http://[::1]:{six.getsockname()[1]}"

@@ -5,7 +5,9 @@
     from enclaved.attestation import AttestationReport, Policy, Verifier
 
     report = AttestationReport.from_json(body)          # structure only
-    verdict = Verifier(Policy.strict()).verify(report, nonce=my_nonce)
+    verifier = Verifier(Policy.strict())
+    fetched = verifier.fetch(report)                     # Intel PCS (await verifier.afetch(report) in async code)
+    verdict = verifier.verify(report, nonce=my_nonce, fetched=fetched)  # pure: no socket
     print(verdict.table())                               # one row per check
     verdict.raise_for_status()                           # VerificationError / PolicyError
 
@@ -22,12 +24,19 @@ from __future__ import annotations
 from .checks import Check, Status, Verdict
 from .document import AttestationReport
 from .policy import InsecurePolicyWarning, Policy
-from .verifier import AttestationVerdict, Verifier, server_verification, verify_attestation
+from .verifier import (
+    AttestationVerdict,
+    Fetched,
+    Verifier,
+    server_verification,
+    verify_attestation,
+)
 
 __all__ = [
     "AttestationReport",
     "AttestationVerdict",
     "Check",
+    "Fetched",
     "InsecurePolicyWarning",
     "Policy",
     "Status",

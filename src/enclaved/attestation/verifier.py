@@ -24,21 +24,32 @@ The client SDK, the CLI, the proxy and the server's own ``verified`` /
 then lets the policy mark each failed or skipped row enforced or not
 (:meth:`.Policy.enforce`) and returns the :class:`AttestationVerdict`.
 
+Verification is pure; the network is a getter. What the services say
+(Intel's collateral for the quote's platform, NRAS's answer for the GPUs)
+is gathered first, by :meth:`Verifier.fetch` through sync getters or by
+:meth:`Verifier.afetch` through async ones, into a :class:`Fetched`; then
+:meth:`Verifier.verify` is a function of (report, :class:`Fetched`, nonce,
+time) that opens no socket. The async client awaits ``afetch`` and so never
+blocks its event loop on Intel or NVIDIA (go-tdx-guest's ``HTTPSGetter``,
+httpx's ``Client`` / ``AsyncClient``).
+
 Failed checks never raise: they are rows. Raising is for evidence that is
 structurally malformed (:class:`~enclaved.errors.EvidenceParseError`: a
 quote or GPU payload that does not parse is not "forged", it is garbage),
 and for a network failure while fetching collateral or asking NRAS
-(:class:`~enclaved.errors.NetworkError`: never reported as "invalid").
+(:class:`~enclaved.errors.NetworkError`, from ``fetch`` / ``afetch``:
+never reported as "invalid").
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError, EvidenceParseError
 from . import binding, eventlog, measurements
@@ -47,20 +58,45 @@ from .document import AttestationReport
 from .eventlog import RuntimeFacts
 from .policy import Policy
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .nvidia.nras import NrasEvidence
+    from .nvidia.parse import NvidiaPayload
+    from .tdx.collateral import Collateral
+    from .tdx.parse import Quote
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class NrasCheck(Protocol):
-    """What :class:`Verifier` calls for the optional NRAS step.
+class NrasSource(Protocol):
+    """Where NRAS's answer for a payload comes from, sync and async.
 
-    :func:`enclaved.attestation.nvidia.nras.check_with_nras` fits (with its
-    ``client``/``jwks`` bound by :func:`functools.partial`), as does
-    :func:`recorded_nras`.
+    :func:`online_nras` (the live service, :class:`.nvidia.nras.NrasService`)
+    and :func:`recorded_nras` (a capture) fit. Either raises
+    :class:`~enclaved.errors.NetworkError` when the service cannot be asked.
     """
 
-    def __call__(self, payload: Any, *, expected_nonce: bytes, now: datetime) -> list[Check]: ...
+    def fetch(self, payload: NvidiaPayload) -> NrasEvidence: ...
+
+    async def afetch(self, payload: NvidiaPayload) -> NrasEvidence: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """What the services said about one report: the inputs :meth:`Verifier.verify` needs
+    besides the report, the nonce and the time.
+
+    Made by :meth:`Verifier.fetch` / :meth:`Verifier.afetch`; build one by
+    hand to verify against collateral and an NRAS answer you hold.
+    """
+
+    #: Intel's collateral for the quote's platform, or ``None``.
+    collateral: Collateral | None = None
+    #: Why there is no collateral (the reason on the skipped collateral rows).
+    collateral_note: str | None = None
+    #: NRAS's answer and keys for the report's GPU payload, or ``None``.
+    nras: NrasEvidence | None = None
 
 
 @dataclasses.dataclass
@@ -98,18 +134,10 @@ class _Auto:
 
 
 #: ``collateral=AUTO`` (the default): Intel PCS when the policy needs
-#: collateral, none when it allows missing collateral (so the development
-#: policy never touches the network).
+#: collateral (a :class:`.tdx.PcsCollateral` of the verifier's own, with its
+#: own in-memory cache), none when it allows missing collateral (so the
+#: development policy never touches the network).
 AUTO: Any = _Auto()
-_default_pcs: Any = None
-
-
-def _shared_pcs() -> Any:
-    """One PCS client per process, so its in-memory collateral cache is shared."""
-    global _default_pcs
-    if _default_pcs is None:
-        _default_pcs = pcs_collateral()
-    return _default_pcs
 
 
 class Verifier:
@@ -120,12 +148,22 @@ class Verifier:
     :class:`.tdx.PcsCollateral` for Intel PCS, a ready
     :class:`.tdx.Collateral`, ``None`` for none (the collateral rows are then
     skipped, enforced unless the policy says ``allow_missing_collateral``),
-    or :data:`AUTO` (the default: Intel PCS, shared per process, unless the
-    policy allows missing collateral). ``nras`` is the optional NVIDIA
-    attestation-service step. ``now`` is the clock (inject it in tests).
+    or :data:`AUTO` (the default: a :class:`.tdx.PcsCollateral` of this
+    verifier's own, unless the policy allows missing collateral). ``nras``
+    is the optional NVIDIA attestation-service step (an :class:`NrasSource`:
+    :func:`online_nras`, :func:`recorded_nras`). ``now`` is the clock
+    (inject it in tests).
+
+    Fetching and verifying are two steps. :meth:`fetch` (sync getters) or
+    :meth:`afetch` (async getters) asks the sources; :meth:`verify` judges,
+    without a socket. Sources that read no network (a recorded directory, a
+    ready :class:`.tdx.Collateral`, a recorded NRAS answer) need no fetch:
 
     >>> v = Verifier(Policy.strict(), collateral=DirectoryCollateral(d))  # doctest: +SKIP
     >>> verdict = v.verify(report, nonce=my_nonce)  # doctest: +SKIP
+    >>> live = Verifier(Policy.strict())  # Intel PCS  # doctest: +SKIP
+    >>> verdict = live.verify(report, nonce=my_nonce, fetched=live.fetch(report))  # doctest: +SKIP
+    >>> verdict = live.verify(report, nonce=my_nonce, fetched=await live.afetch(report))  # doctest: +SKIP
     """
 
     def __init__(
@@ -133,15 +171,97 @@ class Verifier:
         policy: Policy | None = None,
         *,
         collateral: Any | None = AUTO,
-        nras: NrasCheck | None = None,
+        nras: NrasSource | None = None,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.policy = policy if policy is not None else Policy.strict()
         if collateral is AUTO:
-            collateral = None if self.policy.allow_missing_collateral else _shared_pcs()
+            # No process-wide default: each verifier owns its PCS source (and
+            # its in-memory cache); the sync and async getters are made per fetch.
+            collateral = None if self.policy.allow_missing_collateral else pcs_collateral()
         self.collateral = collateral
         self.nras = nras
         self.now = now
+
+    # -- fetching: the only step that may touch the network -------------------------
+
+    def fetch(self, report: AttestationReport) -> Fetched:
+        """Ask the sources about ``report`` through their sync getters.
+
+        Raises :class:`~enclaved.errors.EvidenceParseError` for a quote or GPU
+        payload that does not parse, and :class:`~enclaved.errors.NetworkError`
+        when collateral or NRAS cannot be fetched.
+        """
+        quote, payload = self._parse_for_fetch(report)
+        source: Any = self.collateral
+        collateral, note = self._ready_collateral()
+        if collateral is _ASK:
+            fmspc, ca = _platform(quote)
+            try:
+                collateral = source.get(fmspc, ca)
+            except ConfigError as exc:
+                collateral, note = None, _missing(exc)
+        nras = self.nras.fetch(payload) if payload is not None and self.nras else None
+        return Fetched(collateral=collateral, collateral_note=note, nras=nras)
+
+    async def afetch(self, report: AttestationReport) -> Fetched:
+        """The async twin of :meth:`fetch`: the sources' async getters, awaited.
+
+        A collateral source without ``aget`` is asked on a worker thread, and
+        so is parsing the quote and GPU payload (on a first call it imports
+        the TDX and NVIDIA modules: tens of milliseconds the loop would stall).
+        """
+        quote, payload = await asyncio.to_thread(self._parse_for_fetch, report)
+        source: Any = self.collateral
+        collateral, note = self._ready_collateral()
+        if collateral is _ASK:
+            fmspc, ca = _platform(quote)
+            aget = getattr(source, "aget", None)
+            try:
+                if aget is not None:
+                    collateral = await aget(fmspc, ca)
+                else:
+                    collateral = await asyncio.to_thread(source.get, fmspc, ca)
+            except ConfigError as exc:
+                collateral, note = None, _missing(exc)
+        nras = await self.nras.afetch(payload) if payload is not None and self.nras else None
+        return Fetched(collateral=collateral, collateral_note=note, nras=nras)
+
+    def _parse_for_fetch(self, report: AttestationReport) -> tuple[Quote, NvidiaPayload | None]:
+        """What the sources are asked about: the quote's platform, and the GPU payload for NRAS."""
+        from .nvidia import parse_nvidia_payload
+        from .tdx import parse_quote
+
+        quote = parse_quote(report.intel_quote)
+        payload = None
+        if self.nras is not None and report.nvidia_payload is not None:
+            payload = parse_nvidia_payload(report.nvidia_payload)
+        return quote, payload
+
+    def _ready_collateral(self) -> tuple[Any, str | None]:
+        """(collateral, why none) when no source has to be asked, else (``_ASK``, None)."""
+        if self.collateral is None:
+            return None, "no collateral source configured"
+        if not hasattr(self.collateral, "get"):
+            return self.collateral, None  # already a Collateral
+        return _ASK, None
+
+    def _fetch_local(self, report: AttestationReport) -> Fetched:
+        """:meth:`fetch`, for sources that read no network; a network source raises."""
+        remote = []
+        if self._ready_collateral()[0] is _ASK and not getattr(self.collateral, "local", False):
+            remote.append("collateral")
+        if self.nras is not None and not getattr(self.nras, "local", False):
+            remote.append("NRAS")
+        if remote:
+            raise ConfigError(
+                f"Verifier.verify() opens no socket, and this verifier gets "
+                f"{' and '.join(remote)} from the network: pass fetched=verifier.fetch(report) "
+                "(or await verifier.afetch(report)), or use verify_attestation()"
+            )
+        return self.fetch(report)
+
+    # -- verifying: pure -------------------------------------------------------------
 
     def verify(
         self,
@@ -149,19 +269,23 @@ class Verifier:
         *,
         nonce: bytes | None,
         now: datetime | None = None,
+        fetched: Fetched | None = None,
         warn: bool = True,
     ) -> AttestationVerdict:
         """Check ``report`` against the ``nonce`` the client sent (``None``: freshness unchecked).
 
-        ``now`` overrides the verifier's clock for this call. ``warn=False``
-        is for a caller that reports ``verdict.relaxations`` itself (a node
-        logs its own): no :class:`InsecurePolicyWarning` is issued. Raises
-        :class:`~enclaved.errors.EvidenceParseError` for a quote or GPU payload
-        that does not parse, :class:`~enclaved.errors.NetworkError` when
-        collateral or NRAS cannot be fetched, and ``ValueError`` for a nonce
-        that is not 32 bytes or a naive clock (caller bugs, not evidence).
+        ``fetched`` is what :meth:`fetch` / :meth:`afetch` gathered; without
+        it, only sources that read no network are consulted (a network
+        source raises :class:`~enclaved.errors.ConfigError`). No socket is
+        opened here. ``now`` overrides the verifier's clock for this call.
+        ``warn=False`` is for a caller that reports ``verdict.relaxations``
+        itself (a node logs its own): no :class:`InsecurePolicyWarning` is
+        issued. Raises :class:`~enclaved.errors.EvidenceParseError` for a
+        quote or GPU payload that does not parse, and ``ValueError`` for a
+        nonce that is not 32 bytes or a naive clock (caller bugs, not evidence).
         """
         from .nvidia import gpu_facts, no_payload_check, parse_nvidia_payload, verify_gpus
+        from .nvidia.nras import verify_nras_answer
         from .tdx import parse_quote, verify_quote
 
         started = time.monotonic()
@@ -171,6 +295,8 @@ class Verifier:
             raise ValueError("the verifier's clock must return timezone-aware datetimes")
         if nonce is not None and len(nonce) != binding.NONCE_SIZE:
             raise ValueError("nonce must be 32 bytes")
+        if fetched is None:
+            fetched = self._fetch_local(report)
         verdict = AttestationVerdict(
             nonce=nonce,
             verified_at=now,
@@ -186,7 +312,7 @@ class Verifier:
         # 2. TDX. A quote that does not parse raises EvidenceParseError.
         quote = parse_quote(report.intel_quote)
         verdict.quote_fields = _quote_fields(quote)
-        collateral, why_none = self._collateral_for(quote)
+        collateral, why_none = fetched.collateral, fetched.collateral_note
         tdx_rows = verify_quote(
             quote, trust_roots=policy.trust_roots(), collateral=collateral, now=now
         )
@@ -252,11 +378,21 @@ class Verifier:
             verdict.gpu_architectures = [g.arch for g in gf.gpus]
             rows.extend(policy.check_nvidia_gpus(verdict.gpu_architectures))
 
-        # 8. NRAS (optional; a network failure raises NetworkError).
-        if payload is not None and self.nras is not None:
-            rows.extend(self.nras(payload, expected_nonce=gpu_nonce, now=now))
+        # 8. NRAS (optional): its answer, as fetched, checked at ``now``.
+        if payload is not None and fetched.nras is not None:
+            rows.extend(
+                verify_nras_answer(
+                    fetched.nras.answer,
+                    jwks=fetched.nras.jwks,
+                    expected_nonce=gpu_nonce,
+                    now=now,
+                    payload=payload,
+                )
+            )
         elif policy.require_nras:
             why = "no GPU evidence" if payload is None else "no NRAS client configured"
+            if payload is not None and self.nras is not None:
+                why = "NRAS was not asked (no NRAS answer fetched)"
             rows.append(Check.skipped("nvidia.nras", why))
 
         # Enforcement, by the policy.
@@ -267,20 +403,23 @@ class Verifier:
         verdict.duration_ms = int((time.monotonic() - started) * 1000)
         return verdict
 
-    def _collateral_for(self, quote: Any) -> tuple[Any | None, str | None]:
-        """The quote's collateral from the source, by the PCK leaf's FMSPC and CA."""
-        from .tdx import collateral_for
 
-        if self.collateral is None:
-            return None, "no collateral source configured"
-        if not hasattr(self.collateral, "get"):
-            return self.collateral, None  # already a Collateral
-        try:
-            return collateral_for(quote, self.collateral), None
-        except ConfigError as exc:
-            # A recorded directory without this FMSPC: the collateral is
-            # missing, which the policy judges like any missing collateral.
-            return None, f"no collateral: {exc}"
+#: ``Verifier._ready_collateral``'s "ask the source".
+_ASK: Any = object()
+
+
+def _platform(quote: Quote) -> tuple[bytes, str]:
+    """The quote's platform, as collateral is filed: (FMSPC, PCK CA) from its PCK leaf."""
+    from .tdx import pck_ca, pck_extensions
+
+    leaf = quote.pck_leaf
+    return pck_extensions(leaf).fmspc, pck_ca(leaf)
+
+
+def _missing(exc: ConfigError) -> str:
+    # A recorded directory without this FMSPC: the collateral is missing,
+    # which the policy judges like any missing collateral.
+    return f"no collateral: {exc}"
 
 
 def verify_attestation(
@@ -289,13 +428,15 @@ def verify_attestation(
     nonce: bytes | str | None,
     policy: Policy | None = None,
     collateral: Any | None = AUTO,
-    nras: NrasCheck | None = None,
+    nras: NrasSource | None = None,
     now: Callable[[], datetime] | datetime | None = None,
 ) -> AttestationVerdict:
-    """Parse and verify in one call. ``nonce`` may be bytes or hex; ``now`` a fixed time.
+    """Parse, fetch (sync) and verify in one call. ``nonce`` may be bytes or hex; ``now`` a fixed time.
 
     ``collateral`` as for :class:`Verifier` (default: Intel PCS unless the
-    policy allows missing collateral).
+    policy allows missing collateral). Raises
+    :class:`~enclaved.errors.NetworkError` when collateral or NRAS cannot be
+    fetched.
 
     >>> verdict = verify_attestation(body, nonce=my_nonce)  # doctest: +SKIP
     >>> verdict.raise_for_status()  # doctest: +SKIP
@@ -309,7 +450,8 @@ def verify_attestation(
         clock = lambda: fixed
     else:
         clock = now or utcnow
-    return Verifier(policy, collateral=collateral, nras=nras, now=clock).verify(report, nonce=nonce)
+    verifier = Verifier(policy, collateral=collateral, nras=nras, now=clock)
+    return verifier.verify(report, nonce=nonce, fetched=verifier.fetch(report))
 
 
 # --- helpers ------------------------------------------------------------------
@@ -369,46 +511,60 @@ def directory_collateral(path: Path) -> Any:
     return DirectoryCollateral(path)
 
 
-def pcs_collateral(base_url: str | None = None) -> Any:
-    """Collateral from Intel PCS (``base_url`` overrides Intel's)."""
+def pcs_collateral(base_url: str | None = None, **options: Any) -> Any:
+    """Collateral from Intel PCS (``base_url`` overrides Intel's; ``options`` go to
+    :class:`.tdx.PcsCollateral`: ``client=``, ``async_client=``, ``cache_dir=``...)."""
     from .tdx import PcsCollateral
 
-    return PcsCollateral(base_url) if base_url else PcsCollateral()
+    return PcsCollateral(base_url, **options) if base_url else PcsCollateral(**options)
 
 
-def recorded_nras(path: Path) -> NrasCheck:
-    """An NRAS step that verifies an answer recorded in ``path`` instead of asking NVIDIA.
+class RecordedNras:
+    """An :class:`NrasSource` serving the answer a capture recorded instead of asking NVIDIA.
 
     Reads the ``*nras*attest_gpu*.body`` and ``*jwks*.body`` files a capture
     holds. The recorded answer is checked exactly as a live one is (JWS
     signatures under the recorded JWKS, nonce, times at ``now``).
     """
-    from .nvidia.nras import parse_nras_answer, parse_nras_jwks, verify_nras_answer
 
-    folder = path / "responses" if (path / "responses").is_dir() else path
-    answers = sorted(folder.glob("*nras*attest_gpu*.body"))
-    jwks_files = sorted(folder.glob("*nras*jwks*.body"))
-    if not answers or not jwks_files:
-        raise ConfigError(f"{folder}: no recorded NRAS answer and JWKS")
-    answer = parse_nras_answer(answers[0].read_bytes())
-    jwks = parse_nras_jwks(jwks_files[0].read_bytes())
+    #: Reads no network: :meth:`Verifier.verify` may consult it without a fetch.
+    local = True
 
-    def check(payload: Any, *, expected_nonce: bytes, now: datetime) -> list[Check]:
-        return verify_nras_answer(
-            answer, jwks=jwks, expected_nonce=expected_nonce, now=now, payload=payload
+    def __init__(self, path: Path) -> None:
+        from .nvidia.nras import NrasEvidence, parse_nras_answer, parse_nras_jwks
+
+        folder = path / "responses" if (path / "responses").is_dir() else path
+        answers = sorted(folder.glob("*nras*attest_gpu*.body"))
+        jwks_files = sorted(folder.glob("*nras*jwks*.body"))
+        if not answers or not jwks_files:
+            raise ConfigError(f"{folder}: no recorded NRAS answer and JWKS")
+        self.evidence = NrasEvidence(
+            answer=parse_nras_answer(answers[0].read_bytes()),
+            jwks=parse_nras_jwks(jwks_files[0].read_bytes()),
         )
 
-    return check
+    def fetch(self, payload: NvidiaPayload) -> NrasEvidence:
+        return self.evidence
+
+    async def afetch(self, payload: NvidiaPayload) -> NrasEvidence:
+        return self.evidence
 
 
-def online_nras() -> NrasCheck:
-    """The live NRAS step (network; raises NetworkError when unreachable)."""
-    from .nvidia.nras import check_with_nras
+def recorded_nras(path: Path) -> NrasSource:
+    """NRAS's answer as a capture in ``path`` recorded it (:class:`RecordedNras`)."""
+    return RecordedNras(path)
 
-    def check(payload: Any, *, expected_nonce: bytes, now: datetime) -> list[Check]:
-        return check_with_nras(payload, expected_nonce=expected_nonce, now=now)
 
-    return check
+def online_nras(**options: Any) -> NrasSource:
+    """The live NRAS (network; raises NetworkError when unreachable).
+
+    ``options`` go to :class:`.nvidia.nras.NrasService`: ``client=`` (the
+    sync getter), ``async_client=`` (the async one), ``attest_url=``,
+    ``jwks_url=``, ``timeout=``.
+    """
+    from .nvidia.nras import NrasService
+
+    return NrasService(**options)
 
 
 # --- the server's ``server_verification`` --------------------------------------------
@@ -546,7 +702,9 @@ def _iso_ms(when: datetime) -> str:
 __all__ = [
     "AUTO",
     "AttestationVerdict",
-    "NrasCheck",
+    "Fetched",
+    "NrasSource",
+    "RecordedNras",
     "Verifier",
     "directory_collateral",
     "online_nras",

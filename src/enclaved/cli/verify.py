@@ -357,7 +357,8 @@ def _run_verifier(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InsecurePolicyWarning)
         try:
-            verdict = verifier.verify(report, nonce=nonce)
+            # Intel PCS / NRAS first (the sync getters), then the pure check.
+            verdict = verifier.verify(report, nonce=nonce, fetched=verifier.fetch(report))
         except EvidenceParseError as exc:
             raise _fail(EXIT_PARSE, f"malformed evidence: {exc}") from exc
         except (NetworkError, APIError) as exc:

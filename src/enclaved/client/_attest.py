@@ -1,7 +1,10 @@
 """Attesting a node before talking to it, and remembering the result.
 
 Sans-IO: this module builds the ``GET /tee/attestation`` request target and
-judges the answer; the transports do the I/O.
+judges the answer; the transports do the I/O - the attestation request, and
+the verifier's own fetch of Intel's collateral and NRAS's answer
+(:func:`fetch_for` with the verifier's sync getters, :func:`afetch_for` with
+its async ones). Judging (:func:`judge_attestation`) opens no socket.
 
 What a client checks before it encrypts a single byte to a node
 (PROTOCOL.md, "Attestation"):
@@ -26,6 +29,7 @@ short time (:class:`AttestationCache`); a refresh always uses a new nonce.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import threading
@@ -49,7 +53,13 @@ PROMPT_SEALERS = 2
 
 
 class VerifierLike(Protocol):
-    """What the client needs from :class:`enclaved.attestation.Verifier`."""
+    """What the client needs from :class:`enclaved.attestation.Verifier`.
+
+    A verifier that also has ``fetch(report)`` / ``async afetch(report)``
+    (as :class:`~enclaved.attestation.Verifier` does) is asked for what the
+    network says first, and its ``verify`` is then called with
+    ``fetched=``; one with ``verify`` alone is only called.
+    """
 
     def verify(self, report: AttestationReport, *, nonce: bytes | None) -> Verdict: ...
 
@@ -130,25 +140,15 @@ def refuse_untrusted_simulated(report: Any, policy: Any) -> Check | None:
     )
 
 
-def check_attestation(
-    body: bytes,
-    *,
-    base_url: str,
-    model: str,
-    nonce: bytes,
-    verifier: VerifierLike,
-    e2ee: bool,
-    now: float = 0.0,
-) -> AttestedNode:
-    """Steps 2-5 above. Returns the node, or raises.
+def parse_attestation(body: bytes, *, verifier: VerifierLike) -> AttestationReport:
+    """Step 2 (structure only), and the simulated-TEE shortcut.
 
     Raises :class:`~enclaved.errors.EvidenceParseError` for a malformed
-    document, :class:`~enclaved.errors.VerificationError` /
-    :class:`~enclaved.errors.PolicyError` (with ``.verdict``) when a check fails.
+    document, :class:`~enclaved.errors.VerificationError` for a simulated TEE
+    under a policy that trusts no development root.
     """
     from ..attestation.document import AttestationReport
 
-    # 2. Structure only.
     report = AttestationReport.from_json(body)
     # A simulated TEE can only pass under a policy that trusts a development
     # root. Say so plainly instead of letting the verifier fetch Intel
@@ -156,8 +156,53 @@ def check_attestation(
     refused = refuse_untrusted_simulated(report, getattr(verifier, "policy", None))
     if refused is not None:
         Verdict([refused]).raise_for_status()
+    return report
+
+
+def fetch_for(verifier: VerifierLike, report: AttestationReport) -> Any:
+    """What the network says about ``report`` (the verifier's sync getters), or ``None``.
+
+    Raises :class:`~enclaved.errors.NetworkError` when a service cannot be asked.
+    """
+    fetch = getattr(verifier, "fetch", None)
+    return fetch(report) if callable(fetch) else None
+
+
+async def afetch_for(verifier: VerifierLike, report: AttestationReport) -> Any:
+    """The async twin of :func:`fetch_for`: the verifier's async getters, awaited.
+
+    A verifier with a sync ``fetch`` only is run on a worker thread, so the
+    event loop never waits on the network.
+    """
+    afetch = getattr(verifier, "afetch", None)
+    if callable(afetch):
+        return await afetch(report)
+    fetch = getattr(verifier, "fetch", None)
+    return await asyncio.to_thread(fetch, report) if callable(fetch) else None
+
+
+def judge_attestation(
+    report: AttestationReport,
+    *,
+    base_url: str,
+    model: str,
+    nonce: bytes,
+    verifier: VerifierLike,
+    e2ee: bool,
+    fetched: Any = None,
+    now: float = 0.0,
+) -> AttestedNode:
+    """Steps 3-5 above, on what was fetched; no socket. Returns the node, or raises.
+
+    Raises :class:`~enclaved.errors.VerificationError` /
+    :class:`~enclaved.errors.PolicyError` (with ``.verdict``) when a check fails.
+    """
     # 3. The verifier: every cryptographic and policy row.
-    verdict = verifier.verify(report, nonce=nonce)
+    if fetched is not None:
+        verify: Any = verifier.verify
+        verdict: Verdict = verify(report, nonce=nonce, fetched=fetched)
+    else:
+        verdict = verifier.verify(report, nonce=nonce)
     # 4. The client's own rows.
     verdict.add(_check_model(report, model))
     if e2ee:
@@ -185,6 +230,36 @@ def check_attestation(
         verdict=verdict,
         verified_at=now,
         sealers=sealers,
+    )
+
+
+def check_attestation(
+    body: bytes,
+    *,
+    base_url: str,
+    model: str,
+    nonce: bytes,
+    verifier: VerifierLike,
+    e2ee: bool,
+    now: float = 0.0,
+) -> AttestedNode:
+    """Steps 2-5 above, fetching through the verifier's sync getters. Returns the node, or raises.
+
+    Raises :class:`~enclaved.errors.EvidenceParseError` for a malformed
+    document, :class:`~enclaved.errors.NetworkError` when collateral or NRAS
+    cannot be fetched, :class:`~enclaved.errors.VerificationError` /
+    :class:`~enclaved.errors.PolicyError` (with ``.verdict``) when a check fails.
+    """
+    report = parse_attestation(body, verifier=verifier)
+    return judge_attestation(
+        report,
+        base_url=base_url,
+        model=model,
+        nonce=nonce,
+        verifier=verifier,
+        e2ee=e2ee,
+        fetched=fetch_for(verifier, report),
+        now=now,
     )
 
 
@@ -285,8 +360,12 @@ __all__ = [
     "AttestationCache",
     "AttestedNode",
     "VerifierLike",
+    "afetch_for",
     "attestation_query",
     "check_attestation",
+    "fetch_for",
+    "judge_attestation",
     "new_nonce",
+    "parse_attestation",
     "signature_query",
 ]

@@ -78,16 +78,28 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
 from ..crypto import KeyPair, sha256_hex
 from ..errors import APIError, ConfigError, StaleAttestationError, VerificationError
-from ._attest import AttestationCache, AttestedNode, VerifierLike, check_attestation, new_nonce
+from ._attest import (
+    AttestationCache,
+    AttestedNode,
+    VerifierLike,
+    afetch_for,
+    fetch_for,
+    judge_attestation,
+    new_nonce,
+    parse_attestation,
+)
 from ._exchange import ChatPlan, Exchange, is_stale, plan_request
 from ._signature import SignatureCheck, check_signature_document, raise_for_signature
 from ._stream import DONE_EVENT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..attestation.document import AttestationReport
 
 logger = logging.getLogger("enclaved.client")
 
@@ -154,8 +166,11 @@ def build_verifier(policy: Any) -> VerifierLike:
     """The attestation verifier for ``policy``.
 
     Intel collateral comes from Intel PCS when the policy needs it (cached
-    per process; never for the development policy); NVIDIA's attestation
-    service is asked only when the policy sets ``require_nras``.
+    in memory by this verifier; never for the development policy); NVIDIA's
+    attestation service is asked only when the policy sets ``require_nras``.
+    Both are fetched through the getters of the transport that drives the
+    verifier: sync for :class:`EnclavedTransport`, async for
+    :class:`AsyncEnclavedTransport`.
     """
     from ..attestation import Verifier
     from ..attestation.verifier import online_nras
@@ -206,14 +221,20 @@ class _Engine:
     def cached(self, plan: ChatPlan) -> AttestedNode | None:
         return self.cache.get(plan.cache_key, plan.model)
 
-    def judge_attestation(self, plan: ChatPlan, nonce: bytes, body: bytes) -> AttestedNode:
-        node = check_attestation(
-            body,
+    def parse_attestation(self, body: bytes) -> AttestationReport:
+        return parse_attestation(body, verifier=self.verifier)
+
+    def judge_attestation(
+        self, plan: ChatPlan, nonce: bytes, report: AttestationReport, fetched: Any
+    ) -> AttestedNode:
+        node = judge_attestation(
+            report,
             base_url=plan.cache_key,
             model=plan.model,
             nonce=nonce,
             verifier=self.verifier,
             e2ee=plan.e2ee,
+            fetched=fetched,
             now=self.clock(),
         )
         self.cache.put(node)
@@ -441,7 +462,9 @@ class EnclavedTransport(_EngineViews, httpx.BaseTransport):
         body = _read(upstream)
         if upstream.status_code != 200:
             return _error_response(upstream, body, what="attestation")
-        return self._engine.judge_attestation(plan, nonce, body)
+        report = self._engine.parse_attestation(body)
+        fetched = fetch_for(self._engine.verifier, report)  # Intel PCS, NRAS: sync getters
+        return self._engine.judge_attestation(plan, nonce, report, fetched)
 
     def _respond(self, exchange: Exchange, upstream: httpx.Response) -> httpx.Response:
         engine = self._engine
@@ -628,7 +651,16 @@ class AsyncEnclavedTransport(_EngineViews, httpx.AsyncBaseTransport):
         body = await _aread(upstream)
         if upstream.status_code != 200:
             return _error_response(upstream, body, what="attestation")
-        return self._engine.judge_attestation(plan, nonce, body)
+        report = self._engine.parse_attestation(body)
+        # Intel PCS and NRAS through the verifier's async getters: awaited, so
+        # the loop runs other tasks (the proxy's other streams) meanwhile.
+        fetched = await afetch_for(self._engine.verifier, report)
+        # Judging is CPU only (ECDSA signatures, X.509 chains and CRLs, eight
+        # GPU chains, the prompt keys): measured 65 ms for the first production report
+        # with 8 GPUs on one core, long enough to delay every other stream's
+        # chunks, so it runs on a worker thread, as the server runs the same
+        # verifier (server/attestation.py).
+        return await asyncio.to_thread(self._engine.judge_attestation, plan, nonce, report, fetched)
 
     async def _respond(self, exchange: Exchange, upstream: httpx.Response) -> httpx.Response:
         engine = self._engine

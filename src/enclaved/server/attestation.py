@@ -27,6 +27,7 @@ import asyncio
 import logging
 import re
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -140,6 +141,21 @@ async def verify_with_project_verifier(
     return await asyncio.to_thread(_verify_sync, doc, nonce, evidence, now)
 
 
+#: One Intel PCS source per evidence source, so that its in-memory collateral
+#: cache lives as long as the node rather than one request (the verifier
+#: keeps no process-wide default).
+_PCS_SOURCES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _pcs_for(evidence: EvidenceSource) -> Any:
+    from ..attestation.tdx import PcsCollateral
+
+    try:
+        return _PCS_SOURCES.setdefault(evidence, PcsCollateral())
+    except TypeError:  # an evidence source that cannot be weakly referenced
+        return PcsCollateral()
+
+
 def _verify_sync(
     doc: dict[str, Any], nonce: bytes, evidence: EvidenceSource, now: float
 ) -> tuple[bool, dict[str, Any]]:
@@ -158,8 +174,12 @@ def _verify_sync(
     # binding are checked either way.
     report = AttestationReport.from_json({**doc, "verified": None, "nonce_source": "client"})
     collateral = evidence.collateral(when)
-    verifier = Verifier(policy) if collateral is None else Verifier(policy, collateral=collateral)
-    verdict = verifier.verify(report, nonce=nonce, now=when, warn=False)
+    if collateral is None and not policy.allow_missing_collateral:
+        collateral = _pcs_for(evidence)
+    verifier = Verifier(policy, collateral=collateral)
+    # Intel PCS for hardware evidence (the sync getter: this is a worker thread).
+    fetched = verifier.fetch(report)
+    verdict = verifier.verify(report, nonce=nonce, now=when, fetched=fetched, warn=False)
     for relaxation in verdict.relaxations:  # logged, not warned: this is the node's own log
         policy_log.warning("INSECURE attestation policy: %s", relaxation)
     return verdict.ok, server_verification(verdict)

@@ -48,6 +48,7 @@ raises :class:`~enclaved.errors.EvidenceParseError`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -220,6 +221,58 @@ async def afetch_nras_jwks(
     return parse_nras_jwks(response.content)
 
 
+@dataclasses.dataclass(frozen=True)
+class NrasEvidence:
+    """What NRAS said about a payload, as received: its answer and the keys to check it.
+
+    What :class:`NrasService` and :class:`RecordedNras` fetch, and what the
+    pure :func:`verify_nras_answer` checks.
+    """
+
+    answer: NrasAnswer
+    jwks: NrasJwks
+
+
+class NrasService:
+    """The live NRAS, behind a sync getter (``client``) and an async one (``async_client``).
+
+    :meth:`fetch` posts the payload and fetches the JWKS (unless ``jwks`` is
+    given) with an :class:`httpx.Client`, :meth:`afetch` the same with an
+    :class:`httpx.AsyncClient`. Without a client, each call opens its own
+    and closes it. Network and HTTP failures raise
+    :class:`~enclaved.errors.NetworkError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: httpx.Client | None = None,
+        async_client: httpx.AsyncClient | None = None,
+        attest_url: str = NRAS_ATTEST_URL,
+        jwks_url: str = NRAS_JWKS_URL,
+        timeout: float = DEFAULT_TIMEOUT,
+        jwks: NrasJwks | None = None,
+    ) -> None:
+        self._client = client
+        self._async_client = async_client
+        self.attest_url = attest_url
+        self.jwks_url = jwks_url
+        self.timeout = timeout
+        self.jwks = jwks
+
+    def fetch(self, payload: NvidiaPayload) -> NrasEvidence:
+        with _client(self._client, self.timeout) as http:
+            answer = post_to_nras(payload, client=http, url=self.attest_url)
+            keys = self.jwks or fetch_nras_jwks(client=http, url=self.jwks_url)
+        return NrasEvidence(answer=answer, jwks=keys)
+
+    async def afetch(self, payload: NvidiaPayload) -> NrasEvidence:
+        async with _aclient(self._async_client, self.timeout) as http:
+            answer = await apost_to_nras(payload, client=http, url=self.attest_url)
+            keys = self.jwks or await afetch_nras_jwks(client=http, url=self.jwks_url)
+        return NrasEvidence(answer=answer, jwks=keys)
+
+
 def check_with_nras(
     payload: NvidiaPayload,
     *,
@@ -229,10 +282,9 @@ def check_with_nras(
     jwks: NrasJwks | None = None,
 ) -> list[Check]:
     """The whole online step: post the payload, fetch the JWKS (unless given), verify."""
-    answer = post_to_nras(payload, client=client)
-    keys = jwks if jwks is not None else fetch_nras_jwks(client=client)
+    got = NrasService(client=client, jwks=jwks).fetch(payload)
     return verify_nras_answer(
-        answer, jwks=keys, expected_nonce=expected_nonce, now=now, payload=payload
+        got.answer, jwks=got.jwks, expected_nonce=expected_nonce, now=now, payload=payload
     )
 
 
@@ -245,10 +297,9 @@ async def acheck_with_nras(
     jwks: NrasJwks | None = None,
 ) -> list[Check]:
     """Async twin of :func:`check_with_nras`."""
-    answer = await apost_to_nras(payload, client=client)
-    keys = jwks if jwks is not None else await afetch_nras_jwks(client=client)
+    got = await NrasService(async_client=client, jwks=jwks).afetch(payload)
     return verify_nras_answer(
-        answer, jwks=keys, expected_nonce=expected_nonce, now=now, payload=payload
+        got.answer, jwks=got.jwks, expected_nonce=expected_nonce, now=now, payload=payload
     )
 
 
@@ -494,7 +545,10 @@ async def _aclient(
     if client is not None:
         yield client
         return
-    async with httpx.AsyncClient(timeout=timeout) as own:
+    # A new client builds its TLS context from the CA bundle: ~30 ms of CPU,
+    # done off the loop.
+    own = await asyncio.to_thread(httpx.AsyncClient, timeout=timeout)
+    async with own:
         yield own
 
 

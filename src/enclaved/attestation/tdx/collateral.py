@@ -23,12 +23,15 @@ Parsing collateral happens lazily and raises
 Sources (:class:`CollateralSource`): :class:`DirectoryCollateral` reads a
 recorded capture (``responses/`` as in ``shared/testdata/captures``);
 :class:`PcsCollateral` fetches from Intel PCS (or a PCCS) over httpx with an
-on-disk cache per FMSPC. A transport failure is a
+on-disk cache per FMSPC, through a sync getter (:meth:`PcsCollateral.get`,
+an :class:`httpx.Client`) or an async one (:meth:`PcsCollateral.aget`, an
+:class:`httpx.AsyncClient`). A transport failure is a
 :class:`~enclaved.errors.NetworkError`, never a verification failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime as dt
@@ -528,7 +531,13 @@ class Collateral:
 
 @runtime_checkable
 class CollateralSource(Protocol):
-    """Where collateral comes from: ``get(fmspc, ca)`` with ``ca`` "platform" or "processor"."""
+    """Where collateral comes from: ``get(fmspc, ca)`` with ``ca`` "platform" or "processor".
+
+    A source may also have ``async def aget(fmspc, ca)``, its async twin
+    (:class:`PcsCollateral` and :class:`DirectoryCollateral` do); the
+    verifier's :meth:`~enclaved.attestation.Verifier.afetch` calls a source
+    without one on a worker thread.
+    """
 
     def get(self, fmspc: bytes, ca: str) -> Collateral: ...
 
@@ -563,6 +572,10 @@ class DirectoryCollateral:
     serves it at ``IntelSGXRootCA.der``). A missing item is a
     :class:`~enclaved.errors.ConfigError` (the directory is configuration).
     """
+
+    #: Reads no network (the files are read here, once): a verifier may
+    #: consult it without a fetch step.
+    local = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
@@ -642,6 +655,10 @@ class DirectoryCollateral:
         self._cache[key] = collateral
         return collateral
 
+    async def aget(self, fmspc: bytes, ca: str) -> Collateral:
+        """The same as :meth:`get`: the files were read when the directory was opened."""
+        return self.get(fmspc, ca)
+
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -649,6 +666,15 @@ def _utcnow() -> dt.datetime:
 
 class PcsCollateral:
     """Collateral from Intel PCS (or a PCCS with the same v4 API), cached on disk per FMSPC.
+
+    Two drivers over one sans-IO core, as httpx has ``Client`` and
+    ``AsyncClient``: :meth:`get` fetches with the sync getter ``client`` (an
+    :class:`httpx.Client`), :meth:`aget` with the async getter
+    ``async_client`` (an :class:`httpx.AsyncClient`), so an event loop never
+    waits on Intel. Without one, each fetch opens a client of its own and
+    closes it; nothing is shared through module state. Both drivers share
+    the cache, the requests (:meth:`requests`) and how answers become
+    :class:`Collateral` (:meth:`collateral_from`).
 
     A cached entry is used until ``refresh_before`` ahead of its earliest
     ``nextUpdate``, and at most ``max_age`` after it was fetched. When a
@@ -666,6 +692,7 @@ class PcsCollateral:
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         client: httpx.Client | None = None,
+        async_client: httpx.AsyncClient | None = None,
         root_ca_crl_url: str | None = INTEL_ROOT_CA_CRL_URL,
         max_age: dt.timedelta = dt.timedelta(hours=24),
         refresh_before: dt.timedelta = dt.timedelta(days=1),
@@ -675,6 +702,7 @@ class PcsCollateral:
         self.base_url = base_url.rstrip("/")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._client = client
+        self._async_client = async_client
         self.root_ca_crl_url = root_ca_crl_url
         self.max_age = max_age
         self.refresh_before = refresh_before
@@ -723,54 +751,66 @@ class PcsCollateral:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    # -- the source -------------------------------------------------------------------
-    def get(self, fmspc: bytes, ca: str) -> Collateral:
-        fmspc_hex, ca = fmspc.hex(), ca.lower()
+    # -- the sans-IO core: the cache's verdict, the requests, the answers -------------
+    def _key(self, fmspc: bytes, ca: str) -> tuple[str, str]:
+        ca = ca.lower()
         if ca not in ("platform", "processor"):
             raise ValueError(f"ca must be 'platform' or 'processor', not {ca!r}")
-        now = self.clock()
-        key = (fmspc_hex, ca)
-        cached = self._memory.get(key) or self._load_disk(fmspc_hex, ca)
+        return fmspc.hex(), ca
+
+    def _lookup(
+        self, key: tuple[str, str], now: dt.datetime
+    ) -> tuple[tuple[dt.datetime, Collateral] | None, bool]:
+        """(the cached entry or ``None``, whether it can be used without asking PCS)."""
+        cached = self._memory.get(key) or self._load_disk(*key)
         if cached is not None and self._usable(cached[0], cached[1], now):
             self._memory[key] = cached
-            return cached[1]
-        try:
-            collateral = self.fetch(fmspc, ca)
-        except NetworkError:
-            if cached is not None and now < cached[1].next_update():
-                logger.warning(
-                    "collateral refresh for FMSPC %s failed; using the cached copy "
-                    "(valid until %s)",
-                    fmspc_hex,
-                    cached[1].next_update().isoformat(),
-                )
-                return cached[1]
-            raise
-        self._memory[key] = (now, collateral)
-        self._store_disk(fmspc_hex, ca, now, collateral)
-        return collateral
+            return cached, True
+        return cached, False
 
-    def fetch(self, fmspc: bytes, ca: str) -> Collateral:
-        """Fetch fresh collateral, bypassing the cache."""
-        client = self._client or httpx.Client(timeout=self.timeout, follow_redirects=True)
-        try:
-            tcb = self._request(
-                client, f"{self.base_url}/tdx/certification/v4/tcb", {"fmspc": fmspc.hex()}
+    def _fetched(self, key: tuple[str, str], now: dt.datetime, collateral: Collateral) -> None:
+        self._memory[key] = (now, collateral)
+        self._store_disk(key[0], key[1], now, collateral)
+
+    def _fallback(
+        self, key: tuple[str, str], now: dt.datetime, cached: tuple[dt.datetime, Collateral] | None
+    ) -> Collateral | None:
+        """After a failed refresh: the cached copy while Intel says it is current, else ``None``."""
+        if cached is not None and now < cached[1].next_update():
+            logger.warning(
+                "collateral refresh for FMSPC %s failed; using the cached copy (valid until %s)",
+                key[0],
+                cached[1].next_update().isoformat(),
             )
-            qe = self._request(client, f"{self.base_url}/tdx/certification/v4/qe/identity", {})
-            crl = self._request(
-                client,
-                f"{self.base_url}/sgx/certification/v4/pckcrl",
-                {"ca": ca, "encoding": "der"},
-            )
-            root_crl = (
-                None
-                if self.root_ca_crl_url is None
-                else self._request(client, self.root_ca_crl_url, {}).content
-            )
-        finally:
-            if self._client is None:
-                client.close()
+            return cached[1]
+        return None
+
+    def requests(self, fmspc: bytes, ca: str) -> list[tuple[str, dict[str, str]]]:
+        """The GETs that fetch the collateral, in order: (URL, query parameters).
+
+        TCB info, QE identity, PCK CRL, then (unless ``root_ca_crl_url`` is
+        ``None``) the root CA CRL.
+        """
+        out = [
+            (f"{self.base_url}/tdx/certification/v4/tcb", {"fmspc": fmspc.hex()}),
+            (f"{self.base_url}/tdx/certification/v4/qe/identity", {}),
+            (f"{self.base_url}/sgx/certification/v4/pckcrl", {"ca": ca, "encoding": "der"}),
+        ]
+        if self.root_ca_crl_url is not None:
+            out.append((self.root_ca_crl_url, {}))
+        return out
+
+    @staticmethod
+    def collateral_from(answers: list[httpx.Response]) -> Collateral:
+        """The answers to :meth:`requests`, in order, as :class:`Collateral`.
+
+        Every answer is a 200 (the drivers stop at the first that is not). A
+        missing issuer chain or malformed collateral is a
+        :class:`~enclaved.errors.NetworkError`: a service that answers
+        garbage is a service failure, not a forged quote.
+        """
+        tcb, qe, crl = answers[:3]
+        root_crl = answers[3].content if len(answers) > 3 else None
         tcb_chain = next((tcb.headers.get(n) for n in _TCB_CHAIN_HEADERS if n in tcb.headers), None)
         qe_chain = qe.headers.get(_QE_CHAIN_HEADER)
         crl_chain = crl.headers.get(_CRL_CHAIN_HEADER)
@@ -787,14 +827,91 @@ class PcsCollateral:
                 root_ca_crl=root_crl,
             )
         except EvidenceParseError as exc:
-            # A service that answers garbage is a service failure, not a forged quote.
             raise NetworkError(f"Intel PCS answered malformed collateral: {exc}") from exc
 
-    def _request(self, client: httpx.Client, url: str, params: dict[str, str]) -> httpx.Response:
+    # -- the sync driver ----------------------------------------------------------------
+    def get(self, fmspc: bytes, ca: str) -> Collateral:
+        """The collateral, from the cache or Intel PCS through the sync getter."""
+        key, now = self._key(fmspc, ca), self.clock()
+        cached, usable = self._lookup(key, now)
+        if cached is not None and usable:
+            return cached[1]
         try:
-            resp = client.get(url, params=params or None)
-        except httpx.HTTPError as exc:
-            raise NetworkError(f"fetching {url}: {exc.__class__.__name__}: {exc}") from exc
-        if resp.status_code != 200:
-            raise NetworkError(f"fetching {url}: HTTP {resp.status_code}")
-        return resp
+            collateral = self.fetch(fmspc, key[1])
+        except NetworkError:
+            fallback = self._fallback(key, now, cached)
+            if fallback is None:
+                raise
+            return fallback
+        self._fetched(key, now, collateral)
+        return collateral
+
+    def fetch(self, fmspc: bytes, ca: str) -> Collateral:
+        """Fetch fresh collateral through the sync getter, bypassing the cache."""
+        client = self._client or httpx.Client(timeout=self.timeout, follow_redirects=True)
+        try:
+            answers = []
+            for url, params in self.requests(fmspc, ca.lower()):
+                try:
+                    answer = client.get(url, params=params or None)
+                except httpx.HTTPError as exc:
+                    raise _network_error(url, exc) from exc
+                answers.append(_ok(url, answer))
+        finally:
+            if self._client is None:
+                client.close()
+        return self.collateral_from(answers)
+
+    # -- the async driver ---------------------------------------------------------------
+    async def aget(self, fmspc: bytes, ca: str) -> Collateral:
+        """The async twin of :meth:`get`: Intel PCS through the async getter.
+
+        The disk cache is read and written on a worker thread (a file read,
+        and parsing the certificates and CRLs it holds).
+        """
+        key, now = self._key(fmspc, ca), self.clock()
+        cached, usable = await asyncio.to_thread(self._lookup, key, now)
+        if cached is not None and usable:
+            return cached[1]
+        try:
+            collateral = await self.afetch(fmspc, key[1])
+        except NetworkError:
+            fallback = self._fallback(key, now, cached)
+            if fallback is None:
+                raise
+            return fallback
+        await asyncio.to_thread(self._fetched, key, now, collateral)
+        return collateral
+
+    async def afetch(self, fmspc: bytes, ca: str) -> Collateral:
+        """The async twin of :meth:`fetch`."""
+        # A new client builds its TLS context from the CA bundle: ~30 ms of
+        # CPU, done off the loop.
+        client = self._async_client
+        if client is None:
+            client = await asyncio.to_thread(
+                httpx.AsyncClient, timeout=self.timeout, follow_redirects=True
+            )
+        try:
+            answers = []
+            for url, params in self.requests(fmspc, ca.lower()):
+                try:
+                    answer = await client.get(url, params=params or None)
+                except httpx.HTTPError as exc:
+                    raise _network_error(url, exc) from exc
+                answers.append(_ok(url, answer))
+        finally:
+            if self._async_client is None:
+                await client.aclose()
+        return self.collateral_from(answers)
+
+
+def _network_error(url: str, exc: httpx.HTTPError) -> NetworkError:
+    return NetworkError(f"fetching {url}: {exc.__class__.__name__}: {exc}")
+
+
+def _ok(url: str, answer: httpx.Response) -> httpx.Response:
+    """The answer, if 200: the next request is not sent after a failed one."""
+    if answer.status_code != 200:
+        raise NetworkError(f"fetching {url}: HTTP {answer.status_code}")
+    return answer
