@@ -366,3 +366,28 @@ def test_a_build_that_cannot_generate_fails_at_start(monkeypatch: pytest.MonkeyP
     assert info.value.code == "model_unavailable"
     assert b._llama is None
     asyncio.run(b.close())
+
+
+@pytest.mark.model
+def test_serve_stops_at_start_with_the_reason_when_the_model_cannot_generate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What an operator sees: one line naming the model and the self-test,
+    # exit 1, before the node prints a URL it would never serve.
+    import llama_cpp
+
+    from enclaved.cli import main
+
+    def broken(self: Any, tokens: Any, **kwargs: Any) -> Iterator[int]:
+        raise RuntimeError("stand-in for a broken native build")
+        yield 0  # pragma: no cover - makes this a generator
+
+    monkeypatch.setattr(llama_cpp.Llama, "generate", broken)
+    code = main(["serve", "--port", "0", "--data-dir", str(tmp_path), "--log-level", "error"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "enclaved serve: model SmolLM2-135M-Instruct failed its start-up self-test: "
+        "the llama-cpp-python build does not work on this machine (RuntimeError)"
+    )
+    assert "serving on" not in out

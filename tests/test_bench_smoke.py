@@ -130,7 +130,7 @@ def test_client() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
 def test_embedded() -> None:
     result = run_bench("embedded", "--max-tokens", "4", "--rounds", "1", "--streams", "4")
-    assert set(result["results"]) == {"direct", "tee", "e2ee"}
+    assert set(result["results"]) == {"direct", "direct_plain", "tee", "e2ee"}
     for mode, r in result["results"].items():
         assert r["chunks"] and r["chunks"][0] > 0, mode
     # Greedy decoding of the same prompt: the server (plain and E2EE) says

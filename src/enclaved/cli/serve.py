@@ -247,7 +247,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     # A crash in native code (llama.cpp) would otherwise end the process with
     # no word: print the Python stack of every thread to stderr instead.
-    faulthandler.enable()
+    with contextlib.suppress(OSError, ValueError):  # a stderr with no file descriptor
+        faulthandler.enable()
     level = args.log_level or os.environ.get("ENCLAVED_LOG_LEVEL") or "info"
     _setup_logging(level)
     log = logging.getLogger("enclaved.serve")

@@ -452,7 +452,7 @@ class EmbeddedBackend:
             llama.close()
             self._llama = None
             raise BackendError(
-                f"model {self.model_name} failed its start-up self-test ({type(exc).__name__}): "
+                f"model {self.model_name} failed its start-up self-test: "
                 "the llama-cpp-python build does not work on this machine",
                 status=503,
                 code="model_unavailable",
