@@ -446,9 +446,12 @@ class EmbeddedBackend:
                 token = next(generator)
             finally:
                 generator.close()
-            if not 0 <= token < llama.n_vocab():
-                raise ValueError(f"token id {token} is outside the vocabulary")
-        except Exception as exc:
+            failure: BaseException | None = None
+            if not 0 <= token < llama.n_vocab():  # garbage out: the build computes wrongly
+                failure = BackendError(f"token id {token} is outside the vocabulary")
+        except Exception as exc:  # noqa: BLE001 - whatever the first token raises fails the start
+            failure = exc
+        if failure is not None:
             llama.close()
             self._llama = None
             raise BackendError(
@@ -456,7 +459,7 @@ class EmbeddedBackend:
                 "the llama-cpp-python build does not work on this machine",
                 status=503,
                 code="model_unavailable",
-            ) from exc
+            ) from failure
         log.info("self-test passed: one token in %.0f ms", (time.monotonic() - started) * 1000)
 
     async def close(self) -> None:
