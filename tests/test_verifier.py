@@ -37,13 +37,13 @@ from enclaved.attestation import (
     Policy,
     Status,
     Verifier,
-    server_verification,
     verify_attestation,
 )
 from enclaved.attestation.tdx import DirectoryCollateral
 from enclaved.attestation.verifier import recorded_nras
 from enclaved.crypto import KeyPair
 from enclaved.errors import EvidenceParseError, PolicyError, VerificationError
+from enclaved.server.attestation_summary import server_verification
 
 _COLLATERAL: dict[str, DirectoryCollateral] = {}
 

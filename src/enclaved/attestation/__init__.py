@@ -28,7 +28,6 @@ from .verifier import (
     AttestationVerdict,
     Fetched,
     Verifier,
-    server_verification,
     verify_attestation,
 )
 
@@ -42,6 +41,5 @@ __all__ = [
     "Status",
     "Verdict",
     "Verifier",
-    "server_verification",
     "verify_attestation",
 ]

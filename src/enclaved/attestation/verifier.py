@@ -1,7 +1,8 @@
 """An attestation report in, a verdict out: the one verifier everything uses.
 
-The client SDK, the CLI, the proxy and the server's own ``verified`` /
-``server_verification`` all call :meth:`Verifier.verify`. It runs, in order:
+The client SDK, the CLI, the proxy and the server's own ``verified`` (and its
+``server_verification``, :mod:`enclaved.server.attestation_summary`) all
+call :meth:`Verifier.verify`. It runs, in order:
 
 1. the document: the echoed nonce (``report.nonce``) and the server's own
    ``verified`` claim (``report.verified_flag``, informational only);
@@ -567,138 +568,6 @@ def online_nras(**options: Any) -> NrasSource:
     return NrasService(**options)
 
 
-# --- the server's ``server_verification`` --------------------------------------------
-
-
-def _row_ok(verdict: Verdict, *ids: str) -> bool:
-    rows = [verdict.get(i) for i in ids]
-    return all(r is not None and r.status is Status.PASS for r in rows)
-
-
-def server_verification(verdict: Verdict) -> dict[str, Any]:
-    """Summarize a verdict as the ``server_verification`` field, factor by factor.
-
-    Same shape as the production service's (``tdx{valid, signatureValid,
-    certificateChainValid, ...}``, ``nvidia{...}``, ``signingAddressBinding``,
-    ``nonceBinding``, ``verifiedAt``), plus ``ok`` and our own ``checks``
-    list, so a client can see exactly which rows held.
-
-    Without GPU evidence ``nvidia`` and ``nvidiaNonceBinding`` are ``null``
-    (not applicable), never ``valid: false``: clients written for the
-    production service (the npm ``venice-e2ee``) read ``nvidia.valid ==
-    false`` as a failed GPU attestation and refuse the node.
-    """
-
-    def prefixed(prefix: str) -> list[Check]:
-        return [c for c in verdict if c.id.startswith(prefix)]
-
-    tdx_rows = prefixed("tdx.") + prefixed("policy.td_attributes")
-    fields: Mapping[str, bytes] = getattr(verdict, "quote_fields", {}) or {}
-    crl = verdict.get("tdx.collateral.pck_crl")
-    nvidia_rows = [c for c in prefixed("nvidia.") if not c.id.startswith("nvidia.nras")]
-    nvidia_present = any(c.status is not Status.SKIPPED for c in nvidia_rows)
-    report = getattr(verdict, "report", None)
-    rd = fields.get("report_data", b"")
-    verified_at = getattr(verdict, "verified_at", None)
-
-    out: dict[str, Any] = {
-        "ok": verdict.ok,
-        "tdx": {
-            "valid": bool(tdx_rows) and all(c.ok for c in tdx_rows),
-            "signatureValid": _row_ok(verdict, "tdx.quote.signature", "tdx.qe_report.signature"),
-            "certificateChainValid": _row_ok(verdict, "tdx.pck.chain"),
-            "rootCaPinned": _row_ok(verdict, "tdx.pck.chain"),
-            "attestationKeyMatch": _row_ok(verdict, "tdx.qe_report.binding"),
-            "tcbStatus": getattr(verdict, "tcb_status", None),
-            "debug": (
-                verdict.get("policy.td_attributes.debug") is not None
-                and not _row_ok(verdict, "policy.td_attributes.debug")
-            ),
-            "reportData": rd.hex() if rd else None,
-            "measurements": {
-                "mrtd": _hex(fields.get("mrtd")),
-                "mrconfigid": _hex(fields.get("mrconfigid")),
-                "mrowner": _hex(fields.get("mrowner")),
-                "mrownerconfig": _hex(fields.get("mrownerconfig")),
-                "rtmr0": _hex(fields.get("rtmr0")),
-                "rtmr1": _hex(fields.get("rtmr1")),
-                "rtmr2": _hex(fields.get("rtmr2")),
-                "rtmr3": _hex(fields.get("rtmr3")),
-                "tdAttributes": _hex(fields.get("td_attributes")),
-                "xfam": _hex(fields.get("xfam")),
-            },
-            "crlCheck": {
-                "checked": crl is not None and crl.status is not Status.SKIPPED,
-                "revoked": crl is not None and crl.status is Status.FAIL,
-            },
-        },
-        "nvidia": {
-            "valid": nvidia_present and all(c.ok for c in nvidia_rows),
-            "present": nvidia_present,
-            "signatureVerified": nvidia_present
-            and all(
-                c.status is Status.PASS for c in nvidia_rows if c.id.endswith(".spdm.signature")
-            ),
-            "certificateChainStatus": {
-                "valid": nvidia_present
-                and all(
-                    c.status is Status.PASS for c in nvidia_rows if c.id.endswith(".cert_chain")
-                ),
-            },
-            "gpuCount": getattr(verdict, "gpu_count", 0),
-            "architectures": sorted(set(getattr(verdict, "gpu_architectures", []))),
-        },
-        "signingAddressBinding": {
-            "bound": _row_ok(verdict, "binding.report_data.identity"),
-            "reportDataAddress": _report_data_identity(report, rd),
-            "signingKeyMatches": _row_ok(verdict, "binding.signing_key"),
-        },
-        "nonceBinding": {"bound": _row_ok(verdict, "binding.report_data.nonce"), "method": "raw"},
-        "nvidiaNonceBinding": {
-            "bound": nvidia_present
-            and all(c.status is Status.PASS for c in nvidia_rows if c.id.endswith(".nonce")),
-            "method": "nvidia_payload",
-        },
-        "eventLog": {
-            "replayed": _row_ok(verdict, "eventlog.replay"),
-            "runtimeDigests": _row_ok(verdict, "eventlog.rtmr3_digests"),
-            "composeHashBound": _row_ok(
-                verdict, "measurements.compose_hash", "measurements.mrconfigid"
-            ),
-        },
-        "verifiedAt": _iso_ms(verified_at) if verified_at else None,
-        "verificationDurationMs": getattr(verdict, "duration_ms", 0),
-        "relaxations": list(getattr(verdict, "relaxations", [])),
-        "checks": [c.to_dict() for c in verdict],
-    }
-    if not nvidia_present:
-        out["nvidia"] = out["nvidiaNonceBinding"] = None
-    return out
-
-
-def _report_data_identity(report: AttestationReport | None, rd: bytes) -> str | None:
-    """What REPORTDATA[0:32] holds, in the form the document uses for the identity."""
-    if not rd:
-        return None
-    if (
-        report is not None
-        and report.signing_algo == "ecdsa"
-        and report.tls_cert_fingerprint is None
-    ):
-        return "0x" + rd[:20].hex()
-    return rd[:32].hex()
-
-
-def _hex(value: bytes | None) -> str | None:
-    return value.hex() if value is not None else None
-
-
-def _iso_ms(when: datetime) -> str:
-    """``2026-04-24T01:58:32.849Z``, the production service's format."""
-    utc = when.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
 __all__ = [
     "AUTO",
     "AttestationVerdict",
@@ -710,7 +579,6 @@ __all__ = [
     "online_nras",
     "pcs_collateral",
     "recorded_nras",
-    "server_verification",
     "utcnow",
     "verify_attestation",
 ]

@@ -28,12 +28,15 @@ import logging
 import re
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..evidence.base import EvidenceSource
 from .errors import HTTPError, missing_parameter, model_not_found
 from .node import Node
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .attestation_summary import ServerVerification
 
 log = logging.getLogger("enclaved.server")
 #: The node's own relaxations (``enclaved serve`` lets each distinct line through once).
@@ -47,7 +50,7 @@ _HEX = re.compile(r"[0-9a-fA-F]*")
 
 #: ``verify(document, nonce, evidence, now) -> (verified, server_verification)``.
 VerifyFn = Callable[
-    [dict[str, Any], bytes, EvidenceSource, float], Awaitable[tuple[bool, dict[str, Any]]]
+    [dict[str, Any], bytes, EvidenceSource, float], Awaitable[tuple[bool, Mapping[str, object]]]
 ]
 
 
@@ -118,6 +121,7 @@ async def attestation_report(
         "server_verification": None,
     }
     # 5.
+    details: Mapping[str, object]
     try:
         verified, details = await (verify or verify_with_project_verifier)(
             doc, nonce, evidence, node.clock()
@@ -132,7 +136,7 @@ async def attestation_report(
 
 async def verify_with_project_verifier(
     doc: dict[str, Any], nonce: bytes, evidence: EvidenceSource, now: float
-) -> tuple[bool, dict[str, Any]]:
+) -> tuple[bool, ServerVerification]:
     """Step 5 with :mod:`enclaved.attestation`: the same verifier clients run.
 
     Runs on a worker thread: quote verification is CPU work (signatures,
@@ -158,10 +162,11 @@ def _pcs_for(evidence: EvidenceSource) -> Any:
 
 def _verify_sync(
     doc: dict[str, Any], nonce: bytes, evidence: EvidenceSource, now: float
-) -> tuple[bool, dict[str, Any]]:
+) -> tuple[bool, ServerVerification]:
     import datetime
 
-    from ..attestation import AttestationReport, Policy, Verifier, server_verification
+    from ..attestation import AttestationReport, Policy, Verifier
+    from .attestation_summary import server_verification
 
     when = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
     root = evidence.trust_root_pem
