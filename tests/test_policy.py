@@ -258,8 +258,9 @@ def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
 
 
 def test_the_policy_knows_which_tdx_rows_need_collateral() -> None:
-    # A copy, so that importing the policy does not import the tdx layer (httpx...).
+    # One definition (attestation/checks.py), so that importing the policy does
+    # not import the tdx layer (httpx...), and no copy to keep in step.
     from enclaved.attestation import policy
     from enclaved.attestation.tdx.verify import COLLATERAL_CHECK_IDS
 
-    assert policy._COLLATERAL_IDS == COLLATERAL_CHECK_IDS
+    assert policy.COLLATERAL_CHECK_IDS is COLLATERAL_CHECK_IDS

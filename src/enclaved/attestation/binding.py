@@ -38,7 +38,7 @@ import hashlib
 import hmac
 
 from ..errors import InvalidKeyError
-from .checks import Check
+from .checks import Check, CheckId
 from .document import AttestationReport
 
 REPORT_DATA_SIZE = 64
@@ -57,7 +57,7 @@ def expected_identity(report: AttestationReport) -> tuple[bytes, str]:
 
 def check_report_data_identity(report: AttestationReport, report_data: bytes) -> Check:
     """``binding.report_data.identity``."""
-    cid = "binding.report_data.identity"
+    cid = CheckId.BINDING_IDENTITY
     if len(report_data) != REPORT_DATA_SIZE:
         return Check.failed(cid, f"REPORTDATA is {len(report_data)} bytes, expected 64")
     want, layout = expected_identity(report)
@@ -80,7 +80,7 @@ def check_report_data_nonce(
     without ``--nonce``) the document's echoed nonce is used: this still
     proves the document's nonce is the quote's, not that the quote is fresh.
     """
-    cid = "binding.report_data.nonce"
+    cid = CheckId.BINDING_NONCE
     if len(report_data) != REPORT_DATA_SIZE:
         return Check.failed(cid, f"REPORTDATA is {len(report_data)} bytes, expected 64")
     got = report_data[32:64]
@@ -100,7 +100,7 @@ def check_report_data_nonce(
 
 def check_signing_key(report: AttestationReport) -> Check:
     """``binding.signing_key``: the key the client will encrypt to is the bound identity."""
-    cid = "binding.signing_key"
+    cid = CheckId.BINDING_SIGNING_KEY
     key = report.signing_key
     if key is None:
         return Check.skipped(cid, "the document carries no signing key")
@@ -128,7 +128,7 @@ def check_signing_key(report: AttestationReport) -> Check:
 
 def check_nonce_echo(report: AttestationReport, nonce: bytes | None) -> Check:
     """``report.nonce``: every nonce the document echoes equals the client's."""
-    cid = "report.nonce"
+    cid = CheckId.REPORT_NONCE
     echoed = report.echoed_nonces
     if nonce is None:
         return Check.skipped(
@@ -146,7 +146,7 @@ def check_nonce_echo(report: AttestationReport, nonce: bytes | None) -> Check:
 
 def check_verified_flag(report: AttestationReport) -> Check:
     """``report.verified_flag``: informational, never enforced."""
-    cid = "report.verified_flag"
+    cid = CheckId.REPORT_VERIFIED_FLAG
     if report.verified is None:
         return Check.skipped(cid, "the server states no 'verified' flag", enforced=False)
     if report.verified:

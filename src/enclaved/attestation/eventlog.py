@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import EvidenceParseError
-from .checks import Check
+from .checks import Check, CheckId
 
 #: Size of a SHA-384 digest and of an RTMR.
 RTMR_SIZE = 48
@@ -145,7 +145,7 @@ def runtime_event_digest(event_type: int, event: str, payload: bytes) -> bytes:
 def check_replay(entries: Sequence[EventLogEntry], rtmrs: Sequence[bytes]) -> Check:
     """``eventlog.replay``: the log replays to exactly the quote's RTMR0-3."""
     if not entries:
-        return Check.skipped("eventlog.replay", "the report has no event log")
+        return Check.skipped(CheckId.EVENTLOG_REPLAY, "the report has no event log")
     got = replay(entries)
     bad = [
         f"rtmr{i}: replayed {got[i].hex()[:16]}..., quote has {bytes(rtmrs[i]).hex()[:16]}..."
@@ -153,8 +153,10 @@ def check_replay(entries: Sequence[EventLogEntry], rtmrs: Sequence[bytes]) -> Ch
         if got[i] != bytes(rtmrs[i])
     ]
     if bad:
-        return Check.failed("eventlog.replay", "; ".join(bad))
-    return Check.passed("eventlog.replay", f"{len(entries)} events replay to the quote's RTMR0-3")
+        return Check.failed(CheckId.EVENTLOG_REPLAY, "; ".join(bad))
+    return Check.passed(
+        CheckId.EVENTLOG_REPLAY, f"{len(entries)} events replay to the quote's RTMR0-3"
+    )
 
 
 def check_runtime_digests(entries: Sequence[EventLogEntry]) -> Check:
@@ -165,7 +167,7 @@ def check_runtime_digests(entries: Sequence[EventLogEntry]) -> Check:
     """
     runtime = [e for e in entries if e.imr == RUNTIME_IMR]
     if not runtime:
-        return Check.skipped("eventlog.rtmr3_digests", "no RTMR3 events in the event log")
+        return Check.skipped(CheckId.EVENTLOG_RTMR3_DIGESTS, "no RTMR3 events in the event log")
     bad: list[str] = []
     for e in runtime:
         if e.event_type != DSTACK_RUNTIME_EVENT_TYPE:
@@ -173,9 +175,9 @@ def check_runtime_digests(entries: Sequence[EventLogEntry]) -> Check:
         elif runtime_event_digest(e.event_type, e.event, e.event_payload) != e.digest:
             bad.append(f"{e.event or '?'}: digest does not match its name and payload")
     if bad:
-        return Check.failed("eventlog.rtmr3_digests", "; ".join(bad))
+        return Check.failed(CheckId.EVENTLOG_RTMR3_DIGESTS, "; ".join(bad))
     return Check.passed(
-        "eventlog.rtmr3_digests",
+        CheckId.EVENTLOG_RTMR3_DIGESTS,
         f"{len(runtime)} runtime events recomputed from their name and payload",
     )
 

@@ -33,7 +33,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from .checks import Check
+from .checks import Check, CheckId
 from .eventlog import RuntimeFacts
 
 #: MRCONFIGID layout in dstack: a type byte, the compose hash, zero padding.
@@ -56,7 +56,7 @@ def _hex_claim(value: Any) -> bytes | None:
 
 def check_compose_hash(facts: RuntimeFacts | None, info: Mapping[str, Any]) -> Check:
     """``measurements.compose_hash``. Fails when RTMR3 holds more than one compose hash."""
-    cid = "measurements.compose_hash"
+    cid = CheckId.MEASUREMENTS_COMPOSE_HASH
     event = facts.compose_hash if facts is not None else None
     if event is None:
         return Check.skipped(cid, "no compose-hash event in RTMR3")
@@ -90,7 +90,7 @@ def check_compose_hash(facts: RuntimeFacts | None, info: Mapping[str, Any]) -> C
 
 def check_mrconfigid(facts: RuntimeFacts | None, mrconfigid: bytes) -> Check:
     """``measurements.mrconfigid``."""
-    cid = "measurements.mrconfigid"
+    cid = CheckId.MEASUREMENTS_MRCONFIGID
     event = facts.compose_hash if facts is not None else None
     if event is None:
         return Check.skipped(cid, "no compose-hash event in RTMR3 to bind MRCONFIGID to")
@@ -116,7 +116,7 @@ def check_info(
     values. Facts from the event log are compared only if ``facts`` is given
     (pass it only once the log has replayed).
     """
-    cid = "report.info"
+    cid = CheckId.REPORT_INFO
     tcb = info.get("tcb_info") if isinstance(info.get("tcb_info"), Mapping) else {}
     assert isinstance(tcb, Mapping)
     pairs: list[tuple[str, bytes | None, bytes | None]] = []

@@ -4,14 +4,14 @@ The verifiers below this module produce :class:`~.checks.Check` rows for
 what they *found*; a policy decides what is *required*. It does so in two
 ways:
 
-1. It adds rows of its own, ``kind="policy"``: quote version, TD attributes
+1. It adds rows of its own, ``kind=CheckKind.POLICY``: quote version, TD attributes
    (debug off...), measurement allowlists, GPU count and architecture.
 2. It decides, row by row, whether a failed or skipped row is *enforced*
    (:meth:`Policy.enforce`). A relaxation never turns a failure into a pass:
    the row still says ``fail``, with ``enforced = no``, so the table shows
    exactly what was waived. Rows no rule names stay enforced (fail closed).
    The TCB status is judged this way: the tdx layer fails every status but
-   ``UpToDate`` as a ``kind="policy"`` row (``tdx.tcb.status``), and
+   ``UpToDate`` as a ``kind=CheckKind.POLICY`` row (``tdx.tcb.status``), and
    ``allow_tcb_statuses`` waives the statuses it names (never ``Revoked``).
 
 Every relaxation is a field named ``allow_...``. A verification that runs
@@ -59,7 +59,15 @@ from cryptography import x509
 
 from ..errors import EvidenceParseError, PolicyError
 from ._x509 import DECODE_ERRORS, decoded_certificate
-from .checks import Check, Status
+from .checks import (
+    COLLATERAL_CHECK_IDS,
+    INTEL_TCB_STATUSES,
+    Check,
+    CheckId,
+    CheckKind,
+    Status,
+    TcbStatus,
+)
 
 
 class InsecurePolicyWarning(UserWarning):
@@ -75,36 +83,13 @@ TD_ATTR_SEPT_VE_DISABLE = 1 << 28
 TD_ATTR_MIGRATABLE = 1 << 29
 
 #: The TCB status a strict policy accepts (Intel PCS TCB info, "tcbStatus").
-UP_TO_DATE = "UpToDate"
-KNOWN_TCB_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-        "Revoked",
-    }
-)
+UP_TO_DATE = TcbStatus.UP_TO_DATE
+#: The statuses Intel publishes, which ``allow_tcb_statuses`` may name.
+KNOWN_TCB_STATUSES = INTEL_TCB_STATUSES
 
 #: Measurement allowlists and the size of what they hold, in bytes.
 _QUOTE_ALLOWLISTS = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "mrseam": 48}
 _EVENT_ALLOWLISTS = {"compose_hash": 32, "os_image_hash": 32, "app_id": 20}
-
-#: The tdx layer's rows that need collateral; they are SKIPPED without it. A
-#: copy of ``tdx.verify.COLLATERAL_CHECK_IDS`` (importing the tdx layer here
-#: would load httpx for every policy); tests/test_policy.py keeps them equal.
-_COLLATERAL_IDS = (
-    "tdx.collateral.tcb_info.signature",
-    "tdx.collateral.qe_identity.signature",
-    "tdx.collateral.pck_crl",
-    "tdx.collateral.root_ca_crl",
-    "tdx.collateral.fresh",
-    "tdx.fmspc",
-    "tdx.tcb.status",
-    "tdx.qe_identity.match",
-)
 
 
 def _hexset(name: str, values: Any, size: int) -> frozenset[str]:
@@ -224,7 +209,7 @@ class Policy:
         object.__setattr__(self, "quote_versions", versions)
         statuses = frozenset(self._strs("allow_tcb_statuses"))
         unknown = statuses - KNOWN_TCB_STATUSES
-        if "Revoked" in statuses:
+        if TcbStatus.REVOKED in statuses:
             raise PolicyError("policy allow_tcb_statuses: a Revoked platform is never acceptable")
         if unknown:
             raise PolicyError(
@@ -433,32 +418,32 @@ class Policy:
 
     def _enforced(self, check: Check, *, nonce_given: bool, tcb_status: str | None) -> bool:
         cid, skipped = check.id, check.status is Status.SKIPPED
-        if cid == "report.verified_flag":
+        if cid == CheckId.REPORT_VERIFIED_FLAG:
             return False  # never trusted, never required
-        if cid in ("report.nonce", "binding.report_data.nonce") and skipped:
+        if cid in (CheckId.REPORT_NONCE, CheckId.BINDING_NONCE) and skipped:
             return not (self.allow_missing_nonce and not nonce_given)
-        if cid == "binding.signing_key" and skipped:
+        if cid == CheckId.BINDING_SIGNING_KEY and skipped:
             return not self.allow_missing_signing_key
-        if cid == "policy.td_attributes.debug":
+        if cid == CheckId.POLICY_TD_DEBUG:
             return not self.allow_debug
-        if cid == "policy.td_attributes.sept_ve_disable":
+        if cid == CheckId.POLICY_TD_SEPT_VE_DISABLE:
             return not self.allow_sept_ve
-        if cid == "policy.td_attributes.migratable":
+        if cid == CheckId.POLICY_TD_MIGRATABLE:
             return not self.allow_migratable
-        if cid == "tdx.collateral.root_ca_crl" and skipped:
+        if cid == CheckId.TDX_ROOT_CA_CRL and skipped:
             # Only ever skipped when the collateral has no root CA CRL.
             return self.require_root_ca_crl
-        if cid in _COLLATERAL_IDS and skipped:
+        if cid in COLLATERAL_CHECK_IDS and skipped:
             return not self.allow_missing_collateral
-        if cid == "tdx.tcb.status" and check.kind == "policy":
+        if cid == CheckId.TDX_TCB_STATUS and check.kind is CheckKind.POLICY:
             # The tdx layer fails every recognized status but UpToDate as a
             # policy row; accepted statuses are waived here, by name.
             return tcb_status not in self.allow_tcb_statuses
         if cid.startswith("eventlog.") and skipped:
             return not self.allow_missing_event_log
-        if cid in ("measurements.compose_hash", "measurements.mrconfigid") and skipped:
+        if cid in (CheckId.MEASUREMENTS_COMPOSE_HASH, CheckId.MEASUREMENTS_MRCONFIGID) and skipped:
             return not self.allow_missing_compose_binding
-        if cid.startswith("nvidia.nras"):
+        if cid.startswith(CheckId.NVIDIA_NRAS):
             return self.require_nras
         if cid.startswith("nvidia.") and skipped:
             return not self.allow_missing_nvidia
@@ -467,14 +452,14 @@ class Policy:
     # --- the policy's own rows ---------------------------------------------
 
     def check_quote_version(self, version: int) -> Check:
-        cid = "policy.quote_version"
+        cid = CheckId.POLICY_QUOTE_VERSION
         if version not in self.quote_versions:
             return Check.failed(
                 cid,
                 f"quote version {version}, accepted {sorted(self.quote_versions)}",
-                kind="policy",
+                kind=CheckKind.POLICY,
             )
-        return Check.passed(cid, f"quote version {version}", kind="policy")
+        return Check.passed(cid, f"quote version {version}", kind=CheckKind.POLICY)
 
     def check_td_attributes(self, td_attributes: bytes | int) -> list[Check]:
         """The TD attribute rules (see the module docstring)."""
@@ -490,36 +475,42 @@ class Policy:
             what = "DEBUG" if tud & TD_ATTR_DEBUG else f"TUD bits {tud:#x}"
             rows.append(
                 Check.failed(
-                    "policy.td_attributes.debug",
+                    CheckId.POLICY_TD_DEBUG,
                     f"TD_ATTRIBUTES {shown}: {what} set - the TD is debuggable",
-                    kind="policy",
+                    kind=CheckKind.POLICY,
                 )
             )
         else:
             rows.append(
                 Check.passed(
-                    "policy.td_attributes.debug", f"TD_ATTRIBUTES {shown}: DEBUG off", kind="policy"
+                    CheckId.POLICY_TD_DEBUG,
+                    f"TD_ATTRIBUTES {shown}: DEBUG off",
+                    kind=CheckKind.POLICY,
                 )
             )
         if attrs & TD_ATTR_SEPT_VE_DISABLE:
             rows.append(
                 Check.passed(
-                    "policy.td_attributes.sept_ve_disable", "SEPT_VE_DISABLE set", kind="policy"
+                    CheckId.POLICY_TD_SEPT_VE_DISABLE, "SEPT_VE_DISABLE set", kind=CheckKind.POLICY
                 )
             )
         else:
             rows.append(
                 Check.failed(
-                    "policy.td_attributes.sept_ve_disable", "SEPT_VE_DISABLE clear", kind="policy"
+                    CheckId.POLICY_TD_SEPT_VE_DISABLE,
+                    "SEPT_VE_DISABLE clear",
+                    kind=CheckKind.POLICY,
                 )
             )
         if attrs & TD_ATTR_MIGRATABLE:
             rows.append(
-                Check.failed("policy.td_attributes.migratable", "MIGRATABLE set", kind="policy")
+                Check.failed(CheckId.POLICY_TD_MIGRATABLE, "MIGRATABLE set", kind=CheckKind.POLICY)
             )
         else:
             rows.append(
-                Check.passed("policy.td_attributes.migratable", "MIGRATABLE clear", kind="policy")
+                Check.passed(
+                    CheckId.POLICY_TD_MIGRATABLE, "MIGRATABLE clear", kind=CheckKind.POLICY
+                )
             )
         return rows
 
@@ -534,22 +525,27 @@ class Policy:
         rows = []
         for name in (*_QUOTE_ALLOWLISTS, *_EVENT_ALLOWLISTS):
             allowed: frozenset[str] = getattr(self, name)
-            cid = f"policy.{name}"
+            cid = CheckId(f"policy.{name}")
             value = values.get(name)
             if not allowed:
                 rows.append(
                     Check.skipped(
-                        cid, "no allowlist configured: not checked", enforced=False, kind="policy"
+                        cid,
+                        "no allowlist configured: not checked",
+                        enforced=False,
+                        kind=CheckKind.POLICY,
                     )
                 )
             elif value is None:
-                rows.append(Check.failed(cid, f"the evidence has no {name}", kind="policy"))
+                rows.append(Check.failed(cid, f"the evidence has no {name}", kind=CheckKind.POLICY))
             elif value.hex() in allowed:
-                rows.append(Check.passed(cid, f"{name} {value.hex()} is allowed", kind="policy"))
+                rows.append(
+                    Check.passed(cid, f"{name} {value.hex()} is allowed", kind=CheckKind.POLICY)
+                )
             else:
                 rows.append(
                     Check.failed(
-                        cid, f"{name} {value.hex()} is not in the allowlist", kind="policy"
+                        cid, f"{name} {value.hex()} is not in the allowlist", kind=CheckKind.POLICY
                     )
                 )
         return rows
@@ -561,29 +557,37 @@ class Policy:
         if self.nvidia_gpu_count is None:
             if count >= 1:
                 rows.append(
-                    Check.passed("policy.nvidia.gpu_count", f"{count} GPU(s)", kind="policy")
+                    Check.passed(
+                        CheckId.POLICY_NVIDIA_GPU_COUNT, f"{count} GPU(s)", kind=CheckKind.POLICY
+                    )
                 )
             else:
                 rows.append(
-                    Check.failed("policy.nvidia.gpu_count", "no GPU evidence", kind="policy")
+                    Check.failed(
+                        CheckId.POLICY_NVIDIA_GPU_COUNT, "no GPU evidence", kind=CheckKind.POLICY
+                    )
                 )
         elif count == self.nvidia_gpu_count:
-            rows.append(Check.passed("policy.nvidia.gpu_count", f"{count} GPU(s)", kind="policy"))
+            rows.append(
+                Check.passed(
+                    CheckId.POLICY_NVIDIA_GPU_COUNT, f"{count} GPU(s)", kind=CheckKind.POLICY
+                )
+            )
         else:
             rows.append(
                 Check.failed(
-                    "policy.nvidia.gpu_count",
+                    CheckId.POLICY_NVIDIA_GPU_COUNT,
                     f"{count} GPU(s), expected {self.nvidia_gpu_count}",
-                    kind="policy",
+                    kind=CheckKind.POLICY,
                 )
             )
         if not self.nvidia_architectures:
             rows.append(
                 Check.skipped(
-                    "policy.nvidia.arch",
+                    CheckId.POLICY_NVIDIA_ARCH,
                     "no architecture allowlist: not checked",
                     enforced=False,
-                    kind="policy",
+                    kind=CheckKind.POLICY,
                 )
             )
         else:
@@ -591,16 +595,18 @@ class Policy:
             if bad or not architectures:
                 rows.append(
                     Check.failed(
-                        "policy.nvidia.arch",
+                        CheckId.POLICY_NVIDIA_ARCH,
                         f"architecture(s) {bad or 'none'} "
                         f"not in {sorted(self.nvidia_architectures)}",
-                        kind="policy",
+                        kind=CheckKind.POLICY,
                     )
                 )
             else:
                 rows.append(
                     Check.passed(
-                        "policy.nvidia.arch", ", ".join(sorted(set(architectures))), kind="policy"
+                        CheckId.POLICY_NVIDIA_ARCH,
+                        ", ".join(sorted(set(architectures))),
+                        kind=CheckKind.POLICY,
                     )
                 )
         return rows

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError, EvidenceParseError
 from . import binding, eventlog, measurements
-from .checks import Check, Status, Verdict
+from .checks import Check, CheckId, Status, Verdict
 from .document import AttestationReport
 from .eventlog import RuntimeFacts
 from .policy import Policy
@@ -394,7 +394,7 @@ class Verifier:
             why = "no GPU evidence" if payload is None else "no NRAS client configured"
             if payload is not None and self.nras is not None:
                 why = "NRAS was not asked (no NRAS answer fetched)"
-            rows.append(Check.skipped("nvidia.nras", why))
+            rows.append(Check.skipped(CheckId.NVIDIA_NRAS, why))
 
         # Enforcement, by the policy.
         verdict.extend(

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
-from ..attestation.checks import Check, Verdict
+from ..attestation.checks import Check, CheckId, Verdict
 from ..crypto import Sealer
 from ..crypto.reserve import Reserve, prompt_sealers
 from ..errors import ConfigError, InvalidKeyError
@@ -133,7 +133,7 @@ def refuse_untrusted_simulated(report: Any, policy: Any) -> Check | None:
     if report.tee_hardware != "simulated" or policy is None or policy.allow_development_roots:
         return None
     return Check.failed(
-        "client.simulated_tee",
+        CheckId.CLIENT_SIMULATED_TEE,
         "the node runs a SIMULATED TEE (development only) and no development root is trusted: "
         f"trust its root explicitly (trust_root=, --trust-root: {DEV_ROOT_HINT} for a default "
         "enclaved serve) if this is your own test server",
@@ -273,7 +273,7 @@ def _raw_key_text(raw: Any) -> str | None:
 
 def _check_model(report: AttestationReport, model: str) -> Check:
     """``client.model``: the report is for the model we asked about."""
-    cid = "client.model"
+    cid = CheckId.CLIENT_MODEL
     if report.model is None:
         return Check.skipped(cid, "the report does not name its model", enforced=False)
     if report.model != model:
@@ -290,7 +290,7 @@ def _check_e2ee_key(report: AttestationReport) -> Check:
     """
     from ..crypto import address_from_public_key
 
-    cid = "client.e2ee_key"
+    cid = CheckId.CLIENT_E2EE_KEY
     if report.signing_algo != "ecdsa":
         return Check.failed(cid, f"E2EE needs an ecdsa (secp256k1) key, the report has {report.signing_algo}")
     if report.signing_key is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from ..attestation.checks import Check, Status
+from ..attestation.checks import Check, CheckId, GpuCheck, Status
 from ..attestation.document import AttestationReport
 from ..attestation.verifier import AttestationVerdict
 
@@ -116,26 +116,26 @@ def server_verification(verdict: AttestationVerdict) -> ServerVerification:
 
     tdx_rows = prefixed("tdx.") + prefixed("policy.td_attributes")
     fields = verdict.quote_fields
-    crl = verdict.get("tdx.collateral.pck_crl")
-    nvidia_rows = [c for c in prefixed("nvidia.") if not c.id.startswith("nvidia.nras")]
+    crl = verdict.get(CheckId.TDX_PCK_CRL)
+    nvidia_rows = [c for c in prefixed("nvidia.") if not c.id.startswith(CheckId.NVIDIA_NRAS)]
     nvidia_present = any(c.status is not Status.SKIPPED for c in nvidia_rows)
     rd = fields.get("report_data", b"")
 
-    def all_nvidia_pass(suffix: str) -> bool:
+    def all_nvidia_pass(what: GpuCheck) -> bool:
+        # ``.nonce`` also matches nvidia.payload.nonce: both nonces count.
         return nvidia_present and all(
-            c.status is Status.PASS for c in nvidia_rows if c.id.endswith(suffix)
+            c.status is Status.PASS for c in nvidia_rows if c.id.endswith(f".{what}")
         )
 
     tdx: TdxSummary = {
         "valid": bool(tdx_rows) and all(c.ok for c in tdx_rows),
-        "signatureValid": passed("tdx.quote.signature", "tdx.qe_report.signature"),
-        "certificateChainValid": passed("tdx.pck.chain"),
-        "rootCaPinned": passed("tdx.pck.chain"),
-        "attestationKeyMatch": passed("tdx.qe_report.binding"),
+        "signatureValid": passed(CheckId.TDX_QUOTE_SIGNATURE, CheckId.TDX_QE_REPORT_SIGNATURE),
+        "certificateChainValid": passed(CheckId.TDX_PCK_CHAIN),
+        "rootCaPinned": passed(CheckId.TDX_PCK_CHAIN),
+        "attestationKeyMatch": passed(CheckId.TDX_QE_REPORT_BINDING),
         "tcbStatus": verdict.tcb_status,
         "debug": (
-            verdict.get("policy.td_attributes.debug") is not None
-            and not passed("policy.td_attributes.debug")
+            verdict.get(CheckId.POLICY_TD_DEBUG) is not None and not passed(CheckId.POLICY_TD_DEBUG)
         ),
         "reportData": rd.hex() if rd else None,
         "measurements": {
@@ -161,28 +161,30 @@ def server_verification(verdict: AttestationVerdict) -> ServerVerification:
         nvidia = {
             "valid": all(c.ok for c in nvidia_rows),
             "present": True,
-            "signatureVerified": all_nvidia_pass(".spdm.signature"),
-            "certificateChainStatus": {"valid": all_nvidia_pass(".cert_chain")},
+            "signatureVerified": all_nvidia_pass(GpuCheck.SPDM_SIGNATURE),
+            "certificateChainStatus": {"valid": all_nvidia_pass(GpuCheck.CERT_CHAIN)},
             "gpuCount": verdict.gpu_count,
             "architectures": sorted(set(verdict.gpu_architectures)),
         }
-        nvidia_nonce = {"bound": all_nvidia_pass(".nonce"), "method": "nvidia_payload"}
+        nvidia_nonce = {"bound": all_nvidia_pass(GpuCheck.NONCE), "method": "nvidia_payload"}
     verified_at = verdict.verified_at
     return {
         "ok": verdict.ok,
         "tdx": tdx,
         "nvidia": nvidia,
         "signingAddressBinding": {
-            "bound": passed("binding.report_data.identity"),
+            "bound": passed(CheckId.BINDING_IDENTITY),
             "reportDataAddress": _report_data_identity(verdict.report, rd),
-            "signingKeyMatches": passed("binding.signing_key"),
+            "signingKeyMatches": passed(CheckId.BINDING_SIGNING_KEY),
         },
-        "nonceBinding": {"bound": passed("binding.report_data.nonce"), "method": "raw"},
+        "nonceBinding": {"bound": passed(CheckId.BINDING_NONCE), "method": "raw"},
         "nvidiaNonceBinding": nvidia_nonce,
         "eventLog": {
-            "replayed": passed("eventlog.replay"),
-            "runtimeDigests": passed("eventlog.rtmr3_digests"),
-            "composeHashBound": passed("measurements.compose_hash", "measurements.mrconfigid"),
+            "replayed": passed(CheckId.EVENTLOG_REPLAY),
+            "runtimeDigests": passed(CheckId.EVENTLOG_RTMR3_DIGESTS),
+            "composeHashBound": passed(
+                CheckId.MEASUREMENTS_COMPOSE_HASH, CheckId.MEASUREMENTS_MRCONFIGID
+            ),
         },
         "verifiedAt": _iso_ms(verified_at) if verified_at else None,
         "verificationDurationMs": verdict.duration_ms,

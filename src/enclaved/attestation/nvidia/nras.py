@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ...errors import EvidenceParseError, NetworkError
 from .._x509 import DECODE_ERRORS, decoded_certificate
-from ..checks import Check
+from ..checks import Check, CheckId, nras_gpu_check_id
 from .parse import NvidiaPayload
 
 NRAS_ATTEST_URL = "https://nras.attestation.nvidia.com/v3/attest/gpu"
@@ -352,12 +352,12 @@ def verify_nras_answer(
     if failed:
         problems.append(f"failed: {', '.join(failed)}")
     if problems:
-        rows.append(Check.failed("nvidia.nras", "; ".join(problems)))
+        rows.append(Check.failed(CheckId.NVIDIA_NRAS, "; ".join(problems)))
     else:
         kid = jwt.get_unverified_header(answer.platform_token).get("kid")
         rows.append(
             Check.passed(
-                "nvidia.nras",
+                CheckId.NVIDIA_NRAS,
                 f"NRAS overall result true for {count} GPU(s), "
                 f"nonce {expected_nonce.hex()}, key {kid}",
             )
@@ -373,7 +373,7 @@ def _check_gpu_token(
     submods: Mapping[str, str],
     payload: NvidiaPayload | None,
 ) -> Check:
-    check_id = f"nvidia.nras.gpu[{position}]"
+    check_id = nras_gpu_check_id(position)
     name = f"GPU-{position}"
     if token is None:
         return Check.failed(check_id, f"NRAS answered no {name} token")

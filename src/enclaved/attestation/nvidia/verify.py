@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 
 from ...errors import AttestationError, EvidenceParseError
 from .._x509 import cert_name, der_items, path_problem
-from ..checks import Check
+from ..checks import Check, CheckId, GpuCheck, gpu_check_id
 from .parse import GpuEvidence, NvidiaPayload, parse_nvidia_payload
 
 #: SHA-256 of the DER of the pinned root, "NVIDIA Device Identity CA"
@@ -136,7 +136,7 @@ def gpu_facts(payload: NvidiaPayload | str | bytes | Mapping[str, Any]) -> Nvidi
 
 def no_payload_check() -> Check:
     """The row for a report without ``nvidia_payload``: skipped (the policy decides)."""
-    return Check.skipped("nvidia.gpus", "no nvidia_payload")
+    return Check.skipped(CheckId.NVIDIA_GPUS, "no nvidia_payload")
 
 
 def nvidia_device_root() -> x509.Certificate:
@@ -179,19 +179,21 @@ def verify_gpus(
 def _verify_gpu(
     gpu: GpuEvidence, expected_nonce: bytes, now: datetime, root: x509.Certificate
 ) -> list[Check]:
-    prefix = f"nvidia.gpu[{gpu.index}]"
+    def cid(check: GpuCheck) -> str:
+        return gpu_check_id(gpu.index, check)
+
     return [
-        _check_cert_chain(f"{prefix}.cert_chain", gpu.certificates, now, root),
-        _check_spdm_signature(f"{prefix}.spdm.signature", gpu),
+        _check_cert_chain(cid(GpuCheck.CERT_CHAIN), gpu.certificates, now, root),
+        _check_spdm_signature(cid(GpuCheck.SPDM_SIGNATURE), gpu),
         _check_nonce(
-            f"{prefix}.nonce", gpu.spdm.request.nonce, expected_nonce, "SPDM request nonce"
+            cid(GpuCheck.NONCE), gpu.spdm.request.nonce, expected_nonce, "SPDM request nonce"
         ),
-        _check_fwid(f"{prefix}.fwid", gpu),
+        _check_fwid(cid(GpuCheck.FWID), gpu),
     ]
 
 
 def _check_payload_nonce(payload: NvidiaPayload, expected: bytes) -> Check:
-    return _check_nonce("nvidia.payload.nonce", payload.nonce, expected, "payload nonce")
+    return _check_nonce(CheckId.NVIDIA_PAYLOAD_NONCE, payload.nonce, expected, "payload nonce")
 
 
 def _check_nonce(check_id: str, actual: bytes, expected: bytes, what: str) -> Check:
@@ -302,7 +304,7 @@ def _leaf_fwid(cert: x509.Certificate) -> bytes | None:
 def _aggregate(payload: NvidiaPayload, checks: Sequence[Check]) -> Check:
     """``nvidia.gpus``: every row passed, and every entry is a different GPU."""
     if not payload.gpus:
-        return Check.failed("nvidia.gpus", "the nvidia_payload holds no GPU evidence")
+        return Check.failed(CheckId.NVIDIA_GPUS, "the nvidia_payload holds no GPU evidence")
     archs = sorted({gpu.arch for gpu in payload.gpus})
     summary = f"{len(payload.gpus)} GPU(s), arch {'/'.join(archs)}"
     problems = []
@@ -317,8 +319,8 @@ def _aggregate(payload: NvidiaPayload, checks: Sequence[Check]) -> Check:
         if earlier != gpu.index:
             problems.append(f"GPU {gpu.index} is the same device as GPU {earlier}")
     if problems:
-        return Check.failed("nvidia.gpus", f"{summary}; {'; '.join(problems)}")
-    return Check.passed("nvidia.gpus", f"{summary}; every GPU verified, all distinct")
+        return Check.failed(CheckId.NVIDIA_GPUS, f"{summary}; {'; '.join(problems)}")
+    return Check.passed(CheckId.NVIDIA_GPUS, f"{summary}; every GPU verified, all distinct")
 
 
 # -- helpers ---------------------------------------------------------------

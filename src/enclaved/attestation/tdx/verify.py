@@ -51,7 +51,7 @@ With collateral (each is SKIPPED with reason "no collateral" without it):
     FMSPC and PCE-ID of the PCK leaf == those of the TCB info.
 ``tdx.tcb.status``
     Intel's TCB level selection (see :func:`tcb_status`). Passes only for
-    ``UpToDate``; any other Intel status fails with ``kind="policy"`` (the
+    ``UpToDate``; any other Intel status fails with ``kind=CheckKind.POLICY`` (the
     policy layer may accept it), with the status and advisory ids in the
     reason. No matching level, a TDX module mismatch, or TCB info that is
     not TDX v3 fails with ``kind="verification"``.
@@ -83,7 +83,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ...errors import EvidenceParseError
 from .._x509 import cert_name, path_problem
-from ..checks import Check
+from ..checks import (
+    COLLATERAL_CHECK_IDS,
+    INTEL_TCB_STATUSES,
+    Check,
+    CheckId,
+    CheckKind,
+    TcbStatus,
+)
 from .collateral import Collateral, QeIdentity, TcbInfo, TcbLevel
 from .parse import (
     ATT_KEY_TYPE_ECDSA_P256,
@@ -107,40 +114,17 @@ __all__ = [
     "verify_quote",
 ]
 
-UP_TO_DATE = "UpToDate"
-#: Statuses of our own, for when Intel's algorithm yields no TCB level.
-NOT_SUPPORTED = "TcbNotSupported"
-MODULE_MISMATCH = "TdxModuleMismatch"
-
-_TCB_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-        "Revoked",
-    }
+#: Kept for callers of the old name: :attr:`TcbStatus.UP_TO_DATE`.
+UP_TO_DATE = TcbStatus.UP_TO_DATE
+#: The ids :func:`verify_quote` reports, in order (the last eight need collateral).
+CHECK_IDS: tuple[CheckId, ...] = (
+    CheckId.TDX_QUOTE_STRUCTURE,
+    CheckId.TDX_PCK_CHAIN,
+    CheckId.TDX_QE_REPORT_SIGNATURE,
+    CheckId.TDX_QE_REPORT_BINDING,
+    CheckId.TDX_QUOTE_SIGNATURE,
+    *COLLATERAL_CHECK_IDS,
 )
-
-COLLATERAL_CHECK_IDS = (
-    "tdx.collateral.tcb_info.signature",
-    "tdx.collateral.qe_identity.signature",
-    "tdx.collateral.pck_crl",
-    "tdx.collateral.root_ca_crl",
-    "tdx.collateral.fresh",
-    "tdx.fmspc",
-    "tdx.tcb.status",
-    "tdx.qe_identity.match",
-)
-CHECK_IDS = (
-    "tdx.quote.structure",
-    "tdx.pck.chain",
-    "tdx.qe_report.signature",
-    "tdx.qe_report.binding",
-    "tdx.quote.signature",
-) + COLLATERAL_CHECK_IDS
 
 
 # --- small crypto helpers -----------------------------------------------------------
@@ -203,23 +187,26 @@ class TcbResult:
 
     @property
     def up_to_date(self) -> bool:
-        return self.status == UP_TO_DATE
+        return self.status == TcbStatus.UP_TO_DATE
 
     @property
     def recognized(self) -> bool:
         """True when ``status`` is one of Intel's statuses (a policy may then accept it)."""
-        return self.status in _TCB_STATUSES
+        return self.status in INTEL_TCB_STATUSES
 
 
 def _converge(level_status: str, other: str | None) -> str:
     """Fold a TDX module's or the QE's status into a platform status (Intel's rules)."""
-    if other == "OutOfDate":
-        if level_status in ("UpToDate", "SWHardeningNeeded"):
-            return "OutOfDate"
-        if level_status in ("ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"):
-            return "OutOfDateConfigurationNeeded"
-    if other == "Revoked":
-        return "Revoked"
+    if other == TcbStatus.OUT_OF_DATE:
+        if level_status in (TcbStatus.UP_TO_DATE, TcbStatus.SW_HARDENING_NEEDED):
+            return TcbStatus.OUT_OF_DATE
+        if level_status in (
+            TcbStatus.CONFIGURATION_NEEDED,
+            TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
+        ):
+            return TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED
+    if other == TcbStatus.REVOKED:
+        return TcbStatus.REVOKED
     return level_status
 
 
@@ -278,23 +265,27 @@ def _module_status(quote: Quote, info: TcbInfo) -> tuple[str, str | None, tuple[
                 quote, identity.mrsigner, identity.attributes, identity.attributes_mask
             )
             if problem:
-                return MODULE_MISMATCH, problem, ()
-        return UP_TO_DATE, None, ()
+                return TcbStatus.TDX_MODULE_MISMATCH, problem, ()
+        return TcbStatus.UP_TO_DATE, None, ()
     want = f"TDX_{version:02X}"
     for identity in info.tdx_module_identities:
         if identity.id.upper() == want:
             break
     else:
-        return MODULE_MISMATCH, f"TCB info has no TDX module identity {want}", ()
+        return TcbStatus.TDX_MODULE_MISMATCH, f"TCB info has no TDX module identity {want}", ()
     problem = _module_identity_problem(
         quote, identity.mrsigner, identity.attributes, identity.attributes_mask
     )
     if problem:
-        return MODULE_MISMATCH, problem, ()
+        return TcbStatus.TDX_MODULE_MISMATCH, problem, ()
     for level in identity.tcb_levels:
         if svn >= level.isvsvn:
             return level.status, None, level.advisory_ids
-    return NOT_SUPPORTED, f"TDX module {want} SVN {svn} is below every module TCB level", ()
+    return (
+        TcbStatus.TCB_NOT_SUPPORTED,
+        f"TDX module {want} SVN {svn} is below every module TCB level",
+        (),
+    )
 
 
 def _module_identity_problem(
@@ -329,7 +320,9 @@ def tcb_status(quote: Quote, collateral: Collateral) -> TcbResult:
     info = collateral.tcb_info_parsed
     # 1.
     if info.id != "TDX" or info.version < 3:
-        return TcbResult(NOT_SUPPORTED, error=f"TCB info is {info.id} v{info.version}, not TDX v3")
+        return TcbResult(
+            TcbStatus.TCB_NOT_SUPPORTED, error=f"TCB info is {info.id} v{info.version}, not TDX v3"
+        )
     pck = pck_extensions(quote.pck_leaf)
     tee = quote.body.tee_tcb_svn
     # 2.
@@ -345,17 +338,18 @@ def tcb_status(quote: Quote, collateral: Collateral) -> TcbResult:
                 break
     if sgx_level is None:
         return TcbResult(
-            NOT_SUPPORTED, error="no TCB level matches the PCK certificate's SGX TCB and PCESVN"
+            TcbStatus.TCB_NOT_SUPPORTED,
+            error="no TCB level matches the PCK certificate's SGX TCB and PCESVN",
         )
     if tdx_level is None:
         return TcbResult(
-            NOT_SUPPORTED,
+            TcbStatus.TCB_NOT_SUPPORTED,
             platform_status=sgx_level.status,
             error=f"no TCB level matches TEE_TCB_SVN {tee.hex()}",
         )
     # 3.
     module, problem, module_advisories = _module_status(quote, info)
-    if module in (MODULE_MISMATCH, NOT_SUPPORTED):
+    if module in (TcbStatus.TDX_MODULE_MISMATCH, TcbStatus.TCB_NOT_SUPPORTED):
         return TcbResult(
             module, platform_status=sgx_level.status, tdx_status=tdx_level.status, error=problem
         )
@@ -364,7 +358,7 @@ def tcb_status(quote: Quote, collateral: Collateral) -> TcbResult:
     qe_status, qe_reason, qe_advisories = qe_identity_status(quote, collateral.qe_identity_parsed)
     if qe_status is None:
         return TcbResult(
-            NOT_SUPPORTED,
+            TcbStatus.TCB_NOT_SUPPORTED,
             platform_status=sgx_level.status,
             tdx_status=tdx_level.status,
             tdx_module_status=module,
@@ -386,7 +380,7 @@ def tcb_status(quote: Quote, collateral: Collateral) -> TcbResult:
 
 
 def _check_structure(quote: Quote) -> Check:
-    cid = "tdx.quote.structure"
+    cid = CheckId.TDX_QUOTE_STRUCTURE
     h = quote.header
     problems = []
     if h.version not in (4, 5):
@@ -410,7 +404,7 @@ def _check_structure(quote: Quote) -> Check:
 
 
 def _check_pck_chain(quote: Quote, roots: Sequence[x509.Certificate], now: dt.datetime) -> Check:
-    cid = "tdx.pck.chain"
+    cid = CheckId.TDX_PCK_CHAIN
     chain = quote.pck_chain
     problem, root = path_problem(chain, roots, now, intermediates=1)
     if problem:
@@ -424,7 +418,7 @@ def _check_pck_chain(quote: Quote, roots: Sequence[x509.Certificate], now: dt.da
 
 
 def _check_qe_report_signature(quote: Quote) -> Check:
-    cid = "tdx.qe_report.signature"
+    cid = CheckId.TDX_QE_REPORT_SIGNATURE
     try:
         key = quote.pck_leaf.public_key()
     except ValueError as exc:
@@ -436,7 +430,7 @@ def _check_qe_report_signature(quote: Quote) -> Check:
 
 
 def _check_qe_binding(quote: Quote) -> Check:
-    cid = "tdx.qe_report.binding"
+    cid = CheckId.TDX_QE_REPORT_BINDING
     expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
     rd = quote.qe_report.report_data
     if rd[:32] != expected:
@@ -451,7 +445,7 @@ def _check_qe_binding(quote: Quote) -> Check:
 
 
 def _check_quote_signature(quote: Quote) -> Check:
-    cid = "tdx.quote.signature"
+    cid = CheckId.TDX_QUOTE_SIGNATURE
     try:
         key = quote.attestation_public_key()
     except EvidenceParseError as exc:
@@ -489,7 +483,7 @@ def _check_signed_json(
 def _check_pck_crl(
     quote: Quote, c: Collateral, roots: Sequence[x509.Certificate], now: dt.datetime
 ) -> Check:
-    cid = "tdx.collateral.pck_crl"
+    cid = CheckId.TDX_PCK_CRL
     try:
         crl = c.pck_crl_parsed
         leaf = quote.pck_leaf
@@ -532,7 +526,7 @@ def _check_pck_crl(
 
 
 def _check_root_ca_crl(quote: Quote, c: Collateral, roots: Sequence[x509.Certificate]) -> Check:
-    cid = "tdx.collateral.root_ca_crl"
+    cid = CheckId.TDX_ROOT_CA_CRL
     if c.root_ca_crl is None:
         return Check.skipped(
             cid, "root CA CRL not provided: revocation of the intermediate CAs is not checked"
@@ -561,7 +555,7 @@ def _check_root_ca_crl(quote: Quote, c: Collateral, roots: Sequence[x509.Certifi
 
 
 def _check_fresh(c: Collateral, now: dt.datetime) -> Check:
-    cid = "tdx.collateral.fresh"
+    cid = CheckId.TDX_COLLATERAL_FRESH
     try:
         items: list[tuple[str, dt.datetime, dt.datetime | None]] = [
             ("TCB info", c.tcb_info_parsed.issue_date, c.tcb_info_parsed.next_update),
@@ -590,7 +584,7 @@ def _check_fresh(c: Collateral, now: dt.datetime) -> Check:
 
 
 def _check_fmspc(quote: Quote, c: Collateral) -> Check:
-    cid = "tdx.fmspc"
+    cid = CheckId.TDX_FMSPC
     try:
         pck = pck_extensions(quote.pck_leaf)
         info = c.tcb_info_parsed
@@ -608,13 +602,13 @@ def _check_fmspc(quote: Quote, c: Collateral) -> Check:
 
 
 def _check_tcb(quote: Quote, c: Collateral) -> Check:
-    cid = "tdx.tcb.status"
+    cid = CheckId.TDX_TCB_STATUS
     try:
         result = tcb_status(quote, c)
     except EvidenceParseError as exc:
         return Check.failed(cid, f"collateral malformed: {exc}")
     if result.up_to_date:
-        return Check.passed(cid, f"TCB status UpToDate (TCB date {result.tcb_date})")
+        return Check.passed(cid, f"TCB status {TcbStatus.UP_TO_DATE} (TCB date {result.tcb_date})")
     if not result.recognized:
         return Check.failed(cid, f"TCB status {result.status}: {result.error}")
     advisories = ", ".join(result.advisory_ids) or "none"
@@ -623,12 +617,12 @@ def _check_tcb(quote: Quote, c: Collateral) -> Check:
         f"TCB status {result.status} (platform {result.tdx_status}, TDX module "
         f"{result.tdx_module_status}, QE {result.qe_status}; TCB date {result.tcb_date}; "
         f"advisories: {advisories})",
-        kind="policy",
+        kind=CheckKind.POLICY,
     )
 
 
 def _check_qe_identity(quote: Quote, c: Collateral) -> Check:
-    cid = "tdx.qe_identity.match"
+    cid = CheckId.TDX_QE_IDENTITY_MATCH
     try:
         status, reason, _ = qe_identity_status(quote, c.qe_identity_parsed)
     except EvidenceParseError as exc:
@@ -676,7 +670,7 @@ def verify_quote(
     c = collateral
     checks += [
         _check_signed_json(
-            "tdx.collateral.tcb_info.signature",
+            CheckId.TDX_TCB_INFO_SIGNATURE,
             "TCB info",
             lambda: c.tcb_info_signed,
             c.tcb_info_issuer_chain,
@@ -684,7 +678,7 @@ def verify_quote(
             now,
         ),
         _check_signed_json(
-            "tdx.collateral.qe_identity.signature",
+            CheckId.TDX_QE_IDENTITY_SIGNATURE,
             "QE identity",
             lambda: c.qe_identity_signed,
             c.qe_identity_issuer_chain,
