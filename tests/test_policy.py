@@ -264,3 +264,29 @@ def test_the_policy_knows_which_tdx_rows_need_collateral() -> None:
     from enclaved.attestation.tdx.verify import COLLATERAL_CHECK_IDS
 
     assert policy.COLLATERAL_CHECK_IDS is COLLATERAL_CHECK_IDS
+    (rule,) = [r for r in policy.RULES if r.field == "allow_missing_collateral"]
+    assert rule.ids == COLLATERAL_CHECK_IDS
+
+
+def test_the_enforcement_table_gives_every_relaxation_a_row_and_a_warning() -> None:
+    # Policy.RELAXATIONS, the warnings and the enforcement are one table.
+    relaxations = [r for r in Policy.RULES if r.warning is not None]
+    assert Policy.RELAXATIONS == tuple(r.field for r in relaxations)
+    assert all(name.startswith("allow_") for name in Policy.RELAXATIONS)
+    fields = {f.name for f in dataclasses.fields(Policy)}
+    assert {r.field for r in Policy.RULES if r.field is not None} <= fields
+    # Every allow_ field of the policy is in the table.
+    assert {f for f in fields if f.startswith("allow_")} == set(Policy.RELAXATIONS)
+
+
+def test_no_two_relaxations_waive_the_same_row() -> None:
+    from enclaved.attestation.checks import CheckId, CheckKind, GpuCheck, gpu_check_id
+
+    relaxations = [r for r in Policy.RULES if r.warning is not None]
+    ids = [*CheckId, gpu_check_id(0, GpuCheck.NONCE)]
+    for cid in ids:
+        for status in (Status.FAIL, Status.SKIPPED):
+            for kind in CheckKind:
+                row = Check(cid, status, "x", kind=kind)
+                matching = [r.field for r in relaxations if r.matches(row)]
+                assert len(matching) <= 1, (cid, status, kind, matching)

@@ -4,14 +4,19 @@ The verifiers below this module produce :class:`~.checks.Check` rows for
 what they *found*; a policy decides what is *required*. It does so in two
 ways:
 
-1. It adds rows of its own, ``kind=CheckKind.POLICY``: quote version, TD attributes
-   (debug off...), measurement allowlists, GPU count and architecture.
+1. It adds rows of its own, ``kind="policy"``: quote version, TD
+   attributes (debug off...), measurement allowlists, GPU count and
+   architecture.
 2. It decides, row by row, whether a failed or skipped row is *enforced*
-   (:meth:`Policy.enforce`). A relaxation never turns a failure into a pass:
-   the row still says ``fail``, with ``enforced = no``, so the table shows
-   exactly what was waived. Rows no rule names stay enforced (fail closed).
+   (:meth:`Policy.enforce`), by one table, :data:`RULES`: for each field,
+   which check ids it governs, under what condition, and (for an
+   ``allow_...`` relaxation) the warning it gives. ``Policy.enforce``,
+   ``Policy.relaxations()`` and ``Policy.RELAXATIONS`` are all read from
+   it. A relaxation never turns a failure into a pass: the row still says
+   ``fail``, with ``enforced = no``, so the table shows exactly what was
+   waived. Rows no rule names stay enforced (fail closed).
    The TCB status is judged this way: the tdx layer fails every status but
-   ``UpToDate`` as a ``kind=CheckKind.POLICY`` row (``tdx.tcb.status``), and
+   ``UpToDate`` as a ``kind="policy"`` row (``tdx.tcb.status``), and
    ``allow_tcb_statuses`` waives the statuses it names (never ``Revoked``).
 
 Every relaxation is a field named ``allow_...``. A verification that runs
@@ -51,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -112,6 +117,179 @@ def _hexset(name: str, values: Any, size: int) -> frozenset[str]:
             raise PolicyError(f"policy {name}: {v!r} is {len(raw)} bytes, expected {size}")
         out.add(raw.hex())
     return frozenset(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """What a rule sees of a row: the check, and what the verifier knew around it."""
+
+    check: Check
+    #: Whether the client gave a nonce (freshness could be checked).
+    nonce_given: bool = True
+    #: Intel's TCB status for the quote's platform, when known.
+    tcb_status: str | None = None
+
+
+_SKIPPED = frozenset({Status.SKIPPED})
+_FAILED = frozenset({Status.FAIL})
+_NOT_PASSED = frozenset({Status.FAIL, Status.SKIPPED})
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One line of the policy's enforcement table (:data:`RULES`).
+
+    A rule *matches* a row when the row's id is one of ``ids`` or starts
+    with ``prefix``, its status is in ``statuses`` (by default: skipped, a
+    check that could not run), and it is of ``kind`` (when set). The
+    matching row is enforced unless :meth:`waives` says otherwise: by default
+    when the policy field ``field`` is set, or by ``waived`` (a condition on
+    the policy and the row). A rule with a ``warning`` is a *relaxation*:
+    whenever its field is set, the policy says so in those words.
+    """
+
+    #: The :class:`Policy` field that decides (``None``: a fixed rule).
+    field: str | None
+    #: The condition, in words (what ``docs/verification.md`` says).
+    when: str
+    ids: tuple[str, ...] = ()
+    prefix: str | None = None
+    statuses: frozenset[Status] = _SKIPPED
+    kind: CheckKind | None = None
+    waived: Callable[[Policy, Row], bool] | None = None
+    warning: Callable[[Policy], str] | None = None
+
+    def matches(self, check: Check) -> bool:
+        if check.status not in self.statuses:
+            return False
+        if self.kind is not None and check.kind is not self.kind:
+            return False
+        return check.id in self.ids or (
+            self.prefix is not None and check.id.startswith(self.prefix)
+        )
+
+    def active(self, policy: Policy) -> bool:
+        """Whether the policy sets this rule's field (a relaxation in use)."""
+        return self.field is not None and bool(getattr(policy, self.field))
+
+    def waives(self, policy: Policy, row: Row) -> bool:
+        if self.waived is not None:
+            return self.waived(policy, row)
+        return self.active(policy)
+
+
+def _text(message: str) -> Callable[[Policy], str]:
+    return lambda policy: message
+
+
+#: How a policy decides, row by row, what is enforced; and what it warns about.
+#: A failed or skipped row is decided by the first rule that matches it; a row
+#: no rule matches keeps its own ``enforced`` (fail closed). The fixed rules
+#: and requirements come first: the root CA CRL row is also a collateral row,
+#: the NRAS rows are also ``nvidia.`` rows. The relaxations follow in the
+#: order their warnings are given (:meth:`Policy.relaxations`); no two of them
+#: match the same row (tests/test_policy.py).
+RULES: tuple[Rule, ...] = (
+    Rule(
+        None,
+        "always: the server's own claim is never trusted, never required",
+        ids=(CheckId.REPORT_VERIFIED_FLAG,),
+        statuses=_NOT_PASSED,
+        waived=lambda policy, row: True,
+    ),
+    Rule(
+        "require_root_ca_crl",
+        "skipped (the collateral has no root CA CRL), unless require_root_ca_crl",
+        ids=(CheckId.TDX_ROOT_CA_CRL,),
+        waived=lambda policy, row: not policy.require_root_ca_crl,
+    ),
+    Rule(
+        "require_nras",
+        "failed or skipped, unless require_nras",
+        prefix="nvidia.nras",
+        statuses=_NOT_PASSED,
+        waived=lambda policy, row: not policy.require_nras,
+    ),
+    # The relaxations.
+    Rule(
+        "allow_missing_nonce",
+        "skipped because the client gave no nonce",
+        ids=(CheckId.REPORT_NONCE, CheckId.BINDING_NONCE),
+        waived=lambda policy, row: policy.allow_missing_nonce and not row.nonce_given,
+        warning=_text("allow_missing_nonce: freshness may not be checked (replays accepted)"),
+    ),
+    Rule(
+        "allow_development_roots",
+        "waives no row: the roots are trusted besides Intel's (Policy.trust_roots)",
+        warning=lambda policy: (
+            f"allow_development_roots: {len(policy.allow_development_roots)} non-Intel "
+            "root(s) trusted; a quote under them proves nothing about hardware"
+        ),
+    ),
+    Rule(
+        "allow_missing_collateral",
+        "skipped for want of Intel's collateral",
+        ids=COLLATERAL_CHECK_IDS,
+        warning=_text("allow_missing_collateral: TCB status and revocation may be unknown"),
+    ),
+    Rule(
+        "allow_tcb_statuses",
+        "failed as a policy row with a TCB status the field names",
+        ids=(CheckId.TDX_TCB_STATUS,),
+        statuses=_FAILED,
+        kind=CheckKind.POLICY,
+        waived=lambda policy, row: row.tcb_status in policy.allow_tcb_statuses,
+        warning=lambda policy: (
+            f"allow_tcb_statuses: {', '.join(sorted(policy.allow_tcb_statuses))} accepted "
+            "besides UpToDate"
+        ),
+    ),
+    Rule(
+        "allow_debug",
+        "failed: a TD-under-debug bit is set",
+        ids=(CheckId.POLICY_TD_DEBUG,),
+        statuses=_NOT_PASSED,
+        warning=_text("allow_debug: a debuggable TD (host can read its memory) is accepted"),
+    ),
+    Rule(
+        "allow_sept_ve",
+        "failed: SEPT_VE_DISABLE is clear",
+        ids=(CheckId.POLICY_TD_SEPT_VE_DISABLE,),
+        statuses=_NOT_PASSED,
+        warning=_text("allow_sept_ve: SEPT_VE_DISABLE may be clear"),
+    ),
+    Rule(
+        "allow_migratable",
+        "failed: MIGRATABLE is set",
+        ids=(CheckId.POLICY_TD_MIGRATABLE,),
+        statuses=_NOT_PASSED,
+        warning=_text("allow_migratable: a migratable TD is accepted"),
+    ),
+    Rule(
+        "allow_missing_signing_key",
+        "skipped: the document has no signing_key",
+        ids=(CheckId.BINDING_SIGNING_KEY,),
+        warning=_text("allow_missing_signing_key: a report without signing_key is accepted"),
+    ),
+    Rule(
+        "allow_missing_event_log",
+        "skipped: no event log (or no RTMR3 events)",
+        prefix="eventlog.",
+        warning=_text("allow_missing_event_log: RTMR3 facts may be unverified"),
+    ),
+    Rule(
+        "allow_missing_compose_binding",
+        "skipped: no compose-hash event to bind",
+        ids=(CheckId.MEASUREMENTS_COMPOSE_HASH, CheckId.MEASUREMENTS_MRCONFIGID),
+        warning=_text("allow_missing_compose_binding: the app compose may be unbound"),
+    ),
+    Rule(
+        "allow_missing_nvidia",
+        "skipped: no GPU evidence",
+        prefix="nvidia.",
+        warning=_text("allow_missing_nvidia: GPU evidence is not required"),
+    ),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,19 +360,12 @@ class Policy:
     #: Require NVIDIA's remote attestation service (NRAS) to agree.
     require_nras: bool = False
 
-    #: Fields whose truth weakens verification (documented, warned about).
-    RELAXATIONS: ClassVar[tuple[str, ...]] = (
-        "allow_missing_nonce",
-        "allow_development_roots",
-        "allow_missing_collateral",
-        "allow_tcb_statuses",
-        "allow_debug",
-        "allow_sept_ve",
-        "allow_migratable",
-        "allow_missing_signing_key",
-        "allow_missing_event_log",
-        "allow_missing_compose_binding",
-        "allow_missing_nvidia",
+    #: The enforcement table (:data:`RULES`).
+    RULES: ClassVar[tuple[Rule, ...]] = RULES
+    #: Fields whose truth weakens verification (documented, warned about):
+    #: the fields of the rules with a warning, in the table's order.
+    RELAXATIONS: ClassVar[tuple[str, ...]] = tuple(
+        r.field for r in RULES if r.field is not None and r.warning is not None
     )
 
     def __post_init__(self) -> None:
@@ -353,37 +524,8 @@ class Policy:
     # --- relaxations -----------------------------------------------------
 
     def relaxations(self) -> list[str]:
-        """One sentence per active relaxation; empty for a strict policy."""
-        out = []
-        if self.allow_missing_nonce:
-            out.append("allow_missing_nonce: freshness may not be checked (replays accepted)")
-        if self.allow_development_roots:
-            out.append(
-                f"allow_development_roots: {len(self.allow_development_roots)} non-Intel root(s) "
-                "trusted; a quote under them proves nothing about hardware"
-            )
-        if self.allow_missing_collateral:
-            out.append("allow_missing_collateral: TCB status and revocation may be unknown")
-        if self.allow_tcb_statuses:
-            out.append(
-                f"allow_tcb_statuses: {', '.join(sorted(self.allow_tcb_statuses))} accepted "
-                "besides UpToDate"
-            )
-        if self.allow_debug:
-            out.append("allow_debug: a debuggable TD (host can read its memory) is accepted")
-        if self.allow_sept_ve:
-            out.append("allow_sept_ve: SEPT_VE_DISABLE may be clear")
-        if self.allow_migratable:
-            out.append("allow_migratable: a migratable TD is accepted")
-        if self.allow_missing_signing_key:
-            out.append("allow_missing_signing_key: a report without signing_key is accepted")
-        if self.allow_missing_event_log:
-            out.append("allow_missing_event_log: RTMR3 facts may be unverified")
-        if self.allow_missing_compose_binding:
-            out.append("allow_missing_compose_binding: the app compose may be unbound")
-        if self.allow_missing_nvidia:
-            out.append("allow_missing_nvidia: GPU evidence is not required")
-        return out
+        """One sentence per active relaxation (:data:`RULES`); empty for a strict policy."""
+        return [r.warning(self) for r in self.RULES if r.warning is not None and r.active(self)]
 
     def warn_relaxations(self, *, stacklevel: int = 3) -> list[str]:
         """One :class:`InsecurePolicyWarning` naming every active relaxation.
@@ -417,37 +559,11 @@ class Policy:
         return dataclasses.replace(check, enforced=enforced)
 
     def _enforced(self, check: Check, *, nonce_given: bool, tcb_status: str | None) -> bool:
-        cid, skipped = check.id, check.status is Status.SKIPPED
-        if cid == CheckId.REPORT_VERIFIED_FLAG:
-            return False  # never trusted, never required
-        if cid in (CheckId.REPORT_NONCE, CheckId.BINDING_NONCE) and skipped:
-            return not (self.allow_missing_nonce and not nonce_given)
-        if cid == CheckId.BINDING_SIGNING_KEY and skipped:
-            return not self.allow_missing_signing_key
-        if cid == CheckId.POLICY_TD_DEBUG:
-            return not self.allow_debug
-        if cid == CheckId.POLICY_TD_SEPT_VE_DISABLE:
-            return not self.allow_sept_ve
-        if cid == CheckId.POLICY_TD_MIGRATABLE:
-            return not self.allow_migratable
-        if cid == CheckId.TDX_ROOT_CA_CRL and skipped:
-            # Only ever skipped when the collateral has no root CA CRL.
-            return self.require_root_ca_crl
-        if cid in COLLATERAL_CHECK_IDS and skipped:
-            return not self.allow_missing_collateral
-        if cid == CheckId.TDX_TCB_STATUS and check.kind is CheckKind.POLICY:
-            # The tdx layer fails every recognized status but UpToDate as a
-            # policy row; accepted statuses are waived here, by name.
-            return tcb_status not in self.allow_tcb_statuses
-        if cid.startswith("eventlog.") and skipped:
-            return not self.allow_missing_event_log
-        if cid in (CheckId.MEASUREMENTS_COMPOSE_HASH, CheckId.MEASUREMENTS_MRCONFIGID) and skipped:
-            return not self.allow_missing_compose_binding
-        if cid.startswith(CheckId.NVIDIA_NRAS):
-            return self.require_nras
-        if cid.startswith("nvidia.") and skipped:
-            return not self.allow_missing_nvidia
-        return check.enforced
+        row = Row(check, nonce_given=nonce_given, tcb_status=tcb_status)
+        for rule in self.RULES:
+            if rule.matches(check):
+                return not rule.waives(self, row)
+        return check.enforced  # no rule names it: it stays as the verifier said (fail closed)
 
     # --- the policy's own rows ---------------------------------------------
 

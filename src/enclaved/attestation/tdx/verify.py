@@ -51,7 +51,7 @@ With collateral (each is SKIPPED with reason "no collateral" without it):
     FMSPC and PCE-ID of the PCK leaf == those of the TCB info.
 ``tdx.tcb.status``
     Intel's TCB level selection (see :func:`tcb_status`). Passes only for
-    ``UpToDate``; any other Intel status fails with ``kind=CheckKind.POLICY`` (the
+    ``UpToDate``; any other Intel status fails with ``kind="policy"`` (the
     policy layer may accept it), with the status and advisory ids in the
     reason. No matching level, a TDX module mismatch, or TCB info that is
     not TDX v3 fails with ``kind="verification"``.
