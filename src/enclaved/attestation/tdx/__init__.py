@@ -1,11 +1,14 @@
 """Intel TDX evidence: parse a quote, verify it against Intel's roots and collateral.
 
-Three layers, three modules (the pipeline of go-tdx-guest):
+Three layers (the pipeline of go-tdx-guest):
 
 - :mod:`.parse`: bytes -> frozen :class:`Quote`; structural errors only
   (:class:`~enclaved.errors.EvidenceParseError`).
-- :mod:`.verify`: signatures, the PCK chain to Intel's pinned root,
-  collateral, CRLs and the TCB status -> :class:`~..checks.Check` rows.
+- :mod:`.verify`: :func:`verify_quote`, the check rows in order:
+  :mod:`.quote_checks` (structure, the PCK chain to Intel's pinned root, the
+  QE report and quote signatures), then :mod:`.collateral_checks`
+  (collateral signatures, CRLs, freshness, FMSPC, TCB status, QE identity),
+  which rates the platform with Intel's TCB-level algorithm, :mod:`.tcb`.
 - :mod:`.collateral`: what Intel publishes (TCB info, QE identity, CRLs) and
   where it comes from (a recorded directory, or Intel PCS with a disk cache).
 
@@ -43,7 +46,8 @@ from .parse import (
     td_attributes_debug,
 )
 from .roots import INTEL_SGX_ROOT_CA_DER, intel_sgx_root_ca
-from .verify import CHECK_IDS, TcbResult, tcb_status, verify_quote
+from .tcb import TcbResult, tcb_status
+from .verify import CHECK_IDS, verify_quote
 
 __all__ = [
     "CHECK_IDS",
