@@ -9,8 +9,10 @@ Three layers (the pipeline of go-tdx-guest):
   QE report and quote signatures), then :mod:`.collateral_checks`
   (collateral signatures, CRLs, freshness, FMSPC, TCB status, QE identity),
   which rates the platform with Intel's TCB-level algorithm, :mod:`.tcb`.
-- :mod:`.collateral`: what Intel publishes (TCB info, QE identity, CRLs) and
-  where it comes from (a recorded directory, or Intel PCS with a disk cache).
+- :mod:`.collateral`: what Intel publishes (TCB info, QE identity, CRLs), as
+  models; where it comes from: :mod:`.sources` (the source protocol, a
+  recorded directory), :mod:`.pcs` (Intel PCS, sync and async drivers) and
+  :mod:`.pcs_cache` (its disk cache).
 
 Policy (debug off, measurements, accepted TCB statuses) is not here; see
 :mod:`enclaved.attestation.policy`.
@@ -25,13 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from .collateral import (
-    Collateral,
-    CollateralSource,
-    DirectoryCollateral,
-    PcsCollateral,
-    collateral_for,
-)
+from .collateral import Collateral
 from .parse import (
     EnclaveReport,
     PckExtensions,
@@ -45,7 +41,9 @@ from .parse import (
     pck_extensions,
     td_attributes_debug,
 )
+from .pcs import PcsCollateral
 from .roots import INTEL_SGX_ROOT_CA_DER, intel_sgx_root_ca
+from .sources import CollateralSource, DirectoryCollateral, collateral_for
 from .tcb import TcbResult, tcb_status
 from .verify import CHECK_IDS, verify_quote
 
