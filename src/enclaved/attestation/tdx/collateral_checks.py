@@ -16,12 +16,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ...errors import EvidenceParseError
-from .._x509 import path_problem
+from .._x509 import cert_name, path_problem
 from ..checks import Check, CheckId, CheckKind, TcbStatus
 from .collateral import Collateral
 from .parse import Quote, pck_extensions
-from .quote_checks import _ecdsa_ok, _fmt_time, _name
+from .quote_checks import ecdsa_ok, fmt_time
 from .tcb import qe_identity_status, tcb_status
+
+_name = cert_name
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
@@ -48,7 +50,7 @@ def _check_signed_json(
     problem, root = path_problem(chain, roots, now, intermediates=0)
     if problem:
         return Check.failed(cid, f"{what} signer: {problem}")
-    if not _ecdsa_ok(chain[0].public_key(), signature, data):
+    if not ecdsa_ok(chain[0].public_key(), signature, data):
         return Check.failed(cid, f"{what} signature does not verify under {_name(chain[0])!r}")
     assert root is not None
     return Check.passed(cid, f"{what} signed by {_name(chain[0])!r} <- {_name(root)!r}")
@@ -90,7 +92,7 @@ def _check_pck_crl(
         return Check.failed(
             cid,
             f"PCK certificate {leaf.serial_number:x} revoked on "
-            f"{_fmt_time(revoked.revocation_date_utc)}",
+            f"{fmt_time(revoked.revocation_date_utc)}",
         )
     return Check.passed(
         cid,
@@ -144,16 +146,16 @@ def _check_fresh(c: Collateral, now: dt.datetime) -> Check:
     problems = []
     for what, issued, next_update in items:
         if now < issued:
-            problems.append(f"{what} issued {_fmt_time(issued)}, after now")
+            problems.append(f"{what} issued {fmt_time(issued)}, after now")
         elif next_update is None:
             problems.append(f"{what} has no nextUpdate")
         elif now >= next_update:
-            problems.append(f"{what} stale since {_fmt_time(next_update)}")
+            problems.append(f"{what} stale since {fmt_time(next_update)}")
     if problems:
-        return Check.failed(cid, "; ".join(problems) + f" (now {_fmt_time(now)})")
+        return Check.failed(cid, "; ".join(problems) + f" (now {fmt_time(now)})")
     return Check.passed(
         cid,
-        f"all collateral current at {_fmt_time(now)}, next update due {_fmt_time(c.next_update())}",
+        f"all collateral current at {fmt_time(now)}, next update due {fmt_time(c.next_update())}",
     )
 
 

@@ -22,7 +22,7 @@ import httpx
 from ...errors import EvidenceParseError, NetworkError
 from .collateral import Collateral
 from .pcs_cache import DiskCache
-from .sources import _CRL_CHAIN_HEADER, _QE_CHAIN_HEADER, _TCB_CHAIN_HEADERS
+from .sources import CRL_CHAIN_HEADER, QE_CHAIN_HEADER, TCB_CHAIN_HEADERS
 
 __all__ = ["INTEL_PCS_URL", "INTEL_ROOT_CA_CRL_URL", "PcsCollateral"]
 
@@ -153,9 +153,9 @@ class PcsCollateral:
         """
         tcb, qe, crl = answers[:3]
         root_crl = answers[3].content if len(answers) > 3 else None
-        tcb_chain = next((tcb.headers.get(n) for n in _TCB_CHAIN_HEADERS if n in tcb.headers), None)
-        qe_chain = qe.headers.get(_QE_CHAIN_HEADER)
-        crl_chain = crl.headers.get(_CRL_CHAIN_HEADER)
+        tcb_chain = next((tcb.headers.get(n) for n in TCB_CHAIN_HEADERS if n in tcb.headers), None)
+        qe_chain = qe.headers.get(QE_CHAIN_HEADER)
+        crl_chain = crl.headers.get(CRL_CHAIN_HEADER)
         if not (tcb_chain and qe_chain and crl_chain):
             raise NetworkError("Intel PCS response lacks an issuer chain header")
         try:

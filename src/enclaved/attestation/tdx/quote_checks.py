@@ -37,7 +37,7 @@ def _raw_sig_to_der(sig: bytes) -> bytes:
     return encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
 
 
-def _ecdsa_ok(key: object, sig: bytes, data: bytes) -> bool:
+def ecdsa_ok(key: object, sig: bytes, data: bytes) -> bool:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         return False
     if len(sig) != 64:
@@ -52,7 +52,7 @@ def _ecdsa_ok(key: object, sig: bytes, data: bytes) -> bool:
 _name = cert_name
 
 
-def _fmt_time(t: dt.datetime | None) -> str:
+def fmt_time(t: dt.datetime | None) -> str:
     return "never" if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -90,7 +90,7 @@ def _check_pck_chain(quote: Quote, roots: Sequence[x509.Certificate], now: dt.da
     return Check.passed(
         cid,
         f"{_name(chain[0])!r} <- {_name(chain[1])!r} <- {_name(root)!r} (trusted), valid at "
-        f"{_fmt_time(now)}",
+        f"{fmt_time(now)}",
     )
 
 
@@ -101,7 +101,7 @@ def _check_qe_report_signature(quote: Quote) -> Check:
     except ValueError as exc:
         return Check.failed(cid, f"PCK leaf key unusable: {exc}")
     cd = quote.signature_data.certification_data
-    if _ecdsa_ok(key, cd.qe_report_signature, cd.qe_report.raw):
+    if ecdsa_ok(key, cd.qe_report_signature, cd.qe_report.raw):
         return Check.passed(cid, "QE report signed by the PCK leaf key")
     return Check.failed(cid, "QE report signature does not verify under the PCK leaf key")
 
@@ -127,7 +127,7 @@ def _check_quote_signature(quote: Quote) -> Check:
         key = quote.attestation_public_key()
     except EvidenceParseError as exc:
         return Check.failed(cid, str(exc))
-    if _ecdsa_ok(key, quote.signature_data.quote_signature, quote.signed_region):
+    if ecdsa_ok(key, quote.signature_data.quote_signature, quote.signed_region):
         return Check.passed(
             cid, f"attestation key signed the {len(quote.signed_region)}-byte header and body"
         )

@@ -54,9 +54,9 @@ def _header(headers: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
-_TCB_CHAIN_HEADERS = ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain")
-_QE_CHAIN_HEADER = "SGX-Enclave-Identity-Issuer-Chain"
-_CRL_CHAIN_HEADER = "SGX-PCK-CRL-Issuer-Chain"
+TCB_CHAIN_HEADERS = ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain")
+QE_CHAIN_HEADER = "SGX-Enclave-Identity-Issuer-Chain"
+CRL_CHAIN_HEADER = "SGX-PCK-CRL-Issuer-Chain"
 
 
 class DirectoryCollateral:
@@ -105,17 +105,17 @@ class DirectoryCollateral:
             body = body_path.read_bytes()
             if url.path.endswith("/tdx/certification/v4/tcb"):
                 chain = next(
-                    (h for h in (_header(headers, n) for n in _TCB_CHAIN_HEADERS) if h), None
+                    (h for h in (_header(headers, n) for n in TCB_CHAIN_HEADERS) if h), None
                 )
                 fmspc = (query.get("fmspc") or [""])[0].lower()
                 if chain:
                     self._tcb[fmspc] = (body, chain)
             elif url.path.endswith("/tdx/certification/v4/qe/identity"):
-                chain = _header(headers, _QE_CHAIN_HEADER)
+                chain = _header(headers, QE_CHAIN_HEADER)
                 if chain:
                     self._qe = (body, chain)
             elif url.path.endswith("/pckcrl"):
-                chain = _header(headers, _CRL_CHAIN_HEADER)
+                chain = _header(headers, CRL_CHAIN_HEADER)
                 ca = (query.get("ca") or ["platform"])[0].lower()
                 if chain:
                     self._crl[ca] = (body, chain)
