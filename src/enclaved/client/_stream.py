@@ -14,7 +14,7 @@ came off the network and returns, event by event, what the caller may see:
    raises :class:`~enclaved.errors.DecryptionError` ("failed to decrypt")
    before that event reaches the caller; and the fields that stay in the
    clear (``delta.role``, ``choices[].index``, ``finish_reason``, an error's
-   ``type``) must hold the values :mod:`enclaved._wire` allows, else
+   ``type``) must hold the values :mod:`enclaved.protocol.clear_fields` allows, else
    :class:`~enclaved.errors.APIError` (code ``invalid_stream``);
 5. ``data: [DONE]`` is *not* passed on: the transport emits it only after
    the response signature has been checked, so a caller that sees
@@ -32,9 +32,10 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from .._wire import ERROR_TYPES, choice_problem
 from ..crypto import Opener, looks_like_envelope
 from ..errors import APIError, DecryptionError, NetworkError
+from ..protocol.clear_fields import choice_problem
+from ..protocol.errors import ERROR_TYPES
 from ._sse import SSEEvent, SSEParser
 
 #: The delta fields that carry model text, and so must be encrypted under E2EE.
@@ -171,7 +172,7 @@ class ResponseDecoder:
         for choice in choices:
             if not isinstance(choice, dict):
                 raise DecryptionError()
-            # The fields that stay in the clear may hold only what _wire
+            # The fields that stay in the clear may hold only what clear_fields
             # allows: a role, index or finish reason that carries other text
             # is a channel around the encryption, and is refused.
             problem = choice_problem(choice)
@@ -204,7 +205,7 @@ class ResponseDecoder:
 
 
 def _malformed(field: str) -> APIError:
-    """A chunk whose clear-text ``field`` breaks :mod:`enclaved._wire` (never shows its value)."""
+    """A chunk whose clear-text ``field`` breaks :mod:`enclaved.protocol.clear_fields` (never shows its value)."""
     return APIError(
         f"the server sent a malformed chunk ({field})", status=200, code="invalid_stream"
     )

@@ -21,7 +21,7 @@ an OpenAI-style error before any response byte is written):
    sent, so a backend that fails at once gets a real HTTP error status.
 7. Stream: every backend chunk is rebuilt from an allow-list of fields (id,
    model, created rewritten; content and reasoning sealed under E2EE; role,
-   index and finish_reason relayed only with a value :mod:`enclaved._wire`
+   index and finish_reason relayed only with a value :mod:`enclaved.protocol.clear_fields`
    allows, else the completion fails),
    serialized once, hashed and written. Up to the first token each chunk is
    written the moment it arrives; after it, the chunks that arrived while
@@ -53,8 +53,10 @@ from typing import Any
 import orjson
 from starlette.datastructures import Headers
 
-from .._wire import ASSISTANT, choice_problem
 from ..crypto import Sealer
+from ..protocol.clear_fields import ASSISTANT, choice_problem
+from ..protocol.errors import MSG_STREAMING_REQUIRED
+from ..protocol.headers import TEE_RESPONSE_HEADERS_RAW
 from . import e2ee
 from .backends.base import Backend, BackendError, ChatRequest
 from .batching import ChunkPump, text_piece
@@ -79,7 +81,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 #: Response headers on every answer about a TEE model (all enclaved models are).
-TEE_HEADERS = [(b"x-venice-tee", b"true"), (b"x-venice-tee-provider", b"enclaved")]
+TEE_HEADERS = TEE_RESPONSE_HEADERS_RAW
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -221,7 +223,7 @@ def prepare(node: Node, headers: Mapping[str, str], body: bytes) -> Prepared:
         e2ee.check_model_key(e2ee_headers, node.key)
         if stream is not True:
             raise HTTPError(
-                400, e2ee.MSG_STREAMING_REQUIRED, code="e2ee_streaming_required", param="stream"
+                400, MSG_STREAMING_REQUIRED, code="e2ee_streaming_required", param="stream"
             )
         e2ee.check_features(data, venice)
         messages = e2ee.RequestDecryptor(node.key).open_messages(messages)
@@ -377,7 +379,7 @@ class ChunkWriter:
 
     Only allow-listed fields survive (a backend cannot leak a plaintext field
     past the E2EE layer by inventing one), and the clear ones only with the
-    values :mod:`enclaved._wire` allows (nor by filling one with its own
+    values :mod:`enclaved.protocol.clear_fields` allows (nor by filling one with its own
     text: :meth:`choices` raises :class:`BackendError` instead); ``id``,
     ``model`` and ``created`` are the completion's; content and reasoning
     are sealed when a sealer is set.
@@ -418,7 +420,7 @@ class ChunkWriter:
         sealer = self._sealer
         for c in chunk.get("choices") or ():
             # The clear-text fields (role, index, finish_reason) are relayed
-            # only when they hold one of the values _wire allows: an engine
+            # only when they hold one of the values clear_fields allows: an engine
             # must not put text of its own on the wire beside the envelopes.
             if not isinstance(c, dict) or not isinstance(c.get("delta") or {}, dict):
                 raise _malformed("choices[]")
@@ -527,7 +529,7 @@ class ChunkWriter:
 
 
 def _malformed(field: str) -> BackendError:
-    """The engine sent a chunk whose ``field`` breaks the rules of :mod:`enclaved._wire`.
+    """The engine sent a chunk whose ``field`` breaks the rules of :mod:`enclaved.protocol.clear_fields`.
 
     The message names the field, never its value: the value is the engine's
     text, and this message reaches the client and the log.

@@ -20,7 +20,7 @@ What is checked:
 What is NOT checked here: the shape of each chunk beyond "a JSON object"
 (the server layer reads ``choices`` / ``usage``, rewrites ids and model
 names, and refuses a role, index or finish reason outside
-:mod:`enclaved._wire`), or that the engine honoured the sampling parameters.
+:mod:`enclaved.protocol.clear_fields`), or that the engine honoured the sampling parameters.
 
 Error messages never contain prompt or completion content, nor the body of
 an upstream error (engines sometimes echo the input there).
@@ -44,7 +44,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import INVALID_REQUEST, SERVER_ERROR
+from ...protocol import routes
+from ...protocol.errors import INVALID_REQUEST, SERVER_ERROR
 from .base import BackendError, ChatRequest
 from .engine_http import EngineHttp, Timeouts
 
@@ -202,11 +203,11 @@ class UpstreamBackend:
         self._started = False
         # The header blocks never change: built once.
         self._models_head = self._http.head(
-            "GET", "/models", {**common, "Accept": "application/json"}
+            "GET", routes.MODELS, {**common, "Accept": "application/json"}
         )
         self._post_head = self._http.head(
             "POST",
-            "/chat/completions",
+            routes.CHAT,
             {
                 **common,
                 # Compressing an event stream token by token only adds latency.
@@ -334,7 +335,7 @@ def _parse_event(event: str, data: bytes) -> dict[str, Any]:
 #: Engine error types that mean "the request was refused" (OpenAI's name;
 #: vLLM's and SGLang's exception class names). Every other type, and none,
 #: means the engine failed.
-_REQUEST_ERROR_TYPES = frozenset({"invalid_request_error", "BadRequestError", "BadRequest"})
+_REQUEST_ERROR_TYPES = frozenset({INVALID_REQUEST, "BadRequestError", "BadRequest"})
 
 
 def _engine_error(err: object) -> BackendError:
