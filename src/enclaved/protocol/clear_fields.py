@@ -5,7 +5,7 @@ in the clear (PROTOCOL.md, "E2EE"): ``delta.role``, ``choices[].index``,
 ``finish_reason``, and the ``type`` of an error event. An engine that could
 put its own text there would have a channel around the encryption - to the
 wire, to a man in the middle, to the node's log. So the node relays only
-these values (``server/completions.py``, ``server/backends/upstream.py``),
+these values (``server/chat/rewrite.py``, ``server/backends/upstream.py``),
 and the client refuses a stream that carries anything else
 (``client/_stream.py``). One rule, both sides:
 

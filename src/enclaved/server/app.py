@@ -57,7 +57,7 @@ from ..protocol.headers import TEE_RESPONSE_HEADERS
 from .attestation import VerifyFn, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
-from .completions import STORE_TIMEOUT_SECONDS, ChatCompletions, send_error
+from .chat import STORE_TIMEOUT_SECONDS, ChatCompletions, send_error
 from .config import ModelConfig, ServerConfig
 from .errors import (
     NOT_FOUND,

@@ -36,10 +36,10 @@ from typing import Any
 
 from coincurve import PublicKey
 
-from ..crypto import KeyPair, Opener, Sealer
-from ..crypto._primitives import parse_public_key
-from ..errors import DecryptionError, InvalidKeyError
-from ..protocol.errors import (
+from ...crypto import KeyPair, Opener, Sealer
+from ...crypto._primitives import parse_public_key
+from ...errors import DecryptionError, InvalidKeyError
+from ...protocol.errors import (
     CODE_STALE_KEY,
     MSG_BAD_ALGO,
     MSG_BAD_PUBLIC_KEY,
@@ -49,11 +49,11 @@ from ..protocol.errors import (
     MSG_NOT_UTF8,
     MSG_STALE_KEY,
 )
-from ..protocol.headers import ALGO as ALGO_HEADER
-from ..protocol.headers import CLIENT_KEY as CLIENT_KEY_HEADER
-from ..protocol.headers import E2EE_HEADERS, ECDSA
-from ..protocol.headers import MODEL_KEY as MODEL_KEY_HEADER
-from .errors import HTTPError
+from ...protocol.headers import ALGO as ALGO_HEADER
+from ...protocol.headers import CLIENT_KEY as CLIENT_KEY_HEADER
+from ...protocol.headers import E2EE_HEADERS, ECDSA
+from ...protocol.headers import MODEL_KEY as MODEL_KEY_HEADER
+from ..errors import HTTPError
 
 _HEADERS = tuple(h.lower() for h in E2EE_HEADERS)
 
