@@ -5,7 +5,7 @@ came off the network and returns, event by event, what the caller may see:
 
 1. every byte is hashed as received (the response signature covers these
    bytes, ciphertext included);
-2. the bytes are split into SSE events (:mod:`._sse`);
+2. the bytes are split into SSE events (:mod:`enclaved.protocol.sse`);
 3. an ``error`` event raises :class:`~enclaved.errors.APIError`;
 4. with E2EE, every non-empty ``delta.content`` / ``delta.reasoning_content``
    (/ ``delta.reasoning``) must be an envelope to the session key and is
@@ -36,12 +36,12 @@ from ..crypto import Opener, looks_like_envelope
 from ..errors import APIError, DecryptionError, NetworkError
 from ..protocol.clear_fields import choice_problem
 from ..protocol.errors import ERROR_TYPES
-from ._sse import SSEEvent, SSEParser
+from ..protocol.sse import DONE, SSEEvent, SSEParser, event_lines
 
 #: The delta fields that carry model text, and so must be encrypted under E2EE.
 TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
 #: The terminator the transport emits once the answer is verified.
-DONE_EVENT = b"data: [DONE]\n\n"
+DONE_EVENT = DONE
 
 
 def _empty(value: Any) -> bool:
@@ -144,7 +144,7 @@ class ResponseDecoder:
             data = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
         else:
             data = event.data  # untouched: nothing was decrypted
-        return b"".join(b"data: " + line.encode("utf-8") + b"\n" for line in data.split("\n")) + b"\n"
+        return event_lines(data)
 
     def _open(self, envelope: str) -> str:
         """Decrypt one field; on failure raise a DecryptionError that holds no key.

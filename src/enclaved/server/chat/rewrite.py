@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from ...crypto import Sealer
+from ...protocol import sse
 from ...protocol.clear_fields import ASSISTANT, choice_problem
 from ..backends.base import BackendError
 from ..node import Node
@@ -72,7 +73,7 @@ class ChunkWriter:
                 "model": model,
             }
         )
-        self._prefix = b"data: " + head[:-1] + b',"choices":'
+        self._prefix = sse.DATA + head[:-1] + b',"choices":'
 
     def choices(self, chunk: Mapping[str, Any], *, pieces: int = 1) -> list[dict[str, Any]]:
         """The rewritten choices of one backend chunk; remembers its usage.
@@ -179,9 +180,8 @@ class ChunkWriter:
         }
 
     def usage_event(self) -> bytes:
-        return (
-            b"data: "
-            + orjson.dumps(
+        return sse.event(
+            orjson.dumps(
                 {
                     "id": self.id,
                     "object": "chat.completion.chunk",
@@ -191,7 +191,6 @@ class ChunkWriter:
                     "usage": self.final_usage(),
                 }
             )
-            + b"\n\n"
         )
 
 

@@ -19,10 +19,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
-
-from ...protocol.errors import SERVER_ERROR
 from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW
+from ...protocol.sse import DONE, error_event
 from ..backends.base import BackendError
 from ..errors import internal_error
 from ..node import Node
@@ -53,7 +51,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
     *TEE_HEADERS,
 ]
-DONE = b"data: [DONE]\n\n"
 
 #: The stream loop hands the event loop a turn after this many chunks (see
 #: step 7 in ``ChatCompletions._stream``): a bare ``await asyncio.sleep(0)``,
@@ -64,15 +61,6 @@ YIELD_EVERY_CHUNKS = 8
 #: the bound on one batch, and how far the server reads ahead of a slow
 #: client before it stops reading the engine.
 BATCH_MAX_CHUNKS = 64
-
-
-def error_event(message: str, code: str) -> bytes:
-    """The mid-stream failure event (PROTOCOL.md): exactly message, type, code."""
-    return (
-        b"data: "
-        + orjson.dumps({"error": {"message": message, "type": SERVER_ERROR, "code": code}})
-        + b"\n\n"
-    )
 
 
 async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) -> None:
