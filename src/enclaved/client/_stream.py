@@ -34,6 +34,7 @@ from typing import Any
 
 from ..crypto import Opener, looks_like_envelope
 from ..errors import APIError, DecryptionError, NetworkError
+from ..protocol.assemble import CompletionAssembler
 from ..protocol.clear_fields import choice_problem
 from ..protocol.errors import ERROR_TYPES
 from ..protocol.sse import DONE, SSEEvent, SSEParser, event_lines
@@ -66,7 +67,7 @@ class ResponseDecoder:
         self._finished = False
         #: The completion id (``id`` of the chunks): the signature's ``request_id``.
         self.completion_id: str | None = None
-        self._assembler = _Assembler() if assemble else None
+        self._assembler = CompletionAssembler(keep_empty_reasoning=True) if assemble else None
 
     # -- feeding --------------------------------------------------------------
 
@@ -229,69 +230,6 @@ def _stream_error(chunk: dict[str, Any], *, e2ee: bool = False) -> APIError:
         )
     text = err if isinstance(err, str) else "the server reported an error"
     return APIError(text, status=200, body=chunk)
-
-
-class _Assembler:
-    """Builds one ``chat.completion`` from its chunks."""
-
-    def __init__(self) -> None:
-        self.head: dict[str, Any] = {}
-        self.usage: Any = None
-        self.choices: dict[int, dict[str, Any]] = {}
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        for key in ("id", "created", "model", "system_fingerprint"):
-            if key not in self.head and chunk.get(key) is not None:
-                self.head[key] = chunk[key]
-        if chunk.get("usage") is not None:
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            index = choice.get("index", 0)
-            slot = self.choices.setdefault(
-                index if isinstance(index, int) else 0,
-                {"role": None, "content": [], "reasoning": [], "finish_reason": None},
-            )
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("role"), str):
-                slot["role"] = delta["role"]
-            if isinstance(delta.get("content"), str):
-                slot["content"].append(delta["content"])
-            for key in ("reasoning_content", "reasoning"):
-                if isinstance(delta.get(key), str):
-                    slot["reasoning"].append(delta[key])
-            if choice.get("finish_reason") is not None:
-                slot["finish_reason"] = choice["finish_reason"]
-
-    def document(self) -> dict[str, Any]:
-        choices = []
-        for index in sorted(self.choices):
-            slot = self.choices[index]
-            message: dict[str, Any] = {
-                "role": slot["role"] or "assistant",
-                "content": "".join(slot["content"]),
-            }
-            if slot["reasoning"]:
-                message["reasoning_content"] = "".join(slot["reasoning"])
-            choices.append(
-                {
-                    "index": index,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": slot["finish_reason"] or "stop",
-                }
-            )
-        doc: dict[str, Any] = {
-            "id": self.head.get("id", ""),
-            "object": "chat.completion",
-            "created": self.head.get("created", 0),
-            "model": self.head.get("model", ""),
-            "choices": choices,
-        }
-        if "system_fingerprint" in self.head:
-            doc["system_fingerprint"] = self.head["system_fingerprint"]
-        if self.usage is not None:
-            doc["usage"] = self.usage
-        return doc
 
 
 __all__ = ["DONE_EVENT", "TEXT_FIELDS", "ResponseDecoder"]
