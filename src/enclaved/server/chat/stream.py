@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ...errors import Error
 from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW
 from ...protocol.sse import DONE, error_event
 from ..backends.base import BackendError
@@ -53,7 +54,7 @@ SSE_HEADERS = [
 ]
 
 #: The stream loop hands the event loop a turn after this many chunks (see
-#: step 7 in ``ChatCompletions._stream``): a bare ``await asyncio.sleep(0)``,
+#: ``_Stream.first_tokens``): a bare ``await asyncio.sleep(0)``,
 #: a few microseconds against the ~100 us each chunk costs.
 YIELD_EVERY_CHUNKS = 8
 
@@ -63,10 +64,14 @@ YIELD_EVERY_CHUNKS = 8
 BATCH_MAX_CHUNKS = 64
 
 
+class _ClientLeft(Error):
+    """The client left mid-stream: nothing was delivered, so nothing is signed."""
+
+
 async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) -> None:
     """Steps 6-8 for ``stream: true``: see the module docstring."""
     stream: AsyncIterator[dict[str, Any]] | None = None
-    pump: ChunkPump | None = None
+    out: _Stream | None = None
     try:
         # 6. Failures before the first byte are real HTTP errors (a
         # backend may raise when called, or at its first chunk).
@@ -82,47 +87,104 @@ async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) 
             await send_error(send, internal_error(), TEE_HEADERS)
             return
 
-        writer = ChunkWriter(
+        out = _Stream(node, prepared, send, conn, stream)
+        # 7. Every byte written goes through the hasher first, in the
+        # order written: batching changes how many ``send`` calls carry
+        # the bytes, never which bytes.
+        try:
+            more = await out.first_tokens(chunk)
+            tail = await out.batches() if more else b""
+        except _ClientLeft:
+            return  # nothing was delivered: no signature
+        except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
+            await out.fail(exc)
+            return
+        await out.finish(tail)
+    finally:
+        if out is not None and out.pump is not None:
+            await out.pump.aclose()  # it owns the stream now, and closes it
+        elif stream is not None:
+            await aclose(stream)
+
+
+class _Stream:
+    """The SSE body of one completion, from its first chunk to ``[DONE]``."""
+
+    __slots__ = (
+        "conn",
+        "hasher",
+        "held",
+        "node",
+        "prepared",
+        "pump",
+        "send",
+        "started",
+        "stream",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        node: Node,
+        prepared: Prepared,
+        send: Send,
+        conn: Connection,
+        stream: AsyncIterator[dict[str, Any]],
+    ) -> None:
+        self.node = node
+        self.prepared = prepared
+        self.send = send
+        self.conn = conn
+        self.stream = stream
+        self.writer = ChunkWriter(
             new_completion_id(),
             prepared.model.id,
             int(node.clock()),
             response_sealer(node, prepared),
         )
-        hasher = ResponseHasher()
-        update = hasher.update
-        started = False
+        self.hasher = ResponseHasher()
+        self.started = False
+        #: Role chunks not written yet (see :meth:`first_tokens`).
+        self.held = b""
+        #: Reads the engine once the first token is out (see :meth:`batches`).
+        self.pump: ChunkPump | None = None
 
-        async def write(data: bytes, *, more: bool = True) -> None:
-            # The status line goes out with the first bytes of the body:
-            # the client is woken once for both (each wake-up of an idle
-            # process costs ~0.1 ms on a virtual machine).
-            nonlocal started
-            if not started:
-                started = True
-                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            await send({"type": "http.response.body", "body": data, "more_body": more})
+    async def write(self, data: bytes, *, more: bool = True) -> None:
+        # The status line goes out with the first bytes of the body:
+        # the client is woken once for both (each wake-up of an idle
+        # process costs ~0.1 ms on a virtual machine).
+        if not self.started:
+            self.started = True
+            await self.send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
 
-        # 7. Every byte written goes through the hasher first, in the
-        # order written: batching changes how many ``send`` calls carry
-        # the bytes, never which bytes.
-        tail = b""
-        held = b""
+    async def first_tokens(self, chunk: dict[str, Any] | None) -> bool:
+        """7a. Up to and including the first chunk that carries text, each
+        chunk is written the moment it is read, on its own: the first token
+        never waits for company. Returns whether the stream goes on (it
+        stopped at the first token rather than at its end).
+
+        An engine whose output is already buffered hands over chunk after
+        chunk without this loop ever waiting, and the event loop only runs
+        when it waits: a client that left would go unnoticed and no other
+        stream on the node would be served. So the loop yields every
+        YIELD_EVERY_CHUNKS chunks and stops once the client is gone (this
+        matters for a stream with no text, e.g. tool calls only; 7b always
+        yields).
+
+        Chunks that only announce the role (engines send one before the
+        first token) are held and written with the next one, so that the
+        first token costs the client one wake-up, not two.
+        """
+        writer, update, write, conn, stream = (
+            self.writer,
+            self.hasher.update,
+            self.write,
+            self.conn,
+            self.stream,
+        )
+        held = self.held
         try:
-            # 7a. Up to and including the first chunk that carries text,
-            # each chunk is written the moment it is read, on its own:
-            # the first token never waits for company.
-            #
-            # An engine whose output is already buffered hands over chunk
-            # after chunk without this loop ever waiting, and the event
-            # loop only runs when it waits: a client that left would go
-            # unnoticed and no other stream on the node would be served.
-            # So the loop yields every YIELD_EVERY_CHUNKS chunks and stops
-            # once the client is gone (this matters for a stream with no
-            # text, e.g. tool calls only; 7b always yields).
-            #
-            # Chunks that only announce the role (engines send one before
-            # the first token) are held and written with the next one, so
-            # that the first token costs the client one wake-up, not two.
             since_yield = 0
             while chunk is not None:
                 choices = writer.choices(chunk)
@@ -139,57 +201,60 @@ async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) 
                     since_yield = 0
                     await asyncio.sleep(0)
                     if conn.disconnected:
-                        return  # nothing was delivered: no signature
+                        raise _ClientLeft
                 chunk = await anext(stream, None)
+        finally:
+            self.held = held
+        return chunk is not None
 
-            # 7b. The rest in batches: a pump reads the engine in a task of
-            # its own, and every chunk that arrived while the previous batch
-            # was being written goes out with one ``send``, runs of text
-            # pieces merged into one chunk (``ChunkWriter.batch``). Nothing
-            # waits for a batch to fill: one ready chunk is a batch.
-            if chunk is not None:
-                pump = ChunkPump(stream, limit=BATCH_MAX_CHUNKS)
-                while True:
-                    batch, finished = await pump.take()
-                    if conn.disconnected:
-                        return  # nothing was delivered: no signature
-                    data = writer.batch(batch)
-                    if finished and pump.error is None:
-                        tail = data  # written with the usage chunk, below
-                        break
-                    if data:
-                        update(data)
-                        await write(data)
-                    if finished:
-                        assert pump.error is not None
-                        raise pump.error
-        except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
-            if isinstance(exc, BackendError):
-                log.warning("backend failed mid-stream (%s): %s", exc.code, exc.message)
-                event = error_event(exc.message, exc.code)
-            else:
-                log.error("completion failed mid-stream: %s", type(exc).__name__)
-                event = error_event("Internal server error", "internal_error")
-            # No signature for a failed completion.
-            await write(held + event + DONE, more=False)
-            return
+    async def batches(self) -> bytes:
+        """7b. The rest in batches: a pump reads the engine in a task of
+        its own, and every chunk that arrived while the previous batch was
+        being written goes out with one ``send``, runs of text pieces merged
+        into one chunk (``ChunkWriter.batch``). Nothing waits for a batch to
+        fill: one ready chunk is a batch. Returns the last batch, unwritten
+        (it goes out with the usage chunk)."""
+        self.pump = pump = ChunkPump(self.stream, limit=BATCH_MAX_CHUNKS)
+        writer, update, write, conn = self.writer, self.hasher.update, self.write, self.conn
+        while True:
+            batch, finished = await pump.take()
+            if conn.disconnected:
+                raise _ClientLeft
+            data = writer.batch(batch)
+            if finished and pump.error is None:
+                return data
+            if data:
+                update(data)
+                await write(data)
+            if finished:
+                assert pump.error is not None
+                raise pump.error
 
+    async def fail(self, exc: Exception) -> None:
+        """A failure after the first byte: an error event, then ``[DONE]``;
+        no signature for a failed completion."""
+        if isinstance(exc, BackendError):
+            log.warning("backend failed mid-stream (%s): %s", exc.code, exc.message)
+            event = error_event(exc.message, exc.code)
+        else:
+            log.error("completion failed mid-stream: %s", type(exc).__name__)
+            event = error_event("Internal server error", "internal_error")
+        await self.write(self.held + event + DONE, more=False)
+
+    async def finish(self, tail: bytes) -> None:
+        """The last batch and the usage chunk; 8. sign over everything
+        including ``[DONE]``, store, then write ``[DONE]``."""
         # ``held``: role chunks of a stream that ended before anything else.
-        data = held + tail + writer.usage_event()
+        data = self.held + tail + self.writer.usage_event()
+        update = self.hasher.update
         update(data)
-        await write(data)
+        await self.write(data)
 
-        # 8. Sign over everything including [DONE], store, then write [DONE].
+        conn = self.conn
         conn.finishing = True
         update(DONE)
-        record = None
         if not conn.disconnected:
-            record = await sign(node, prepared, writer.id, hasher.hexdigest())
+            record = await sign(self.node, self.prepared, self.writer.id, self.hasher.hexdigest())
             if conn.disconnected:  # left while we stored: the answer was not delivered
-                await forget(node, record)
-        await write(DONE, more=False)
-    finally:
-        if pump is not None:
-            await pump.aclose()  # it owns the stream now, and closes it
-        elif stream is not None:
-            await aclose(stream)
+                await forget(self.node, record)
+        await self.write(DONE, more=False)
