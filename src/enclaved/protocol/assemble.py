@@ -57,18 +57,23 @@ class ChoiceAssembler:
     def add(self, choice: Mapping[str, Any]) -> None:
         """Fold one ``choices[]`` element of a chunk in."""
         d = choice.get("delta") or {}
-        if isinstance(d.get("role"), str):
-            self.role = d["role"]
-        if d.get("content"):
-            self.content.append(d["content"])
-        for key in _REASONING:
-            text = d.get(key)
-            if text or (self._keep_empty_reasoning and isinstance(text, str)):
-                self.reasoning.append(text)
-        for call in d.get("tool_calls") or ():
-            self._merge_tool_call(call)
+        if d:
+            role = d.get("role")
+            if role is not None and isinstance(role, str):
+                self.role = role
+            text = d.get("content")
+            if text:
+                self.content.append(text)
+            for key in _REASONING:
+                text = d.get(key)
+                if text or (self._keep_empty_reasoning and isinstance(text, str)):
+                    self.reasoning.append(text)
+            calls = d.get("tool_calls")
+            if calls:
+                for call in calls:
+                    self._merge_tool_call(call)
         lp = choice.get("logprobs")
-        if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+        if lp is not None and isinstance(lp, dict) and isinstance(lp.get("content"), list):
             self.logprobs.extend(lp["content"])
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
@@ -141,7 +146,7 @@ class CompletionAssembler:
         """Fold the ``choices`` of one chunk in."""
         for c in choices:
             index = c.get("index", 0)
-            if not isinstance(index, int):
+            if type(index) is not int and not isinstance(index, int):
                 index = 0
             if self._only is not None and index != self._only:
                 continue
