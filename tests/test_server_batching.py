@@ -1,4 +1,4 @@
-"""Streaming in batches (``server/batching.py``, ``ChunkWriter.batch``).
+"""Streaming in batches (``server/chat/batching.py``, ``ChunkWriter.batch``).
 
 What a client relies on:
 
