@@ -5,7 +5,7 @@ Under E2EE the answer's text is sealed, but ``delta.role``,
 clear. The client used to check none of them: a node (or the engine behind
 it) could hand the caller any text there, beside the envelopes. Now a
 stream whose clear fields hold anything but the values of
-:mod:`enclaved._wire` raises :class:`APIError` (code ``invalid_stream``),
+:mod:`enclaved.protocol.clear_fields` raises :class:`APIError` (code ``invalid_stream``),
 and neither the event nor the value reaches the caller.
 
 The node is the in-memory :class:`FakeNode`; it signs what it sends, so it

@@ -280,7 +280,7 @@ def _sse_rewrite(change: Callable[[int, dict[str, Any]], bool]) -> Rewrite:
 
 def _flip_ciphertext_of_second_chunk(i: int, doc: dict[str, Any]) -> bool:
     # The second content chunk: the first token always travels alone, the
-    # ones after it may be merged into fewer chunks (server/batching.py).
+    # ones after it may be merged into fewer chunks (server/chat/batching.py).
     if i != 1:
         return False
     c = doc["choices"][0]["delta"]["content"]

@@ -536,7 +536,7 @@ def test_transport_seals_to_the_attested_production_key() -> None:
 
 
 def test_sse_parser_handles_any_split_and_every_line_ending() -> None:
-    from enclaved.client._sse import SSEParser
+    from enclaved.protocol.sse import SSEParser
 
     body = (
         b": keep-alive\r\n"

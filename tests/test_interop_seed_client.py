@@ -337,7 +337,7 @@ def test_seed_client_against_enclaved_with_fake_engine(node: str, tmp_path: Path
         check_clean_run(run)
         assert run.summary["decrypted"] == FAKE_ANSWER
         # The first token alone, the rest in as many chunks as arrived apart
-        # (tokens that arrive together are merged: server/batching.py).
+        # (tokens that arrive together are merged: server/chat/batching.py).
         assert 2 <= run.summary["encrypted_chunks"] <= TOKENS
         check_wire_is_ciphertext(run, PROMPT)
         check_signature(api_root, run, {})

@@ -194,7 +194,7 @@ ALLOWED_BUILTIN_RAISES = {
     ("client/sdk.py", "TypeError"),  # transport_of() on a client enclaved did not make
     ("evidence/simulated.py", "ValueError"),  # SimulatedTd fields of the wrong size
     ("server/attestation.py", "ValueError"),  # an internal invariant (20-byte address, 32-byte nonce)
-    ("server/batching.py", "ValueError"),  # a ChunkPump limit below 1
+    ("server/chat/batching.py", "ValueError"),  # a ChunkPump limit below 1
     ("crypto/reserve.py", "ValueError"),  # a Reserve of negative size
     # EngineHttp: a base URL that is not http(s), a header with CR/LF (the
     # configuration checks both first: ConfigError)

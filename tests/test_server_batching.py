@@ -1,4 +1,4 @@
-"""Streaming in batches (``server/batching.py``, ``ChunkWriter.batch``).
+"""Streaming in batches (``server/chat/batching.py``, ``ChunkWriter.batch``).
 
 What a client relies on:
 
@@ -34,8 +34,8 @@ from server_fakes import E2EE_MODEL, TEE_MODEL, FakeBackend, SeedClient, fake_no
 from enclaved.crypto import KeyPair, Opener, Sealer, eip191_recover_address
 from enclaved.server.backends.base import BackendError, ChatRequest
 from enclaved.server.backends.upstream import SSEDecoder, UpstreamBackend
-from enclaved.server.batching import ChunkPump, StreamInterrupted, text_piece
-from enclaved.server.completions import ChunkWriter
+from enclaved.server.chat.batching import ChunkPump, StreamInterrupted, text_piece
+from enclaved.server.chat.rewrite import ChunkWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")
 

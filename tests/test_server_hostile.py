@@ -22,8 +22,9 @@ import pytest
 from server_fakes import E2EE_MODEL, TEE_MODEL, FakeBackend, SeedClient, fake_node, sse_events
 
 from enclaved.server import app as app_module
-from enclaved.server import completions
 from enclaved.server.backends.base import BackendError, ChatRequest
+from enclaved.server.chat import route as chat_route
+from enclaved.server.chat import sign as chat_sign
 
 # The node verifies its own simulated evidence under the development policy, which warns by design.
 pytestmark = pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")
@@ -192,7 +193,7 @@ def test_an_unexpected_failure_on_the_chat_route_is_a_500_logged_by_type_only(
     async def broken(self: Any, prepared: Any, send: Any, conn: Any) -> None:
         raise RuntimeError("the secret prompt text")
 
-    monkeypatch.setattr(completions.ChatCompletions, "_stream", broken)
+    monkeypatch.setattr(chat_route.ChatCompletions, "_stream", broken)
     caplog.set_level(logging.INFO)
     with fake_node(tmp_path) as n:
         body = {"model": TEE_MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]}
@@ -234,7 +235,7 @@ def test_a_hanging_store_costs_the_signature_not_the_answer(
 ) -> None:
     """The signature is stored before ``[DONE]`` (and before a non-streamed
     body): a store that never answered held every answer back for ever."""
-    monkeypatch.setattr(completions, "STORE_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(chat_sign, "STORE_TIMEOUT_SECONDS", 0.3)
     monkeypatch.setattr(app_module, "STORE_TIMEOUT_SECONDS", 0.3)
     store = HangingStore()
     with fake_node(tmp_path, store=store) as n:

@@ -221,7 +221,7 @@ def test_one_ephemeral_key_per_response_by_default(node: NodeHandle) -> None:
         if c["delta"].get("content")
     ]
     # The first token goes out alone; the pieces that arrive together after it
-    # may be merged into one envelope (server/batching.py).
+    # may be merged into one envelope (server/chat/batching.py).
     assert len(envs) >= 2
     assert "".join(client.decrypt(e) for e in envs) == "".join(node.backend.pieces)
     assert len({e[:130] for e in envs}) == 1  # one ephemeral public key

@@ -45,20 +45,22 @@ import httpx
 from ..crypto import KeyPair, Opener, Sealer, sha256_hex
 from ..crypto.reserve import Reserve
 from ..errors import ConfigError
+from ..protocol import routes
+from ..protocol.errors import CODE_STALE_KEY
+from ..protocol.headers import ALGO, CLIENT_KEY, E2EE_HEADERS, ECDSA, MODEL_KEY
 from ._attest import AttestedNode, attestation_query, signature_query
 from ._stream import ResponseDecoder
 
-E2EE_PREFIX = "e2ee-"
-TEE_PREFIX = "tee-"
-CHAT_PATH = "/chat/completions"
+E2EE_PREFIX = routes.E2EE_MODEL_PREFIX
+TEE_PREFIX = routes.TEE_MODEL_PREFIX
+CHAT_PATH = routes.CHAT
 
-HEADER_CLIENT_KEY = "X-Venice-TEE-Client-Pub-Key"
-HEADER_MODEL_KEY = "X-Venice-TEE-Model-Pub-Key"
-HEADER_ALGO = "X-Venice-TEE-Signing-Algo"
-E2EE_HEADERS = (HEADER_CLIENT_KEY, HEADER_MODEL_KEY, HEADER_ALGO)
+HEADER_CLIENT_KEY = CLIENT_KEY
+HEADER_MODEL_KEY = MODEL_KEY
+HEADER_ALGO = ALGO
 
 #: The error code some servers use instead of HTTP 421 for a stale model key.
-STALE_CODE = "e2ee_attestation_stale"
+STALE_CODE = CODE_STALE_KEY
 
 #: ``developer`` is OpenAI's newer name for ``system``; enclaved servers decrypt
 #: it too. Sealing it is the fail-closed choice for a server that does not.
@@ -89,14 +91,14 @@ class ChatPlan:
 
     def attestation_request(self, nonce: bytes) -> httpx.Request:
         url = self.base_url.copy_with(
-            path=self.base_url.path + "/tee/attestation",
+            path=self.base_url.path + routes.ATTESTATION,
             query=attestation_query(self.model, nonce).encode(),
         )
         return httpx.Request("GET", url, headers=_side_headers(self.original), extensions=_ext(self.original))
 
     def signature_request(self, request_id: str) -> httpx.Request:
         url = self.base_url.copy_with(
-            path=self.base_url.path + "/tee/signature",
+            path=self.base_url.path + routes.SIGNATURE,
             query=signature_query(self.model, request_id).encode(),
         )
         return httpx.Request("GET", url, headers=_side_headers(self.original), extensions=_ext(self.original))
@@ -236,7 +238,7 @@ class Exchange:
             # 4. The headers, all three.
             headers[HEADER_CLIENT_KEY] = self._keypair.public_key_hex
             headers[HEADER_MODEL_KEY] = node.signing_key_text
-            headers[HEADER_ALGO] = "ecdsa"
+            headers[HEADER_ALGO] = ECDSA
             opener: Opener | None = Opener(self._keypair)
         else:
             content = plan.original.read()  # a TEE request goes out byte for byte

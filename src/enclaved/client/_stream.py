@@ -5,7 +5,7 @@ came off the network and returns, event by event, what the caller may see:
 
 1. every byte is hashed as received (the response signature covers these
    bytes, ciphertext included);
-2. the bytes are split into SSE events (:mod:`._sse`);
+2. the bytes are split into SSE events (:mod:`enclaved.protocol.sse`);
 3. an ``error`` event raises :class:`~enclaved.errors.APIError`;
 4. with E2EE, every non-empty ``delta.content`` / ``delta.reasoning_content``
    (/ ``delta.reasoning``) must be an envelope to the session key and is
@@ -14,7 +14,7 @@ came off the network and returns, event by event, what the caller may see:
    raises :class:`~enclaved.errors.DecryptionError` ("failed to decrypt")
    before that event reaches the caller; and the fields that stay in the
    clear (``delta.role``, ``choices[].index``, ``finish_reason``, an error's
-   ``type``) must hold the values :mod:`enclaved._wire` allows, else
+   ``type``) must hold the values :mod:`enclaved.protocol.clear_fields` allows, else
    :class:`~enclaved.errors.APIError` (code ``invalid_stream``);
 5. ``data: [DONE]`` is *not* passed on: the transport emits it only after
    the response signature has been checked, so a caller that sees
@@ -32,15 +32,17 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from .._wire import ERROR_TYPES, choice_problem
 from ..crypto import Opener, looks_like_envelope
 from ..errors import APIError, DecryptionError, NetworkError
-from ._sse import SSEEvent, SSEParser
+from ..protocol.assemble import CompletionAssembler
+from ..protocol.clear_fields import choice_problem
+from ..protocol.errors import ERROR_TYPES
+from ..protocol.sse import DONE, SSEEvent, SSEParser, event_lines
 
 #: The delta fields that carry model text, and so must be encrypted under E2EE.
 TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
 #: The terminator the transport emits once the answer is verified.
-DONE_EVENT = b"data: [DONE]\n\n"
+DONE_EVENT = DONE
 
 
 def _empty(value: Any) -> bool:
@@ -65,7 +67,7 @@ class ResponseDecoder:
         self._finished = False
         #: The completion id (``id`` of the chunks): the signature's ``request_id``.
         self.completion_id: str | None = None
-        self._assembler = _Assembler() if assemble else None
+        self._assembler = CompletionAssembler(keep_empty_reasoning=True) if assemble else None
 
     # -- feeding --------------------------------------------------------------
 
@@ -143,7 +145,7 @@ class ResponseDecoder:
             data = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
         else:
             data = event.data  # untouched: nothing was decrypted
-        return b"".join(b"data: " + line.encode("utf-8") + b"\n" for line in data.split("\n")) + b"\n"
+        return event_lines(data)
 
     def _open(self, envelope: str) -> str:
         """Decrypt one field; on failure raise a DecryptionError that holds no key.
@@ -171,7 +173,7 @@ class ResponseDecoder:
         for choice in choices:
             if not isinstance(choice, dict):
                 raise DecryptionError()
-            # The fields that stay in the clear may hold only what _wire
+            # The fields that stay in the clear may hold only what clear_fields
             # allows: a role, index or finish reason that carries other text
             # is a channel around the encryption, and is refused.
             problem = choice_problem(choice)
@@ -204,7 +206,7 @@ class ResponseDecoder:
 
 
 def _malformed(field: str) -> APIError:
-    """A chunk whose clear-text ``field`` breaks :mod:`enclaved._wire` (never shows its value)."""
+    """A chunk whose clear-text ``field`` breaks :mod:`enclaved.protocol.clear_fields` (never shows its value)."""
     return APIError(
         f"the server sent a malformed chunk ({field})", status=200, code="invalid_stream"
     )
@@ -228,69 +230,6 @@ def _stream_error(chunk: dict[str, Any], *, e2ee: bool = False) -> APIError:
         )
     text = err if isinstance(err, str) else "the server reported an error"
     return APIError(text, status=200, body=chunk)
-
-
-class _Assembler:
-    """Builds one ``chat.completion`` from its chunks."""
-
-    def __init__(self) -> None:
-        self.head: dict[str, Any] = {}
-        self.usage: Any = None
-        self.choices: dict[int, dict[str, Any]] = {}
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        for key in ("id", "created", "model", "system_fingerprint"):
-            if key not in self.head and chunk.get(key) is not None:
-                self.head[key] = chunk[key]
-        if chunk.get("usage") is not None:
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            index = choice.get("index", 0)
-            slot = self.choices.setdefault(
-                index if isinstance(index, int) else 0,
-                {"role": None, "content": [], "reasoning": [], "finish_reason": None},
-            )
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("role"), str):
-                slot["role"] = delta["role"]
-            if isinstance(delta.get("content"), str):
-                slot["content"].append(delta["content"])
-            for key in ("reasoning_content", "reasoning"):
-                if isinstance(delta.get(key), str):
-                    slot["reasoning"].append(delta[key])
-            if choice.get("finish_reason") is not None:
-                slot["finish_reason"] = choice["finish_reason"]
-
-    def document(self) -> dict[str, Any]:
-        choices = []
-        for index in sorted(self.choices):
-            slot = self.choices[index]
-            message: dict[str, Any] = {
-                "role": slot["role"] or "assistant",
-                "content": "".join(slot["content"]),
-            }
-            if slot["reasoning"]:
-                message["reasoning_content"] = "".join(slot["reasoning"])
-            choices.append(
-                {
-                    "index": index,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": slot["finish_reason"] or "stop",
-                }
-            )
-        doc: dict[str, Any] = {
-            "id": self.head.get("id", ""),
-            "object": "chat.completion",
-            "created": self.head.get("created", 0),
-            "model": self.head.get("model", ""),
-            "choices": choices,
-        }
-        if "system_fingerprint" in self.head:
-            doc["system_fingerprint"] = self.head["system_fingerprint"]
-        if self.usage is not None:
-            doc["usage"] = self.usage
-        return doc
 
 
 __all__ = ["DONE_EVENT", "TEXT_FIELDS", "ResponseDecoder"]

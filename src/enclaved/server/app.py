@@ -52,10 +52,12 @@ from .. import __version__
 from ..crypto import KeyPair
 from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
+from ..protocol import routes
+from ..protocol.headers import TEE_RESPONSE_HEADERS
 from .attestation import VerifyFn, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
-from .completions import STORE_TIMEOUT_SECONDS, ChatCompletions, send_error
+from .chat import STORE_TIMEOUT_SECONDS, ChatCompletions, send_error
 from .config import ModelConfig, ServerConfig
 from .errors import (
     NOT_FOUND,
@@ -73,8 +75,8 @@ from .store.base import SignatureStore
 log = logging.getLogger("enclaved.server")
 access_log = logging.getLogger("enclaved.access")
 
-PREFIXES = ("/api/v1", "/v1")
-TEE_HEADERS = {"X-Venice-TEE": "true", "X-Venice-TEE-Provider": "enclaved"}
+PREFIXES = routes.API_PREFIXES
+TEE_HEADERS = TEE_RESPONSE_HEADERS
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 #: Characters the access log shows as they are; the rest are percent-encoded.
 _PATH_SAFE = "/-._~:@!$&'()*+,;="
@@ -221,14 +223,14 @@ def create_app(
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__, "tee": config.tee})
 
-    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    table: list[BaseRoute] = [Route(routes.HEALTH, health, methods=["GET"])]
     for prefix in PREFIXES:
-        routes += [
-            Route(f"{prefix}/models", list_models, methods=["GET"]),
-            Route(f"{prefix}/models/{{model_id:path}}", get_model, methods=["GET"]),
-            Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
-            Route(f"{prefix}/tee/attestation", attestation, methods=["GET"]),
-            Route(f"{prefix}/tee/signature", signature, methods=["GET"]),
+        table += [
+            Route(prefix + routes.MODELS, list_models, methods=["GET"]),
+            Route(prefix + routes.MODELS + "/{model_id:path}", get_model, methods=["GET"]),
+            Route(prefix + routes.CHAT, chat, methods=["POST"]),
+            Route(prefix + routes.ATTESTATION, attestation, methods=["GET"]),
+            Route(prefix + routes.SIGNATURE, signature, methods=["GET"]),
         ]
 
     # -- errors ------------------------------------------------------------------
@@ -273,8 +275,8 @@ def create_app(
                     await thing.close()
 
     app = EnclavedApp(
-        direct={("POST", f"{prefix}/chat/completions"): chat for prefix in PREFIXES},
-        routes=routes,
+        direct={("POST", prefix + routes.CHAT): chat for prefix in PREFIXES},
+        routes=table,
         exception_handlers={
             HTTPError: on_http_error,
             StarletteHTTPException: on_starlette_error,

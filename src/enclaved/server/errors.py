@@ -21,11 +21,20 @@ import orjson
 
 from ..errors import Error
 
-# ``type`` values (OpenAI's vocabulary).
-INVALID_REQUEST = "invalid_request_error"
-AUTHENTICATION = "authentication_error"
-NOT_FOUND = "not_found_error"
-SERVER_ERROR = "server_error"
+# ``type`` values (OpenAI's vocabulary): the protocol's, re-exported for route code.
+from ..protocol.errors import AUTHENTICATION, INVALID_REQUEST, NOT_FOUND, SERVER_ERROR
+
+__all__ = [
+    "AUTHENTICATION",
+    "INVALID_REQUEST",
+    "NOT_FOUND",
+    "SERVER_ERROR",
+    "HTTPError",
+    "internal_error",
+    "invalid_parameter",
+    "missing_parameter",
+    "model_not_found",
+]
 
 
 class HTTPError(Error):

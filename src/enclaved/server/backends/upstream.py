@@ -20,7 +20,7 @@ What is checked:
 What is NOT checked here: the shape of each chunk beyond "a JSON object"
 (the server layer reads ``choices`` / ``usage``, rewrites ids and model
 names, and refuses a role, index or finish reason outside
-:mod:`enclaved._wire`), or that the engine honoured the sampling parameters.
+:mod:`enclaved.protocol.clear_fields`), or that the engine honoured the sampling parameters.
 
 Error messages never contain prompt or completion content, nor the body of
 an upstream error (engines sometimes echo the input there).
@@ -44,7 +44,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import INVALID_REQUEST, SERVER_ERROR
+from ...protocol import routes
+from ...protocol.errors import INVALID_REQUEST, SERVER_ERROR
+from ...protocol.sse import DONE_DATA as _DONE
+from ...protocol.sse import SSEDecoder
 from .base import BackendError, ChatRequest
 from .engine_http import EngineHttp, Timeouts
 
@@ -63,87 +66,6 @@ REST_MAX_BYTES = 64 * 1024
 
 #: The engine's model list, at most.
 MODELS_MAX_BYTES = 4 * 1024 * 1024
-
-_DONE = b"[DONE]"
-_CR = 0x0D
-
-
-class SSEDecoder:
-    """Incremental Server-Sent Events decoder, bytes in, event data out.
-
-    Follows the event-stream grammar of the HTML standard as far as this
-    client needs it: lines end with CRLF, LF or CR; a line starting with
-    ``:`` is a comment (keep-alive); ``data:`` lines accumulate, joined by
-    ``\\n``; an empty line dispatches the event. The ``event``, ``id`` and
-    ``retry`` fields are not used by OpenAI-compatible engines; the event
-    type is returned with the data so that ``event: error`` can be detected.
-    """
-
-    __slots__ = ("_data", "_event", "_pending")
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self._data: list[bytes] = []
-        self._event = b""
-
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        """Consume ``chunk``; return the ``(event type, data)`` of every event it completes."""
-        if (
-            # The common case, one whole ``data: ...`` event per network chunk
-            # (vLLM, SGLang, llama.cpp), taken without splitting lines: what
-            # the general path below would return for it, in a third of the time.
-            not self._pending
-            and not self._data
-            and not self._event
-            and chunk.startswith(b"data: ")
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk.endswith(b"\n\n")
-            and b"\r" not in chunk
-        ):
-            return [("", chunk[6:-2])]
-        buf = self._pending + chunk if self._pending else chunk
-        # The last complete line ends at the last CR or LF - except a CR at
-        # the very end, which may be the first half of a CRLF split across
-        # two network reads: keep that line until the next byte is known.
-        end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
-        cut = max(buf.rfind(b"\n", 0, end), buf.rfind(b"\r", 0, end))
-        if cut < 0:
-            self._pending = buf
-            return []
-        self._pending = buf[cut + 1 :]
-        return self._lines(buf[: cut + 1].splitlines())
-
-    def flush(self) -> list[tuple[str, bytes]]:
-        """End of stream: a final line without terminator still counts, but an
-        event not closed by an empty line is discarded (as the standard says)."""
-        lines = self._pending.splitlines()
-        self._pending = b""
-        events = self._lines(lines)
-        self._data = []
-        self._event = b""
-        return events
-
-    def _lines(self, lines: list[bytes]) -> list[tuple[str, bytes]]:
-        events: list[tuple[str, bytes]] = []
-        for line in lines:
-            if not line:
-                if self._data:
-                    data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                    events.append((self._event.decode("utf-8", "replace"), data))
-                self._data = []
-                self._event = b""
-                continue
-            if line[0] == 0x3A:  # ":" comment / keep-alive
-                continue
-            name, colon, value = line.partition(b":")
-            if colon and value[:1] == b" ":
-                value = value[1:]
-            if name == b"data":
-                self._data.append(value)
-            elif name == b"event":
-                self._event = value
-            # id, retry and unknown fields: ignored
-        return events
 
 
 def _status_error(status: int) -> BackendError:
@@ -202,11 +124,11 @@ class UpstreamBackend:
         self._started = False
         # The header blocks never change: built once.
         self._models_head = self._http.head(
-            "GET", "/models", {**common, "Accept": "application/json"}
+            "GET", routes.MODELS, {**common, "Accept": "application/json"}
         )
         self._post_head = self._http.head(
             "POST",
-            "/chat/completions",
+            routes.CHAT,
             {
                 **common,
                 # Compressing an event stream token by token only adds latency.
@@ -334,7 +256,7 @@ def _parse_event(event: str, data: bytes) -> dict[str, Any]:
 #: Engine error types that mean "the request was refused" (OpenAI's name;
 #: vLLM's and SGLang's exception class names). Every other type, and none,
 #: means the engine failed.
-_REQUEST_ERROR_TYPES = frozenset({"invalid_request_error", "BadRequestError", "BadRequest"})
+_REQUEST_ERROR_TYPES = frozenset({INVALID_REQUEST, "BadRequestError", "BadRequest"})
 
 
 def _engine_error(err: object) -> BackendError:

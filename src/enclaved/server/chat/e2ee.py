@@ -36,30 +36,26 @@ from typing import Any
 
 from coincurve import PublicKey
 
-from ..crypto import KeyPair, Opener, Sealer
-from ..crypto._primitives import parse_public_key
-from ..errors import DecryptionError, InvalidKeyError
-from .errors import HTTPError
-
-CLIENT_KEY_HEADER = "X-Venice-TEE-Client-Pub-Key"
-MODEL_KEY_HEADER = "X-Venice-TEE-Model-Pub-Key"
-ALGO_HEADER = "X-Venice-TEE-Signing-Algo"
-_HEADERS = (CLIENT_KEY_HEADER.lower(), MODEL_KEY_HEADER.lower(), ALGO_HEADER.lower())
-
-# The messages of PROTOCOL.md's error table, verbatim.
-MSG_HEADERS_TOGETHER = (
-    "Invalid E2EE headers: X-Venice-TEE-Client-Pub-Key, X-Venice-TEE-Model-Pub-Key "
-    "and X-Venice-TEE-Signing-Algo must be sent together"
+from ...crypto import KeyPair, Opener, Sealer
+from ...crypto._primitives import parse_public_key
+from ...errors import DecryptionError, InvalidKeyError
+from ...protocol.errors import (
+    CODE_STALE_KEY,
+    MSG_BAD_ALGO,
+    MSG_BAD_PUBLIC_KEY,
+    MSG_DECRYPT_FAILED,
+    MSG_HEADERS_TOGETHER,
+    MSG_NOT_HEX,
+    MSG_NOT_UTF8,
+    MSG_STALE_KEY,
 )
-MSG_BAD_ALGO = "Invalid X-Venice-TEE-Signing-Algo: must be 'ecdsa'"
-MSG_BAD_PUBLIC_KEY = "Invalid public key"
-MSG_STALE_KEY = (
-    "The encryption key is no longer valid. Please refresh your attestation report and retry."
-)
-MSG_STREAMING_REQUIRED = "E2EE requires streaming"
-MSG_NOT_HEX = "Encrypted field is not valid hex"
-MSG_DECRYPT_FAILED = "Failed to decrypt field"
-MSG_NOT_UTF8 = "Decrypted content is not valid UTF-8"
+from ...protocol.headers import ALGO as ALGO_HEADER
+from ...protocol.headers import CLIENT_KEY as CLIENT_KEY_HEADER
+from ...protocol.headers import E2EE_HEADERS, ECDSA
+from ...protocol.headers import MODEL_KEY as MODEL_KEY_HEADER
+from ..errors import HTTPError
+
+_HEADERS = tuple(h.lower() for h in E2EE_HEADERS)
 
 _CLIENT_KEY = re.compile(r"04[0-9a-fA-F]{128}")
 
@@ -117,7 +113,7 @@ def parse_headers(headers: Mapping[str, str]) -> E2EEHeaders | None:
         raise _error(400, MSG_HEADERS_TOGETHER, "e2ee_invalid_headers")
     assert client is not None and model is not None and algo is not None
     # 1b. Only ECDSA (secp256k1) exists in this protocol; case is not significant.
-    if algo.strip().lower() != "ecdsa":
+    if algo.strip().lower() != ECDSA:
         raise _error(400, MSG_BAD_ALGO, "e2ee_invalid_signing_algo", ALGO_HEADER)
     # 1c. Exactly the 130-hex uncompressed form the seed document prescribes, on the curve.
     client = client.strip()
@@ -148,7 +144,7 @@ def check_model_key(e2ee: E2EEHeaders, node_key: KeyPair) -> None:
     """
     sent = _normalize_model_key(e2ee.model_public_key).encode()
     if not hmac.compare_digest(sent, node_key.public_key_hex.encode()):
-        raise _error(421, MSG_STALE_KEY, "e2ee_attestation_stale", MODEL_KEY_HEADER)
+        raise _error(421, MSG_STALE_KEY, CODE_STALE_KEY, MODEL_KEY_HEADER)
 
 
 def _unsupported(feature: str, param: str) -> HTTPError:

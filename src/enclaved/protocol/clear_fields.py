@@ -5,7 +5,7 @@ in the clear (PROTOCOL.md, "E2EE"): ``delta.role``, ``choices[].index``,
 ``finish_reason``, and the ``type`` of an error event. An engine that could
 put its own text there would have a channel around the encryption - to the
 wire, to a man in the middle, to the node's log. So the node relays only
-these values (``server/completions.py``, ``server/backends/upstream.py``),
+these values (``server/chat/rewrite.py``, ``server/backends/upstream.py``),
 and the client refuses a stream that carries anything else
 (``client/_stream.py``). One rule, both sides:
 
@@ -14,7 +14,7 @@ and the client refuses a stream that carries anything else
   :data:`MAX_CHOICE_INDEX` (enclaved serves ``n=1``, so in practice 0);
 - ``finish_reason``: one of OpenAI's :data:`FINISH_REASONS`, or ``null``;
 - an error's ``type``: one of the documented :data:`ERROR_TYPES`
-  (``docs/errors.md``); mid-stream it is always ``server_error``.
+  (``docs/errors.md``, :mod:`.errors`); mid-stream it is always ``server_error``.
 
 The checks say which field is wrong, never the value (it is text that
 should not have been there).
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from .errors import ERROR_TYPES
 
 __all__ = [
     "ASSISTANT",
@@ -40,10 +42,6 @@ FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "f
 #: The largest ``choices[].index`` accepted: a small bound, so that the index
 #: can carry a few bits at most, never a message.
 MAX_CHOICE_INDEX = 15
-#: The error types of docs/errors.md.
-ERROR_TYPES = frozenset(
-    {"invalid_request_error", "authentication_error", "not_found_error", "server_error"}
-)
 
 
 def valid_index(value: Any) -> bool:

@@ -15,7 +15,7 @@ anything that has not arrived:
   for choice 0 (no role, finish reason, usage, logprobs or tool calls), the
   only kind of chunk that may be merged with its neighbours: consecutive
   pieces of the same kind concatenate to the same text, which is all a
-  client makes of them. The server layer (``completions.ChunkWriter``) does
+  client makes of them. The server layer (``chat.rewrite.ChunkWriter``) does
   the merging, so that it is the same for every backend.
 
 Not here: the first token. The server writes everything up to and including
@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import Error
+from ...errors import Error
 
 __all__ = ["TEXT_FIELDS", "ChunkPump", "StreamInterrupted", "text_piece"]
 

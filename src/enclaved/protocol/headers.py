@@ -1,0 +1,41 @@
+"""The HTTP headers of the protocol (PROTOCOL.md, "E2EE" and the end of it).
+
+Request headers of E2EE, all three or none; and the response headers every
+answer about a TEE model carries. HTTP header names are case-insensitive:
+these are the spellings PROTOCOL.md uses.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ALGO",
+    "CLIENT_KEY",
+    "E2EE_HEADERS",
+    "ECDSA",
+    "MODEL_KEY",
+    "PROVIDER",
+    "TEE",
+    "TEE_PROVIDER",
+    "TEE_RESPONSE_HEADERS",
+    "TEE_RESPONSE_HEADERS_RAW",
+]
+
+#: The client's session public key, uncompressed hex, 130 characters ``04...``.
+CLIENT_KEY = "X-Venice-TEE-Client-Pub-Key"
+#: The ``signing_key`` of the attestation the client pinned.
+MODEL_KEY = "X-Venice-TEE-Model-Pub-Key"
+#: The algorithm: only :data:`ECDSA` exists in this protocol.
+ALGO = "X-Venice-TEE-Signing-Algo"
+E2EE_HEADERS = (CLIENT_KEY, MODEL_KEY, ALGO)
+ECDSA = "ecdsa"
+
+#: Response headers on TEE models.
+TEE = "X-Venice-TEE"
+TEE_PROVIDER = "X-Venice-TEE-Provider"
+#: Who runs the TEE stack: this node.
+PROVIDER = "enclaved"
+TEE_RESPONSE_HEADERS = {TEE: "true", TEE_PROVIDER: PROVIDER}
+#: The same, as ASGI header pairs (lowercase bytes), for the raw chat route.
+TEE_RESPONSE_HEADERS_RAW = [
+    (name.lower().encode(), value.encode()) for name, value in TEE_RESPONSE_HEADERS.items()
+]

@@ -1,0 +1,33 @@
+"""Route paths and model-id prefixes (PROTOCOL.md, "Routes").
+
+Every route lives under ``/api/v1`` (the documented prefix) and is
+mirrored under ``/v1``, so that an OpenAI SDK pointed at ``.../v1`` works.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "API_PREFIXES",
+    "ATTESTATION",
+    "CHAT",
+    "E2EE_MODEL_PREFIX",
+    "HEALTH",
+    "MODELS",
+    "SIGNATURE",
+    "TEE_MODEL_PREFIX",
+]
+
+API_PREFIXES = ("/api/v1", "/v1")
+
+#: Under a prefix.
+MODELS = "/models"
+CHAT = "/chat/completions"
+ATTESTATION = "/tee/attestation"
+SIGNATURE = "/tee/signature"
+#: At the top level only.
+HEALTH = "/health"
+
+#: Models that accept E2EE (and plain TEE use without its headers).
+E2EE_MODEL_PREFIX = "e2ee-"
+#: Models that run in the TEE without client-side encryption.
+TEE_MODEL_PREFIX = "tee-"

@@ -1,0 +1,71 @@
+"""Steps 6-8 for a non-streamed answer.
+
+The engine's chunks are rewritten as for a stream (never sealed: E2EE
+requires streaming), folded into one ``chat.completion`` document, signed
+and sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from ...protocol.assemble import CompletionAssembler
+from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW as TEE_HEADERS
+from ..backends.base import BackendError
+from ..errors import internal_error
+from ..node import Node
+from ..signing import ResponseHasher
+from .asgi import Connection, Send, send_error, send_json
+from .engine import aclose, backend_http_error
+from .rewrite import ChunkWriter, new_completion_id
+from .sign import forget, sign
+from .validate import Prepared
+
+__all__ = ["respond"]
+
+log = logging.getLogger("enclaved.server")
+
+
+async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) -> None:
+    """Steps 6-8 for a non-streamed answer: collect, sign, send."""
+    writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), None)
+    stream: AsyncIterator[dict[str, Any]] | None = None
+    collector = CompletionAssembler(only_index=0)
+    try:
+        stream = prepared.backend.stream(prepared.request)
+        async for chunk in stream:
+            collector.add_choices(writer.choices(chunk))
+    except BackendError as exc:
+        log.warning("backend failed (%s): %s", exc.code, exc.message)
+        await send_error(send, backend_http_error(exc), TEE_HEADERS)
+        return
+    except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
+        log.error("completion failed: %s", type(exc).__name__)
+        await send_error(send, internal_error(), TEE_HEADERS)
+        return
+    finally:
+        if stream is not None:
+            await aclose(stream)
+
+    body = orjson.dumps(
+        {
+            "id": writer.id,
+            "object": "chat.completion",
+            "created": writer.created,
+            "model": writer.model,
+            "choices": [collector.choice(0)],
+            "usage": writer.final_usage(),
+        }
+    )
+    conn.finishing = True
+    if not conn.disconnected:
+        hasher = ResponseHasher()
+        hasher.update(body)
+        record = await sign(node, prepared, writer.id, hasher.hexdigest())
+        if conn.disconnected:
+            await forget(node, record)
+    await send_json(send, 200, body, TEE_HEADERS)

@@ -1,0 +1,90 @@
+"""``POST /chat/completions``: the route, a composition of the pipeline's steps.
+
+1. API key (when configured).
+2. The body, at most ``max_request_bytes`` (413 above it), within
+   ``request_body_timeout_seconds`` (408 after, connection closed): these
+   exact bytes are what the signature's request hash covers.
+3-5. :func:`.validate.prepare` (inline, or on a worker thread for a body
+   over ``PREPARE_INLINE_BYTES``).
+6-8. :func:`.stream.respond` or :func:`.complete.respond`, in this task,
+   cancelled by a watcher when the client leaves mid-generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.datastructures import Headers
+
+from ..errors import HTTPError
+from ..node import Node
+from . import complete, stream
+from .asgi import Connection, Receive, Scope, Send, read_body, send_error
+from .validate import PREPARE_INLINE_BYTES, Prepared, prepare
+
+__all__ = ["ChatCompletions"]
+
+
+class ChatCompletions:
+    """The ASGI endpoint. One instance per node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        try:
+            # 1. Authenticate before reading anything else.
+            self.node.api_keys.check(headers.get("authorization"))
+            # 2. The body, exactly as received, in bounded time: a client that
+            # trickles its body must not hold a connection and a task forever.
+            deadline = self.node.config.request_body_timeout_seconds
+            try:
+                async with asyncio.timeout(deadline):
+                    body = await read_body(receive, self.node.config.max_request_bytes)
+            except TimeoutError:
+                raise HTTPError(
+                    408,
+                    f"Request body not received within {deadline} seconds",
+                    code="request_timeout",
+                    headers={"Connection": "close"},
+                ) from None
+            if body is None:
+                return
+            if len(body) <= PREPARE_INLINE_BYTES:
+                prepared = prepare(self.node, headers, body)
+            else:
+                # Each envelope costs an ECDH (~0.1 ms): a large request
+                # would freeze every other stream of the node while it is
+                # parsed and decrypted. ``prepare`` is pure, so a worker
+                # thread may run it.
+                prepared = await asyncio.to_thread(prepare, self.node, headers, body)
+        except HTTPError as exc:
+            await send_error(send, exc)
+            return
+
+        # The completion runs in this task (a task of its own would cost the
+        # first token a turn of the event loop); a watcher task cancels it
+        # when the client leaves mid-generation, which stops the engine now.
+        task = asyncio.current_task()
+        assert task is not None
+        conn = Connection(receive, task)
+        run = self._stream if prepared.stream else self._complete
+        watcher = asyncio.ensure_future(conn.watch())
+        try:
+            await run(prepared, send, conn)
+        except asyncio.CancelledError:
+            if not conn.cancelled or task.cancelling() > 1:
+                raise  # cancelled from outside (server shutdown)
+        finally:
+            watcher.cancel()
+            if conn.cancelled:
+                task.uncancel()  # the watcher's request, handled
+
+    # -- the answer -------------------------------------------------------------------
+
+    async def _stream(self, prepared: Prepared, send: Send, conn: Connection) -> None:
+        await stream.respond(self.node, prepared, send, conn)
+
+    async def _complete(self, prepared: Prepared, send: Send, conn: Connection) -> None:
+        await complete.respond(self.node, prepared, send, conn)

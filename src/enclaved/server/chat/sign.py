@@ -1,0 +1,51 @@
+"""Step 8: the signature of the exact bytes, stored before ``[DONE]``.
+
+:func:`sign` signs ``sha256(request body) : sha256(response bytes)`` with the
+node key and stores the record, bounded in time: a store that never answers
+costs the signature, never the answer. :func:`forget` withdraws it when the
+client left while it was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ..node import Node
+from ..signing import SignatureRecord
+from .validate import Prepared
+
+__all__ = ["STORE_TIMEOUT_SECONDS", "forget", "sign"]
+
+log = logging.getLogger("enclaved.server")
+
+#: How long a signature store may take to store or delete one record.
+STORE_TIMEOUT_SECONDS = 5.0
+
+
+async def sign(
+    node: Node, prepared: Prepared, completion_id: str, response_sha256: str
+) -> SignatureRecord | None:
+    """Step 8: sign and store. A store failure costs the signature, not the answer."""
+    record = node.signer.sign(
+        request_id=completion_id,
+        model=prepared.model.id,
+        request_body=prepared.body,
+        response_sha256=response_sha256,
+    )
+    try:
+        # Bounded: [DONE] waits for this, and a store that never answers
+        # (a black-holed Redis) must not hold every answer back.
+        await asyncio.wait_for(node.store.put(record), STORE_TIMEOUT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
+        log.error("signature store failed for %s: %s", completion_id, type(exc).__name__)
+        return None
+    return record
+
+
+async def forget(node: Node, record: SignatureRecord | None) -> None:
+    """Withdraw a stored signature: the answer was not delivered after all."""
+    if record is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(node.store.delete(record.request_id), STORE_TIMEOUT_SECONDS)
