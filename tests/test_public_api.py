@@ -201,7 +201,7 @@ ALLOWED_BUILTIN_RAISES = {
     ("server/backends/engine_http.py", "ValueError"),
     # Internal invariants: a bug in enclaved itself if ever raised.
     ("client/_stream.py", "RuntimeError"),
-    ("client/transport.py", "AssertionError"),
+    ("client/_core.py", "AssertionError"),
     # Python protocols.
     ("__init__.py", "AttributeError"),  # module __getattr__
     ("server/store/__init__.py", "AttributeError"),  # module __getattr__
