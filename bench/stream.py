@@ -642,6 +642,39 @@ def _cell(parts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
 
 
 def main() -> None:
+    args, conc, modes = _arguments()
+    tmp = tempfile.TemporaryDirectory(prefix="enclaved-bench-")
+    procs: list[Proc] = []
+    load = Load(args.client_procs)
+    results: dict[str, Any] = {}
+    idle_ttft: dict[str, dict[str, float]] = {}
+    engine_hop: dict[str, dict[str, float]] = {}
+    setup: dict[str, Any] = {}
+    try:
+        upstream, upstream_url, targets = _start_servers(args, Path(tmp.name), procs)
+        setup = _attest_targets(targets, modes)
+        base_spec = {
+            "tokens": args.tokens,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "client": args.client,
+        }
+        plan = _plan(targets, modes, upstream_url)
+        idle_ttft, engine_hop = _measure_idle(args, modes, plan, base_spec, upstream_url)
+        results = _measure_load(args, conc, plan, base_spec, targets, upstream, load)
+        if args.server_log:
+            for p in procs:
+                print(f"--- {p.name} ---\n{p.output()[-4000:]}", file=sys.stderr)
+    finally:
+        load.close()
+        for p in reversed(procs):
+            p.stop()
+        tmp.cleanup()
+    _report(args, conc, setup, results, idle_ttft, engine_hop)
+
+
+def _arguments() -> tuple[argparse.Namespace, list[int], list[str]]:
+    """The command line: its arguments, the concurrency values, the modes."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -682,147 +715,178 @@ def main() -> None:
     parser.add_argument("--no-enclaved", action="store_true", help="measure only the other server")
     parser.add_argument("--server-log", action="store_true", help="print the servers' output at the end")
     args = parser.parse_args()
-
     conc = [int(c) for c in args.concurrency.split(",") if c.strip()]
     modes = [m for m in args.modes.split(",") if m]
     if args.server_cmd and not args.server_url:
         parser.error("--server-cmd needs --server-url")
+    return args, conc, modes
 
-    tmp = tempfile.TemporaryDirectory(prefix="enclaved-bench-")
-    folder = Path(tmp.name)
-    procs: list[Proc] = []
-    load = Load(args.client_procs)
-    results: dict[str, Any] = {}
-    idle_ttft: dict[str, dict[str, float]] = {}
-    engine_hop: dict[str, dict[str, float]] = {}
-    setup: dict[str, Any] = {}
-    try:
-        up_port = free_port()
-        upstream = fake_upstream(up_port, tokens=args.tokens).__enter__()
-        procs.append(upstream)
-        upstream_url = f"http://127.0.0.1:{up_port}/v1"
 
-        # name -> (base_url, {mode: model id}, trust root, api key)
-        targets: dict[str, dict[str, Any]] = {}
-        port = free_port()
-        config = write_config(
-            folder, port, upstream_url=upstream_url, upstream_models=[args.tee_model, args.e2ee_model]
-        )
-        if not args.no_enclaved:
-            server = enclaved_server(config, port)
-            procs.append(server.__enter__())
-            targets["enclaved"] = {
-                "base_url": f"http://127.0.0.1:{port}/v1",
-                "models": {"tee": args.tee_model, "e2ee": args.e2ee_model},
-                "trust_root": folder / "data" / "dev-root-ca.pem",
-                "api_key": None,
-                "startup_s": round(server.startup_s, 2),
-                "pid": server.pid,
-            }
-        if args.server_url:
-            other_dir = folder / "other-data"
-            other_dir.mkdir()
-            fill = {
-                "port": str(free_port()),
-                "upstream_url": upstream_url,
-                "upstream_model": UPSTREAM_MODEL,
-                "config": str(config),
-                "data_dir": str(other_dir),
-                "python": sys.executable,
-            }
-            url = args.server_url.format(**fill).rstrip("/")
-            entry: dict[str, Any] = {
-                "base_url": url,
-                "models": {
-                    "tee": args.tee_model if args.other_tee_model is None else args.other_tee_model,
-                    "e2ee": args.e2ee_model if args.other_e2ee_model is None else args.other_e2ee_model,
-                },
-                "trust_root": args.other_trust_root,
-                "api_key": args.other_api_key,
-            }
-            if args.server_cmd:
-                other = Proc(
-                    args.server_cmd.format(**fill),
-                    ready_url=f"{url}/models",
-                    name=args.server_name,
-                    timeout=120.0,
-                )
-                procs.append(other.__enter__())
-                entry["startup_s"] = round(other.startup_s, 2)
-                entry["pid"] = other.pid
-            targets[args.server_name] = entry
+def _start_servers(
+    args: argparse.Namespace, folder: Path, procs: list[Proc]
+) -> tuple[Proc, str, dict[str, dict[str, Any]]]:
+    """The fake upstream, enclaved over it, and the other server if asked for.
 
-        # Attest every E2EE target once, up front.
-        for name, t in targets.items():
-            if "e2ee" in modes and t["models"]["e2ee"]:
-                t["attestation"] = attest(t["base_url"], t["models"]["e2ee"], t["trust_root"])
-            setup[name] = {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in t.items() if k != "attestation"
-            }
-            if "attestation" in t:
-                setup[name]["attested"] = t["attestation"]["attested"]
-                setup[name]["attestation_ms"] = t["attestation"]["attestation_ms"]
+    Each process goes into ``procs`` as soon as it runs (the caller stops
+    them, even when a later one fails to start). Returns the upstream, its
+    URL, and the targets: name -> base_url, {mode: model id}, trust root,
+    api key, startup_s and pid.
+    """
+    up_port = free_port()
+    upstream = fake_upstream(up_port, tokens=args.tokens).__enter__()
+    procs.append(upstream)
+    upstream_url = f"http://127.0.0.1:{up_port}/v1"
 
-        # The runs: rounds x C x (upstream, then each server's tee and e2ee).
-        base_spec = {
-            "tokens": args.tokens,
-            "seconds": args.seconds,
-            "warmup": args.warmup,
-            "client": args.client,
+    targets: dict[str, dict[str, Any]] = {}
+    port = free_port()
+    config = write_config(
+        folder, port, upstream_url=upstream_url, upstream_models=[args.tee_model, args.e2ee_model]
+    )
+    if not args.no_enclaved:
+        server = enclaved_server(config, port)
+        procs.append(server.__enter__())
+        targets["enclaved"] = {
+            "base_url": f"http://127.0.0.1:{port}/v1",
+            "models": {"tee": args.tee_model, "e2ee": args.e2ee_model},
+            "trust_root": folder / "data" / "dev-root-ca.pem",
+            "api_key": None,
+            "startup_s": round(server.startup_s, 2),
+            "pid": server.pid,
         }
-        raw: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-        plan: list[tuple[str, str, dict[str, Any]]] = []
-        if "upstream" in modes:
-            plan.append(("upstream", "upstream", {"base_url": upstream_url, "model": UPSTREAM_MODEL}))
-        for name, t in targets.items():
-            for mode in ("tee", "e2ee"):
-                if mode in modes and t["models"][mode]:
-                    spec: dict[str, Any] = {
-                        "base_url": t["base_url"],
-                        "model": t["models"][mode],
-                        "api_key": t["api_key"],
-                    }
-                    if mode == "e2ee":
-                        spec.update({k: t["attestation"][k] for k in ("model_key_hex", "model_key_text")})
-                    plan.append((name, mode, spec))
-        specs = [(name, mode, {**base_spec, **spec, "mode": mode}) for name, mode, spec in plan]
-        idle = asyncio.run(_idle_ttft(specs, args.idle_requests, 0.02))
-        idle_ttft = {key: summary_ms(values) for key, values in idle.items()}
-        if "upstream" in modes:
-            hop = asyncio.run(_engine_hop(upstream_url, args.idle_requests, 0.02))
-            engine_hop = {key: summary_ms(values) for key, values in hop.items()}
-        for _ in range(args.rounds):
-            for c in conc:
-                for name, mode, spec in plan:
-                    server_pid = targets[name]["pid"] if name in targets and "pid" in targets[name] else None
-                    up0 = group_cpu_s(upstream.pid)
-                    srv0 = group_cpu_s(server_pid) if server_pid else 0.0
-                    part = load.run({**base_spec, **spec, "mode": mode}, c)
-                    # Streams cut at the end of the window still cost the server
-                    # something (noticing, cancelling): charged to this cell, and
-                    # waited for, so that the next cell starts on an idle server.
-                    part["settle_s"] = settle([p for p in (server_pid, upstream.pid) if p])
-                    part["upstream_cpu_s"] = group_cpu_s(upstream.pid) - up0
-                    if server_pid:
-                        part["server_cpu_s"] = group_cpu_s(server_pid) - srv0
-                    raw.setdefault((name, mode, c), []).append(part)
-                    print(
-                        f"  {name:>10} {mode:<8} C={c:<3} {part['tokens'] / args.seconds:>10,.0f} tok/s"
-                        f"  errors={part['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        for (name, mode, c), parts in raw.items():
-            results.setdefault(name, {}).setdefault(mode, {})[str(c)] = _cell(parts, args.seconds)
-        if args.server_log:
-            for p in procs:
-                print(f"--- {p.name} ---\n{p.output()[-4000:]}", file=sys.stderr)
-    finally:
-        load.close()
-        for p in reversed(procs):
-            p.stop()
-        tmp.cleanup()
+    if args.server_url:
+        other_dir = folder / "other-data"
+        other_dir.mkdir()
+        fill = {
+            "port": str(free_port()),
+            "upstream_url": upstream_url,
+            "upstream_model": UPSTREAM_MODEL,
+            "config": str(config),
+            "data_dir": str(other_dir),
+            "python": sys.executable,
+        }
+        url = args.server_url.format(**fill).rstrip("/")
+        entry: dict[str, Any] = {
+            "base_url": url,
+            "models": {
+                "tee": args.tee_model if args.other_tee_model is None else args.other_tee_model,
+                "e2ee": args.e2ee_model if args.other_e2ee_model is None else args.other_e2ee_model,
+            },
+            "trust_root": args.other_trust_root,
+            "api_key": args.other_api_key,
+        }
+        if args.server_cmd:
+            other = Proc(
+                args.server_cmd.format(**fill),
+                ready_url=f"{url}/models",
+                name=args.server_name,
+                timeout=120.0,
+            )
+            procs.append(other.__enter__())
+            entry["startup_s"] = round(other.startup_s, 2)
+            entry["pid"] = other.pid
+        targets[args.server_name] = entry
+    return upstream, upstream_url, targets
 
+
+def _attest_targets(targets: dict[str, dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    """Attest every E2EE target once, up front; returns the report's ``servers`` entry."""
+    setup: dict[str, Any] = {}
+    for name, t in targets.items():
+        if "e2ee" in modes and t["models"]["e2ee"]:
+            t["attestation"] = attest(t["base_url"], t["models"]["e2ee"], t["trust_root"])
+        setup[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in t.items() if k != "attestation"}
+        if "attestation" in t:
+            setup[name]["attested"] = t["attestation"]["attested"]
+            setup[name]["attestation_ms"] = t["attestation"]["attestation_ms"]
+    return setup
+
+
+def _plan(
+    targets: dict[str, dict[str, Any]], modes: list[str], upstream_url: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """What each run measures: (server name, mode, request spec); upstream first, then each server's tee and e2ee."""
+    plan: list[tuple[str, str, dict[str, Any]]] = []
+    if "upstream" in modes:
+        plan.append(("upstream", "upstream", {"base_url": upstream_url, "model": UPSTREAM_MODEL}))
+    for name, t in targets.items():
+        for mode in ("tee", "e2ee"):
+            if mode in modes and t["models"][mode]:
+                spec: dict[str, Any] = {
+                    "base_url": t["base_url"],
+                    "model": t["models"][mode],
+                    "api_key": t["api_key"],
+                }
+                if mode == "e2ee":
+                    spec.update({k: t["attestation"][k] for k in ("model_key_hex", "model_key_text")})
+                plan.append((name, mode, spec))
+    return plan
+
+
+def _measure_idle(
+    args: argparse.Namespace,
+    modes: list[str],
+    plan: list[tuple[str, str, dict[str, Any]]],
+    base_spec: dict[str, Any],
+    upstream_url: str,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Single requests on idle servers: the TTFT of each mode, and the engine hop's."""
+    specs = [(name, mode, {**base_spec, **spec, "mode": mode}) for name, mode, spec in plan]
+    idle = asyncio.run(_idle_ttft(specs, args.idle_requests, 0.02))
+    idle_ttft = {key: summary_ms(values) for key, values in idle.items()}
+    engine_hop: dict[str, dict[str, float]] = {}
+    if "upstream" in modes:
+        hop = asyncio.run(_engine_hop(upstream_url, args.idle_requests, 0.02))
+        engine_hop = {key: summary_ms(values) for key, values in hop.items()}
+    return idle_ttft, engine_hop
+
+
+def _measure_load(
+    args: argparse.Namespace,
+    conc: list[int],
+    plan: list[tuple[str, str, dict[str, Any]]],
+    base_spec: dict[str, Any],
+    targets: dict[str, dict[str, Any]],
+    upstream: Proc,
+    load: Load,
+) -> dict[str, Any]:
+    """The runs under load: rounds x C x plan; returns server -> mode -> C -> cell (medians over rounds)."""
+    raw: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for _ in range(args.rounds):
+        for c in conc:
+            for name, mode, spec in plan:
+                server_pid = targets[name]["pid"] if name in targets and "pid" in targets[name] else None
+                up0 = group_cpu_s(upstream.pid)
+                srv0 = group_cpu_s(server_pid) if server_pid else 0.0
+                part = load.run({**base_spec, **spec, "mode": mode}, c)
+                # Streams cut at the end of the window still cost the server
+                # something (noticing, cancelling): charged to this cell, and
+                # waited for, so that the next cell starts on an idle server.
+                part["settle_s"] = settle([p for p in (server_pid, upstream.pid) if p])
+                part["upstream_cpu_s"] = group_cpu_s(upstream.pid) - up0
+                if server_pid:
+                    part["server_cpu_s"] = group_cpu_s(server_pid) - srv0
+                raw.setdefault((name, mode, c), []).append(part)
+                print(
+                    f"  {name:>10} {mode:<8} C={c:<3} {part['tokens'] / args.seconds:>10,.0f} tok/s"
+                    f"  errors={part['errors']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    results: dict[str, Any] = {}
+    for (name, mode, c), parts in raw.items():
+        results.setdefault(name, {}).setdefault(mode, {})[str(c)] = _cell(parts, args.seconds)
+    return results
+
+
+def _report(
+    args: argparse.Namespace,
+    conc: list[int],
+    setup: dict[str, Any],
+    results: dict[str, Any],
+    idle_ttft: dict[str, dict[str, float]],
+    engine_hop: dict[str, dict[str, float]],
+) -> None:
+    """The table and the idle lines for a reader, then the JSON document (docs/benchmarks.md)."""
     for t in setup.values():
         t.pop("pid", None)
     ratios, targets_met = _ratios(results, conc, idle_ttft)

@@ -28,7 +28,8 @@ not connection errors, so the SDK neither retries nor wraps them.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -81,7 +82,7 @@ def OpenAI(
     """
     import openai
 
-    enclaved_transport = EnclavedTransport(
+    enclaved = EnclavedTransport(
         transport,
         policy=policy,
         trust_root=trust_root,
@@ -89,17 +90,8 @@ def OpenAI(
         verify_signatures=verify_signatures,
         verifier=verifier,
     )
-    http_client = httpx.Client(
-        transport=enclaved_transport,
-        timeout=openai_kwargs.get("timeout", httpx.Timeout(600.0, connect=10.0)),
-        follow_redirects=False,
-    )
     return openai.OpenAI(
-        base_url=base_url or default_base_url(),
-        api_key=_api_key(api_key),
-        # The SDK accepts an httpx client (openai 1.x types it so; 2.x+ types
-        # httpx2 but still takes httpx at run time).
-        http_client=cast(Any, http_client),
+        **_sdk_arguments(httpx.Client, enclaved, base_url, api_key, openai_kwargs),
         **openai_kwargs,
     )
 
@@ -119,7 +111,7 @@ def AsyncOpenAI(
     """The async twin of :func:`OpenAI`: an ``openai.AsyncOpenAI``."""
     import openai
 
-    enclaved_transport = AsyncEnclavedTransport(
+    enclaved = AsyncEnclavedTransport(
         transport,
         policy=policy,
         trust_root=trust_root,
@@ -127,23 +119,42 @@ def AsyncOpenAI(
         verify_signatures=verify_signatures,
         verifier=verifier,
     )
-    http_client = httpx.AsyncClient(
-        transport=enclaved_transport,
-        timeout=openai_kwargs.get("timeout", httpx.Timeout(600.0, connect=10.0)),
-        follow_redirects=False,
-    )
     return openai.AsyncOpenAI(
-        base_url=base_url or default_base_url(),
-        api_key=_api_key(api_key),
-        # The SDK accepts an httpx client (openai 1.x types it so; 2.x+ types
-        # httpx2 but still takes httpx at run time).
-        http_client=cast(Any, http_client),
+        **_sdk_arguments(httpx.AsyncClient, enclaved, base_url, api_key, openai_kwargs),
         **openai_kwargs,
     )
 
 
+def _sdk_arguments(
+    client_class: Callable[..., httpx.Client | httpx.AsyncClient],
+    transport: EnclavedTransport | AsyncEnclavedTransport,
+    base_url: str | None,
+    api_key: str | None,
+    openai_kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """What both builders give the SDK besides ``openai_kwargs``: an httpx client over ``transport``, the URL, the key.
+
+    ``openai_kwargs`` is read (its ``timeout``), not merged: the builders pass it
+    on beside these, so a caller's ``http_client=`` still fails loudly.
+    """
+    http_client = client_class(
+        transport=transport,
+        timeout=openai_kwargs.get("timeout", httpx.Timeout(600.0, connect=10.0)),
+        follow_redirects=False,
+    )
+    return {
+        "base_url": base_url or default_base_url(),
+        "api_key": _api_key(api_key),
+        # The SDK accepts an httpx client (openai 1.x types it so; 2.x+ types
+        # httpx2 but still takes httpx at run time).
+        "http_client": http_client,
+    }
+
+
 def _api_key(api_key: str | None) -> str:
-    return api_key or os.environ.get("ENCLAVED_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+    return (
+        api_key or os.environ.get("ENCLAVED_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+    )
 
 
 def transport_of(client: Any) -> EnclavedTransport | AsyncEnclavedTransport:
@@ -171,4 +182,12 @@ def last_signature(client: Any) -> Any:
     return transport_of(client).last_signature
 
 
-__all__ = ["DEFAULT_BASE_URL", "AsyncOpenAI", "OpenAI", "default_base_url", "last_attestation", "last_signature", "transport_of"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "AsyncOpenAI",
+    "OpenAI",
+    "default_base_url",
+    "last_attestation",
+    "last_signature",
+    "transport_of",
+]

@@ -65,47 +65,49 @@ verified or not.
 
 Nothing here logs prompts, answers or keys; debug logs name models,
 addresses and outcomes only (logger ``enclaved.client``).
+
+The steps are written once, in :class:`~._core.ClientCore` (sans-IO: a
+generator that yields the I/O it needs and is sent the results; its
+docstring says why this shape). The two transports below are its drivers:
+each performs those operations, sync or awaited, and decrypts a relayed
+stream chunk by chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import logging
 import os
 import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import httpx
 
-from ..crypto import KeyPair, sha256_hex
-from ..errors import APIError, ConfigError, StaleAttestationError, VerificationError
-from ._attest import (
-    AttestationCache,
-    AttestedNode,
-    VerifierLike,
-    afetch_for,
-    fetch_for,
-    judge_attestation,
-    new_nonce,
-    parse_attestation,
+from ..crypto import KeyPair
+from ..errors import ConfigError
+from ._attest import AttestationCache, AttestedNode, VerifierLike, afetch_for, fetch_for
+from ._core import (
+    HEADER_ADDRESS,
+    HEADER_HARDWARE,
+    ClientCore,
+    Close,
+    Drain,
+    Fetch,
+    Judge,
+    Op,
+    Read,
+    Relay,
+    RelayState,
+    Send,
+    SignatureMode,
+    Sleep,
+    Steps,
+    T,
 )
-from ._exchange import ChatPlan, Exchange, is_stale, plan_request
-from ._signature import SignatureCheck, check_signature_document, raise_for_signature
+from ._signature import SignatureCheck
 from ._stream import DONE_EVENT
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..attestation.document import AttestationReport
-
-logger = logging.getLogger("enclaved.client")
-
-#: ``True``: signature, address and both hashes; ``"address"``: the address
-#: only; ``False``: no signature check.
-SignatureMode = bool | Literal["address"]
 
 #: Default lifetime of a cached attestation, in seconds.
 DEFAULT_ATTESTATION_TTL = 300.0
@@ -114,14 +116,6 @@ DEFAULT_ATTESTATION_TTL = 300.0
 #: the pause before each retry.
 SIGNATURE_ATTEMPTS = 4
 SIGNATURE_RETRY_DELAY = 0.25
-
-#: Response headers the transport adds to a verified answer.
-HEADER_HARDWARE = "x-enclaved-tee-hardware"
-HEADER_ADDRESS = "x-enclaved-signing-address"
-
-_HOP_HEADERS = ("content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive")
-#: Headers only this transport may set (an upstream's copies are dropped).
-_OWN_HEADERS = (HEADER_HARDWARE, HEADER_ADDRESS)
 
 
 def load_trust_root(trust_root: str | os.PathLike[str]) -> str:
@@ -159,7 +153,9 @@ def build_policy(policy: Any = None, trust_root: str | os.PathLike[str] | None =
     pem = load_trust_root(trust_root)
     if policy is None:
         return Policy.development(pem)
-    return dataclasses.replace(policy, allow_development_roots=(*policy.allow_development_roots, pem))
+    return dataclasses.replace(
+        policy, allow_development_roots=(*policy.allow_development_roots, pem)
+    )
 
 
 def build_verifier(policy: Any) -> VerifierLike:
@@ -178,214 +174,41 @@ def build_verifier(policy: Any) -> VerifierLike:
     return Verifier(policy, nras=online_nras() if policy.require_nras else None)
 
 
-class _Engine:
-    """The sans-IO half both transports share: configuration, cache, judgements."""
-
-    def __init__(
-        self,
-        *,
-        policy: Any,
-        trust_root: str | os.PathLike[str] | None,
-        verifier: VerifierLike | None,
-        attestation_ttl: float,
-        verify_signatures: SignatureMode,
-        require_e2ee: bool,
-        clock: Callable[[], float],
-        random: Callable[[int], bytes],
-        keypair_factory: Callable[[], KeyPair],
-        signature_attempts: int,
-        signature_retry_delay: float,
-    ) -> None:
-        if verifier is None:
-            verifier = build_verifier(build_policy(policy, trust_root))
-        elif policy is not None or trust_root is not None:
-            raise ConfigError("give either verifier= or policy=/trust_root=, not both")
-        self.verifier = verifier
-        self.cache = AttestationCache(attestation_ttl, clock=clock)
-        if verify_signatures not in (True, False, "address"):
-            raise ConfigError("verify_signatures must be True, False or 'address'")
-        self.verify_signatures = verify_signatures
-        _warn_signature_mode(verify_signatures)
-        self.require_e2ee = require_e2ee
-        self.clock = clock
-        self.random = random
-        self.keypair_factory = keypair_factory
-        self.signature_attempts = max(1, signature_attempts)
-        self.signature_retry_delay = signature_retry_delay
-        self.last_attestation: AttestedNode | None = None
-        self.last_signature: SignatureCheck | None = None
-
-    def plan(self, request: httpx.Request) -> ChatPlan | None:
-        return plan_request(request, require_e2ee=self.require_e2ee)
-
-    def cached(self, plan: ChatPlan) -> AttestedNode | None:
-        return self.cache.get(plan.cache_key, plan.model)
-
-    def parse_attestation(self, body: bytes) -> AttestationReport:
-        return parse_attestation(body, verifier=self.verifier)
-
-    def judge_attestation(
-        self, plan: ChatPlan, nonce: bytes, report: AttestationReport, fetched: Any
-    ) -> AttestedNode:
-        node = judge_attestation(
-            report,
-            base_url=plan.cache_key,
-            model=plan.model,
-            nonce=nonce,
-            verifier=self.verifier,
-            e2ee=plan.e2ee,
-            fetched=fetched,
-            now=self.clock(),
-        )
-        self.cache.put(node)
-        self.last_attestation = node
-        logger.debug("attested %s at %s: %s", plan.model, plan.cache_key, node.describe())
-        return node
-
-    def stale(self, exchange: Exchange) -> None:
-        self.cache.invalidate(exchange.plan.cache_key, exchange.plan.model, exchange.node.signing_key)
-        logger.debug("model key for %s is stale: re-attesting", exchange.plan.model)
-
-    def judge_signature(
-        self,
-        exchange: Exchange,
-        status: int,
-        body: bytes,
-        *,
-        request_id: str,
-        response_sha256: str,
-    ) -> SignatureCheck:
-        if status != 200:
-            raise VerificationError(
-                f"response signature: GET /tee/signature for {request_id} answered HTTP {status}"
-            )
-        hashes = self.verify_signatures is True
-        result = check_signature_document(
-            body,
-            request_id=request_id,
-            expected_address=exchange.node.signing_address,
-            request_sha256=exchange.request_sha256 if hashes else None,
-            response_sha256=response_sha256 if hashes else None,
-        )
-        self.last_signature = result
-        if not result.ok:
-            # Whatever went wrong, the next request attests afresh.
-            self.cache.invalidate(exchange.plan.cache_key, exchange.plan.model, exchange.node.signing_key)
-        raise_for_signature(result)
-        logger.debug("response %s signed by the attested key", request_id)
-        return result
-
-    @staticmethod
-    def completion_id(exchange: Exchange, body: bytes | None) -> str:
-        """The id the signature is filed under: from the stream, or the JSON body."""
-        if exchange.decoder is not None and exchange.decoder.completion_id:
-            return exchange.decoder.completion_id
-        if body is not None:
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                doc = None
-            request_id = doc.get("id") if isinstance(doc, dict) else None
-            if isinstance(request_id, str):
-                return request_id
-        raise VerificationError("the response carries no completion id: its signature cannot be fetched")
-
-    def response_headers(self, exchange: Exchange, upstream: httpx.Response, content_type: str) -> list[tuple[str, str]]:
-        headers = _upstream_headers(upstream)
-        headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
-        headers.append(("content-type", content_type))
-        headers.append((HEADER_HARDWARE, exchange.node.tee_hardware or "unknown"))
-        headers.append((HEADER_ADDRESS, exchange.node.signing_address))
-        return headers
+def _verifier_for(
+    policy: Any, trust_root: str | os.PathLike[str] | None, verifier: VerifierLike | None
+) -> VerifierLike:
+    if verifier is None:
+        return build_verifier(build_policy(policy, trust_root))
+    if policy is not None or trust_root is not None:
+        raise ConfigError("give either verifier= or policy=/trust_root=, not both")
+    return verifier
 
 
-def _warn_signature_mode(mode: SignatureMode) -> None:
-    """A relaxed signature check is a relaxation like any policy one: say so (one warning).
+class _CoreViews:
+    """What both transports show of their core (the CLI prints it)."""
 
-    Decrypting proves nothing about who wrote a delta - anyone can seal to
-    the session key, which travels in a request header - so without the
-    full signature check a man in the middle can replace the answer.
-    """
-    if mode is True:
-        return
-    from ..attestation.policy import InsecurePolicyWarning
-
-    what = (
-        "response signatures are NOT checked"
-        if mode is False
-        else "response signatures: only the signer is checked, not the hashes of the bytes exchanged"
-    )
-    text = f"INSECURE client setting: {what} - a man in the middle can replace the answer"
-    warnings.warn(text, InsecurePolicyWarning, stacklevel=4)
-
-
-def _upstream_headers(upstream: httpx.Response) -> list[tuple[str, str]]:
-    """The upstream's headers minus hop-by-hop ones and minus ours (it may not set those)."""
-    drop = (*_HOP_HEADERS, *_OWN_HEADERS)
-    return [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in drop]
-
-
-def _error_response(upstream: httpx.Response, body: bytes, *, what: str) -> httpx.Response:
-    """An error answer (HTTP 4xx / 5xx) handed on as it is (already read, decoded).
-
-    Any other status but 200 raises: a success status other than 200 (a
-    ``203`` with a plaintext completion) or a redirect (followed by a client
-    with ``follow_redirects=True`` to a route nothing checks) would
-    otherwise reach the caller as an answer that skipped attestation,
-    decryption and the signature check.
-    """
-    status = upstream.status_code
-    if not 400 <= status < 600:
-        raise APIError(
-            f"{what}: the server answered HTTP {status}, which is neither 200 nor an error: refused",
-            status=status,
-            code="unexpected_status",
-        )
-    return httpx.Response(status, headers=_upstream_headers(upstream), content=body, extensions=upstream.extensions)
-
-
-def _passed_through(response: httpx.Response) -> httpx.Response:
-    """A response to a request this transport does not check: as it is, minus our headers."""
-    for name in _OWN_HEADERS:
-        if name in response.headers:
-            del response.headers[name]
-    return response
-
-
-def _stale_error(status: int, body: bytes) -> StaleAttestationError:
-    return StaleAttestationError(
-        "the server still rejects the model key after a fresh attestation",
-        status=status,
-        code="e2ee_attestation_stale",
-        body=body,
-    )
-
-
-class _EngineViews:
-    """What both transports show of their engine (the CLI prints it)."""
-
-    _engine: _Engine
+    _core: ClientCore
 
     @property
     def last_attestation(self) -> AttestedNode | None:
         """The most recent attestation this transport verified (for display)."""
-        return self._engine.last_attestation
+        return self._core.last_attestation
 
     @property
     def last_signature(self) -> SignatureCheck | None:
         """The most recent response signature this transport checked."""
-        return self._engine.last_signature
+        return self._core.last_signature
 
     @property
     def cache(self) -> AttestationCache:
-        return self._engine.cache
+        return self._core.cache
 
 
 # --------------------------------------------------------------------------
-# sync
+# sync driver
 
 
-class EnclavedTransport(_EngineViews, httpx.BaseTransport):
+class EnclavedTransport(_CoreViews, httpx.BaseTransport):
     """The sync transport. See the module docstring for what it does.
 
     ``inner`` is the transport that does the network I/O (default
@@ -413,10 +236,8 @@ class EnclavedTransport(_EngineViews, httpx.BaseTransport):
     ) -> None:
         self._inner = inner if inner is not None else httpx.HTTPTransport()
         self._sleep = sleep
-        self._engine = _Engine(
-            policy=policy,
-            trust_root=trust_root,
-            verifier=verifier,
+        self._core = ClientCore(
+            verifier=_verifier_for(policy, trust_root, verifier),
             attestation_ttl=attestation_ttl,
             verify_signatures=verify_signatures,
             require_e2ee=require_e2ee,
@@ -428,157 +249,92 @@ class EnclavedTransport(_EngineViews, httpx.BaseTransport):
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        plan = self._engine.plan(request)
-        if plan is None:
-            return _passed_through(self._inner.handle_request(request))
-        for attempt in range(2):
-            node = self._engine.cached(plan) if attempt == 0 else None
-            if node is None:
-                attested = self._attest(plan)
-                if isinstance(attested, httpx.Response):
-                    return attested  # the attestation route said no: hand its error on
-                node = attested
-            exchange = Exchange(plan, node, keypair_factory=self._engine.keypair_factory)
+        return self._run(self._core.handle(request))
+
+    def _run(self, steps: Steps[T]) -> T:
+        """Perform each operation ``steps`` yields; hand its result (or its exception) back."""
+        advance: Callable[[Any], Op] = steps.send
+        result: Any = None
+        while True:
             try:
-                upstream = self._inner.handle_request(exchange.request)
-                if upstream.status_code != 200:
-                    body = _read(upstream)
-                    exchange.close()
-                    if is_stale(upstream.status_code, body):
-                        if attempt == 0:
-                            self._engine.stale(exchange)
-                            continue
-                        raise _stale_error(upstream.status_code, body)
-                    return _error_response(upstream, body, what="chat completion")
-                return self._respond(exchange, upstream)
-            except BaseException:
-                exchange.close()
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                op = advance(result)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]  # Steps[T] returns a T
+            try:
+                result, advance = self._perform(op), steps.send
+            except BaseException as exc:  # noqa: BLE001 - thrown into the core, where it asked
+                result, advance = exc, steps.throw
 
-    def _attest(self, plan: ChatPlan) -> AttestedNode | httpx.Response:
-        nonce = new_nonce(self._engine.random)
-        upstream = self._inner.handle_request(plan.attestation_request(nonce))
-        body = _read(upstream)
-        if upstream.status_code != 200:
-            return _error_response(upstream, body, what="attestation")
-        report = self._engine.parse_attestation(body)
-        fetched = fetch_for(self._engine.verifier, report)  # Intel PCS, NRAS: sync getters
-        return self._engine.judge_attestation(plan, nonce, report, fetched)
-
-    def _respond(self, exchange: Exchange, upstream: httpx.Response) -> httpx.Response:
-        engine = self._engine
-        decoder = exchange.decoder
-        if decoder is None:
-            # A non-streaming TEE answer: read it whole, check it, hand it on.
-            body = _read(upstream)
-            self._check_signature(exchange, body, sha256_hex(body))
-            exchange.close()
-            return httpx.Response(
-                200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
-            )
-        if exchange.plan.wants_stream:
-            return httpx.Response(
-                200,
-                headers=engine.response_headers(exchange, upstream, "text/event-stream"),
-                stream=_SyncStream(self, exchange, upstream),
-            )
-        # A non-streaming E2EE answer: stream underneath, verify, then assemble.
-        try:
-            for chunk in upstream.iter_bytes():
-                for _ in decoder.feed(chunk):
-                    pass
-            decoder.finish()
-        finally:
-            upstream.close()
-        self._check_signature(exchange, None, decoder.response_sha256)
-        body = decoder.completion_body()
-        exchange.close()
-        return httpx.Response(
-            200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
-        )
-
-    def _check_signature(self, exchange: Exchange, answer: bytes | None, response_sha256: str) -> None:
-        """Step 5; ``answer`` is the whole JSON answer of a non-streaming TEE call, else ``None``.
-
-        The completion id is looked up only here: with signatures off, an
-        answer without ids is fine.
-        """
-        if not self._engine.verify_signatures:
-            return
-        request_id = self._engine.completion_id(exchange, answer)
-        request = exchange.plan.signature_request(request_id)
-        for attempt in range(self._engine.signature_attempts):
-            upstream = self._inner.handle_request(request)
-            body = _read(upstream)
-            if upstream.status_code == 404 and attempt + 1 < self._engine.signature_attempts:
-                self._sleep(self._engine.signature_retry_delay * (attempt + 1))
-                continue
-            break
-        self._engine.judge_signature(
-            exchange, upstream.status_code, body, request_id=request_id, response_sha256=response_sha256
-        )
+    def _perform(self, op: Op) -> Any:
+        if isinstance(op, Send):
+            return self._inner.handle_request(op.request)
+        if isinstance(op, Read):
+            try:
+                return op.response.read()
+            finally:
+                op.response.close()
+        if isinstance(op, Close):
+            return op.response.close()
+        if isinstance(op, Sleep):
+            return self._sleep(op.seconds)
+        if isinstance(op, Fetch):
+            return fetch_for(self._core.verifier, op.report)  # Intel PCS, NRAS: sync getters
+        if isinstance(op, Judge):
+            return op.work()
+        if isinstance(op, Drain):
+            try:
+                for chunk in op.response.iter_bytes():
+                    for _ in op.decoder.feed(chunk):
+                        pass
+                return op.decoder.finish()
+            finally:
+                op.response.close()
+        assert isinstance(op, Relay)
+        return _SyncStream(self, op.exchange, op.response)
 
     def close(self) -> None:
         self._inner.close()
 
 
-def _read(response: httpx.Response) -> bytes:
-    try:
-        return response.read()
-    finally:
-        response.close()
-
-
-class _SyncStream(httpx.SyncByteStream):
+class _SyncStream(RelayState, httpx.SyncByteStream):
     """The decrypted body of a streaming answer, produced as it arrives."""
 
-    def __init__(self, transport: EnclavedTransport, exchange: Exchange, upstream: httpx.Response) -> None:
+    def __init__(
+        self, transport: EnclavedTransport, exchange: Any, upstream: httpx.Response
+    ) -> None:
+        super().__init__(exchange, upstream)
         self._transport = transport
-        self._exchange: Exchange | None = exchange
-        self._upstream = upstream
-        self._iterated = False
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._iterated:
-            # Read once. (The OpenAI SDK drains a stream again after [DONE];
-            # [DONE] is our last event, so there is nothing left to give.)
+        begun = self._begin()
+        if begun is None:
             return
-        self._iterated = True
-        exchange = self._exchange
-        if exchange is None:
-            return
-        decoder = exchange.decoder
-        assert decoder is not None
+        exchange, decoder = begun
         try:
             for chunk in self._upstream.iter_bytes():
                 yield from decoder.feed(chunk)
             tail = decoder.finish()
             if tail:
                 yield tail
-            self._upstream.close()
-            exchange.close()  # the key is not needed to check a signature
-            self._transport._check_signature(exchange, None, decoder.response_sha256)
+            self._transport._run(self._transport._core.end_of_stream(exchange, self._upstream))
             yield DONE_EVENT  # only now: the caller's [DONE] means "verified"
         finally:
             self.close()
 
     def close(self) -> None:
-        if self._exchange is not None:
-            self._exchange.close()
-            self._exchange = None
+        self._forget()
         self._upstream.close()
 
 
 # --------------------------------------------------------------------------
-# async: the same steps, awaited
+# async driver: the same operations, awaited
 
 
 async def _async_sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-class AsyncEnclavedTransport(_EngineViews, httpx.AsyncBaseTransport):
+class AsyncEnclavedTransport(_CoreViews, httpx.AsyncBaseTransport):
     """The async twin of :class:`EnclavedTransport`; same arguments, ``sleep`` awaited."""
 
     def __init__(
@@ -600,10 +356,8 @@ class AsyncEnclavedTransport(_EngineViews, httpx.AsyncBaseTransport):
     ) -> None:
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
         self._sleep = sleep
-        self._engine = _Engine(
-            policy=policy,
-            trust_root=trust_root,
-            verifier=verifier,
+        self._core = ClientCore(
+            verifier=_verifier_for(policy, trust_root, verifier),
             attestation_ttl=attestation_ttl,
             verify_signatures=verify_signatures,
             require_e2ee=require_e2ee,
@@ -616,127 +370,68 @@ class AsyncEnclavedTransport(_EngineViews, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(request.stream, httpx.ByteStream):
-            await request.aread()
-        plan = self._engine.plan(request)
-        if plan is None:
-            return _passed_through(await self._inner.handle_async_request(request))
-        for attempt in range(2):
-            node = self._engine.cached(plan) if attempt == 0 else None
-            if node is None:
-                attested = await self._attest(plan)
-                if isinstance(attested, httpx.Response):
-                    return attested
-                node = attested
-            exchange = Exchange(plan, node, keypair_factory=self._engine.keypair_factory)
+            await request.aread()  # the core reads request.content
+        return await self._run(self._core.handle(request))
+
+    async def _run(self, steps: Steps[T]) -> T:
+        """:meth:`EnclavedTransport._run`, each operation awaited."""
+        advance: Callable[[Any], Op] = steps.send
+        result: Any = None
+        while True:
             try:
-                upstream = await self._inner.handle_async_request(exchange.request)
-                if upstream.status_code != 200:
-                    body = await _aread(upstream)
-                    exchange.close()
-                    if is_stale(upstream.status_code, body):
-                        if attempt == 0:
-                            self._engine.stale(exchange)
-                            continue
-                        raise _stale_error(upstream.status_code, body)
-                    return _error_response(upstream, body, what="chat completion")
-                return await self._respond(exchange, upstream)
-            except BaseException:
-                exchange.close()
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                op = advance(result)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]  # Steps[T] returns a T
+            try:
+                result, advance = await self._perform(op), steps.send
+            except BaseException as exc:  # noqa: BLE001 - thrown into the core, where it asked
+                result, advance = exc, steps.throw
 
-    async def _attest(self, plan: ChatPlan) -> AttestedNode | httpx.Response:
-        nonce = new_nonce(self._engine.random)
-        upstream = await self._inner.handle_async_request(plan.attestation_request(nonce))
-        body = await _aread(upstream)
-        if upstream.status_code != 200:
-            return _error_response(upstream, body, what="attestation")
-        report = self._engine.parse_attestation(body)
-        # Intel PCS and NRAS through the verifier's async getters: awaited, so
-        # the loop runs other tasks (the proxy's other streams) meanwhile.
-        fetched = await afetch_for(self._engine.verifier, report)
-        # Judging is CPU only (ECDSA signatures, X.509 chains and CRLs, eight
-        # GPU chains, the prompt keys): measured 65 ms for the first production report
-        # with 8 GPUs on one core, long enough to delay every other stream's
-        # chunks, so it runs on a worker thread, as the server runs the same
-        # verifier (server/attestation.py).
-        return await asyncio.to_thread(self._engine.judge_attestation, plan, nonce, report, fetched)
-
-    async def _respond(self, exchange: Exchange, upstream: httpx.Response) -> httpx.Response:
-        engine = self._engine
-        decoder = exchange.decoder
-        if decoder is None:
-            body = await _aread(upstream)
-            await self._check_signature(exchange, body, sha256_hex(body))
-            exchange.close()
-            return httpx.Response(
-                200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
-            )
-        if exchange.plan.wants_stream:
-            return httpx.Response(
-                200,
-                headers=engine.response_headers(exchange, upstream, "text/event-stream"),
-                stream=_AsyncStream(self, exchange, upstream),
-            )
-        try:
-            async for chunk in upstream.aiter_bytes():
-                for _ in decoder.feed(chunk):
-                    pass
-            decoder.finish()
-        finally:
-            await upstream.aclose()
-        await self._check_signature(exchange, None, decoder.response_sha256)
-        body = decoder.completion_body()
-        exchange.close()
-        return httpx.Response(
-            200, headers=engine.response_headers(exchange, upstream, "application/json"), content=body
-        )
-
-    async def _check_signature(self, exchange: Exchange, answer: bytes | None, response_sha256: str) -> None:
-        if not self._engine.verify_signatures:
-            return
-        request_id = self._engine.completion_id(exchange, answer)
-        request = exchange.plan.signature_request(request_id)
-        for attempt in range(self._engine.signature_attempts):
-            upstream = await self._inner.handle_async_request(request)
-            body = await _aread(upstream)
-            if upstream.status_code == 404 and attempt + 1 < self._engine.signature_attempts:
-                await self._sleep(self._engine.signature_retry_delay * (attempt + 1))
-                continue
-            break
-        self._engine.judge_signature(
-            exchange, upstream.status_code, body, request_id=request_id, response_sha256=response_sha256
-        )
+    async def _perform(self, op: Op) -> Any:
+        if isinstance(op, Send):
+            return await self._inner.handle_async_request(op.request)
+        if isinstance(op, Read):
+            try:
+                return await op.response.aread()
+            finally:
+                await op.response.aclose()
+        if isinstance(op, Close):
+            return await op.response.aclose()
+        if isinstance(op, Sleep):
+            return await self._sleep(op.seconds)
+        if isinstance(op, Fetch):
+            # The verifier's async getters: the loop runs other tasks (the
+            # proxy's other streams) while Intel PCS and NRAS answer.
+            return await afetch_for(self._core.verifier, op.report)
+        if isinstance(op, Judge):
+            return await asyncio.to_thread(op.work)  # CPU-bound: off the loop (see Judge)
+        if isinstance(op, Drain):
+            try:
+                async for chunk in op.response.aiter_bytes():
+                    for _ in op.decoder.feed(chunk):
+                        pass
+                return op.decoder.finish()
+            finally:
+                await op.response.aclose()
+        assert isinstance(op, Relay)
+        return _AsyncStream(self, op.exchange, op.response)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-async def _aread(response: httpx.Response) -> bytes:
-    try:
-        return await response.aread()
-    finally:
-        await response.aclose()
-
-
-class _AsyncStream(httpx.AsyncByteStream):
-    def __init__(self, transport: AsyncEnclavedTransport, exchange: Exchange, upstream: httpx.Response) -> None:
+class _AsyncStream(RelayState, httpx.AsyncByteStream):
+    def __init__(
+        self, transport: AsyncEnclavedTransport, exchange: Any, upstream: httpx.Response
+    ) -> None:
+        super().__init__(exchange, upstream)
         self._transport = transport
-        self._exchange: Exchange | None = exchange
-        self._upstream = upstream
-        self._iterated = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._iterated:
-            # Read once. (The OpenAI SDK drains a stream again after [DONE];
-            # [DONE] is our last event, so there is nothing left to give.)
+        begun = self._begin()
+        if begun is None:
             return
-        self._iterated = True
-        exchange = self._exchange
-        if exchange is None:
-            return
-        decoder = exchange.decoder
-        assert decoder is not None
+        exchange, decoder = begun
         try:
             async for chunk in self._upstream.aiter_bytes():
                 for out in decoder.feed(chunk):
@@ -744,17 +439,15 @@ class _AsyncStream(httpx.AsyncByteStream):
             tail = decoder.finish()
             if tail:
                 yield tail
-            await self._upstream.aclose()
-            exchange.close()
-            await self._transport._check_signature(exchange, None, decoder.response_sha256)
+            await self._transport._run(
+                self._transport._core.end_of_stream(exchange, self._upstream)
+            )
             yield DONE_EVENT
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
-        if self._exchange is not None:
-            self._exchange.close()
-            self._exchange = None
+        self._forget()
         await self._upstream.aclose()
 
 
