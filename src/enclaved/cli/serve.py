@@ -270,6 +270,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..crypto import KeyPair
     from ..server.app import create_app, start_backends
     from ..server.backends.base import BackendError
+    from ..server.transport import limited_http_protocol
 
     log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
     _raise_open_file_limit(log)
@@ -286,9 +287,9 @@ def run_serve(args: argparse.Namespace) -> int:
         host=config.host,
         port=config.port,
         lifespan="on",
-        # llhttp (C) rather than h11 (pure Python) to parse requests: uvicorn's
-        # choice anyway once httptools is installed, which enclaved requires.
-        http="httptools",
+        # llhttp (C) rather than h11 (pure Python) to parse requests, with the
+        # request head bounded in size and time (server/transport.py says why there).
+        http=limited_http_protocol(config.transport),
         # Nothing reads the client's address (the access log does not show
         # it): no X-Forwarded-For rewriting, one ASGI layer less per request.
         proxy_headers=False,

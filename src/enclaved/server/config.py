@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from .backends.embedded import DEFAULT_CONTEXT_TOKENS as EMBEDDED_CONTEXT_TOKENS
+from .backends.engine_http import Timeouts
+from .transport import TransportLimits
 
 #: The models of the default configuration: one SmolLM2-135M, served both
 #: ways, on the embedded llama.cpp backend.
@@ -85,6 +87,9 @@ class ModelConfig:
     upstream_model: str | None = None
     #: Upstream engine only: the environment variable that holds its API key.
     api_key_env: str | None = None
+    #: Upstream engine only: connect / first-byte / idle timeouts (``[engine]``,
+    #: overridden by the model's own keys).
+    timeouts: Timeouts = dataclasses.field(default_factory=Timeouts)
 
     @property
     def e2ee(self) -> bool:
@@ -143,6 +148,8 @@ class ServerConfig:
     max_request_bytes: int = 8 * 1024 * 1024
     #: Seconds a client has to send a chat request's whole body (408 after).
     request_body_timeout_seconds: int = 60
+    #: Request-line and header sizes, header deadlines, the connection cap.
+    transport: TransportLimits = dataclasses.field(default_factory=TransportLimits)
 
     # -- constructors -------------------------------------------------------
 
@@ -232,7 +239,18 @@ class _Loader:
             "tee",
             "max_request_bytes",
             "request_body_timeout_seconds",
+            "transport",
+            "engine",
         }
+    )
+    _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
+        f.name for f in dataclasses.fields(TransportLimits)
+    )
+    #: Engine timeouts: in ``[engine]`` and in a model's table.
+    _ENGINE: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("connect_timeout_seconds", "connect"),
+        ("first_byte_timeout_seconds", "first_byte"),
+        ("idle_timeout_seconds", "read"),
     )
     _MODEL: ClassVar[frozenset[str]] = frozenset(
         {
@@ -245,6 +263,9 @@ class _Loader:
             "upstream_model",
             "api_key_env",
             "capabilities",
+            "connect_timeout_seconds",
+            "first_byte_timeout_seconds",
+            "idle_timeout_seconds",
         }
     )
     _STORE: ClassVar[frozenset[str]] = frozenset({"kind", "path", "url", "ttl_seconds"})
@@ -269,6 +290,11 @@ class _Loader:
             raw_models = _default_models()
         if not isinstance(raw_models, list) or not raw_models:
             raise ConfigError("models: must be a non-empty array of tables ([[models]])")
+        engine = data.get("engine", {})
+        if not isinstance(engine, dict):
+            raise ConfigError("engine: must be a table")
+        self._unknown(engine, frozenset(k for k, _ in self._ENGINE), "engine")
+        self._engine_timeouts = self._timeouts(engine, Timeouts(), "engine")
         models = tuple(self._model(m, f"models[{i}]") for i, m in enumerate(raw_models))
         seen: set[str] = set()
         for m in models:
@@ -315,7 +341,53 @@ class _Loader:
                 low=1,
                 high=3600,
             ),
+            transport=self._transport(data.get("transport", {})),
         )
+
+    def _transport(self, raw: Any) -> TransportLimits:
+        if not isinstance(raw, dict):
+            raise ConfigError("transport: must be a table")
+        self._unknown(raw, self._TRANSPORT, "transport")
+        d = TransportLimits()
+        return TransportLimits(
+            max_request_line_bytes=self._int(
+                raw, "max_request_line_bytes", "transport.max_request_line_bytes",
+                d.max_request_line_bytes, low=256, high=1024 * 1024,
+            ),
+            max_header_bytes=self._int(
+                raw, "max_header_bytes", "transport.max_header_bytes",
+                d.max_header_bytes, low=1024, high=16 * 1024 * 1024,
+            ),
+            first_request_timeout_seconds=self._seconds(
+                raw, "first_request_timeout_seconds", "transport.first_request_timeout_seconds",
+                d.first_request_timeout_seconds,
+            ),
+            header_timeout_seconds=self._seconds(
+                raw, "header_timeout_seconds", "transport.header_timeout_seconds",
+                d.header_timeout_seconds,
+            ),
+            max_connections=self._int(
+                raw, "max_connections", "transport.max_connections",
+                d.max_connections, low=1, high=1_000_000,
+            ),
+        )
+
+    def _timeouts(self, raw: Mapping[str, Any], base: Timeouts, where: str) -> Timeouts:
+        changes = {
+            field: self._seconds(raw, key, f"{where}.{key}", 0.0)
+            for key, field in self._ENGINE
+            if key in raw
+        }
+        return dataclasses.replace(base, **changes) if changes else base
+
+    @staticmethod
+    def _seconds(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        value = raw.get(key, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: must be a number of seconds")
+        if not 0 < value <= 24 * 3600:
+            raise ConfigError(f"{where}: {value} is out of range")
+        return float(value)
 
     # -- sections -------------------------------------------------------------
 
@@ -355,6 +427,7 @@ class _Loader:
                 ("base_url", base_url),
                 ("upstream_model", upstream_model),
                 ("api_key_env", api_key_env),
+                *((k, raw.get(k)) for k, _ in self._ENGINE),
             ):
                 if value is not None:
                     raise ConfigError(f"{where}.{key}: only for backend = 'upstream'")
@@ -379,6 +452,7 @@ class _Loader:
             base_url=base_url.rstrip("/") if base_url else None,
             upstream_model=upstream_model,
             api_key_env=api_key_env,
+            timeouts=self._timeouts(raw, self._engine_timeouts, where),
         )
 
     def _capabilities(self, raw: Any, model_id: str, where: str) -> Capabilities:

@@ -24,7 +24,8 @@ from typing import Any
 from ...errors import ConfigError
 from .base import Backend, BackendError, ChatRequest
 from .embedded import EmbeddedBackend
-from .upstream import UpstreamBackend
+from .engine_http import Timeouts
+from .upstream import DEFAULT_TIMEOUTS, UpstreamBackend
 
 __all__ = [
     "Backend",
@@ -50,6 +51,8 @@ class BackendSpec:
     upstream_model: str | None = None
     #: Upstream only: the environment variable holding the engine's API key.
     api_key_env: str | None = None
+    #: Upstream only: connect / first-byte / idle / write timeouts.
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
 
 
 def _spec(spec: Any) -> BackendSpec:
@@ -68,6 +71,7 @@ def _spec(spec: Any) -> BackendSpec:
         base_url=get("base_url"),
         upstream_model=get("upstream_model") or get("model"),
         api_key_env=get("api_key_env"),
+        timeouts=get("timeouts") or DEFAULT_TIMEOUTS,
     )
 
 
@@ -97,7 +101,9 @@ def make_backend(spec: Any, *, env: Mapping[str, str] | None = None) -> Backend:
                     "holds control characters"
                 )
         try:
-            return UpstreamBackend(s.base_url, s.upstream_model, api_key=api_key)
+            return UpstreamBackend(
+                s.base_url, s.upstream_model, api_key=api_key, timeout=s.timeouts
+            )
         except ValueError as exc:  # a URL that cannot make a request line, or has credentials
             raise ConfigError(f"base_url: {exc}") from exc
     raise ConfigError(f"unknown backend {s.backend!r} (use 'embedded' or 'upstream')")

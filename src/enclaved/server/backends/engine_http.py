@@ -89,6 +89,9 @@ class Timeouts:
     read: float = 300.0
     #: Handing the request body to the kernel (a long prompt, a slow engine).
     write: float = 30.0
+    #: From the request sent to the answer's first byte (its status line);
+    #: ``None``: ``read``. A chat answer's status waits for the first token.
+    first_byte: float | None = None
 
     @classmethod
     def of(cls, value: Timeouts | float) -> Timeouts:
@@ -331,12 +334,16 @@ class EngineResponse:
     engine learns that its client left (vLLM then aborts the generation).
     """
 
-    __slots__ = ("_conn", "_pool", "_timeout", "headers", "status")
+    __slots__ = ("_conn", "_first_timeout", "_pool", "_timeout", "headers", "status")
 
-    def __init__(self, pool: EngineHttp, conn: _Connection, timeout: float) -> None:
+    def __init__(
+        self, pool: EngineHttp, conn: _Connection, timeout: float, first_timeout: float | None = None
+    ) -> None:
         self._pool: EngineHttp | None = pool
         self._conn = conn
         self._timeout = timeout
+        #: Until the first body byte (an engine that sends its headers, then thinks).
+        self._first_timeout = timeout if first_timeout is None else first_timeout
         #: The HTTP status code.
         self.status: int = conn.status
         #: Header names in lower case; repeated headers joined with ``", "``.
@@ -351,9 +358,11 @@ class EngineResponse:
         read brought (de-chunked). Raises :class:`BackendError` if the
         connection breaks before the body is complete."""
         conn = self._conn
+        timeout = self._first_timeout
         try:
             while True:
                 if conn.body:
+                    timeout = self._timeout
                     yield conn.take_body()
                     continue
                 if conn.complete:
@@ -364,7 +373,7 @@ class EngineResponse:
                     if conn.until_eof:
                         break
                     raise _broken()
-                await conn.wait(self._timeout)
+                await conn.wait(timeout)
         finally:
             await self.aclose()
 
@@ -492,6 +501,7 @@ class EngineHttp:
 
     async def _exchange(self, conn: _Connection, message: bytes, *, reused: bool) -> EngineResponse:
         conn.begin()
+        first_byte = self.timeouts.read if self.timeouts.first_byte is None else self.timeouts.first_byte
         try:
             await conn.write(message, self.timeouts.write)
             while not conn.headers_done:
@@ -499,11 +509,11 @@ class EngineHttp:
                     raise conn.error
                 if conn.eof or conn.lost:
                     raise _Stale() if reused and not conn.received else _broken()
-                await conn.wait(self.timeouts.read)
+                await conn.wait(first_byte)
         except BaseException:
             conn.close()
             raise
-        return EngineResponse(self, conn, self.timeouts.read)
+        return EngineResponse(self, conn, self.timeouts.read, first_byte)
 
     def _checkout(self) -> _Connection | None:
         idle = self._idle

@@ -59,6 +59,12 @@ log = logging.getLogger(__name__)
 #: behind other requests; only connecting must be fast.
 DEFAULT_TIMEOUTS = Timeouts(connect=10.0, read=300.0, write=30.0)
 
+#: The largest SSE event (its unterminated line, or its data lines together)
+#: the node holds while waiting for the engine to end it. A chat chunk is a
+#: few hundred bytes, a chunk with logprobs a few KiB: 1 MiB leaves room and
+#: bounds what a broken or hostile engine can make the node buffer.
+MAX_ENGINE_EVENT_BYTES = 1024 * 1024
+
 #: After ``[DONE]``: how long, and how many bytes, the end of the body is
 #: waited for so that the connection can be reused (see ``_read_rest``).
 REST_TIMEOUT = 1.0
@@ -210,6 +216,10 @@ class UpstreamBackend:
                         await _read_rest(pieces)
                         return
                     yield _parse_event(event, data)
+                if decoder.buffered > MAX_ENGINE_EVENT_BYTES:
+                    raise BackendError(
+                        f"upstream engine sent an event over {MAX_ENGINE_EVENT_BYTES} bytes"
+                    )
             for event, data in decoder.flush():
                 if data == _DONE:
                     return
