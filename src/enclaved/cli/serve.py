@@ -296,7 +296,9 @@ def run_serve(args: argparse.Namespace) -> int:
         log_config=None,  # ours (above): uvicorn's loggers propagate to it
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=10,
+        # Then uvicorn cancels what still runs, and each stream ends with an
+        # error event and [DONE] (server/chat/stream.py), not a cut connection.
+        timeout_graceful_shutdown=config.graceful_shutdown_seconds,
     )
 
     class Server(uvicorn.Server):

@@ -148,6 +148,9 @@ class ServerConfig:
     max_request_bytes: int = 8 * 1024 * 1024
     #: Seconds a client has to send a chat request's whole body (408 after).
     request_body_timeout_seconds: int = 60
+    #: Seconds in-flight requests get to finish after SIGTERM / SIGINT; then
+    #: each stream ends with a ``shutting_down`` error event and ``[DONE]``.
+    graceful_shutdown_seconds: float = 10.0
     #: Request-line and header sizes, header deadlines, the connection cap.
     transport: TransportLimits = dataclasses.field(default_factory=TransportLimits)
 
@@ -241,6 +244,7 @@ class _Loader:
             "request_body_timeout_seconds",
             "transport",
             "engine",
+            "graceful_shutdown_seconds",
         }
     )
     _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
@@ -340,6 +344,9 @@ class _Loader:
                 60,
                 low=1,
                 high=3600,
+            ),
+            graceful_shutdown_seconds=self._seconds(
+                data, "graceful_shutdown_seconds", "graceful_shutdown_seconds", 10.0
             ),
             transport=self._transport(data.get("transport", {})),
         )

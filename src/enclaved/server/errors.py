@@ -29,11 +29,13 @@ __all__ = [
     "INVALID_REQUEST",
     "NOT_FOUND",
     "SERVER_ERROR",
+    "SHUTTING_DOWN_MESSAGE",
     "HTTPError",
     "internal_error",
     "invalid_parameter",
     "missing_parameter",
     "model_not_found",
+    "shutting_down",
 ]
 
 
@@ -90,6 +92,14 @@ def missing_parameter(name: str) -> HTTPError:
 
 def invalid_parameter(name: str, message: str) -> HTTPError:
     return HTTPError(400, message, code="invalid_parameter", param=name)
+
+
+#: What a stream cut short by the node's shutdown says (503, or mid-stream the error event).
+SHUTTING_DOWN_MESSAGE = "The node is shutting down"
+
+
+def shutting_down() -> HTTPError:
+    return HTTPError(503, SHUTTING_DOWN_MESSAGE, code="shutting_down", type=SERVER_ERROR)
 
 
 def internal_error() -> HTTPError:

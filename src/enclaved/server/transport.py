@@ -37,8 +37,11 @@ What a refusal looks like (``docs/server.md``, "Transport limits"):
 - a connection beyond ``max_connections``: 503 ``too_many_connections``,
   and a warning in the log (at most one a second).
 
-Each refusal closes the connection. Nothing in a refusal or its log line
-comes from the request.
+Each refusal is written, then the node stops sending (FIN) and discards
+what still arrives for up to :data:`LINGER_SECONDS` before it closes the
+socket: closing at once, with the client's bytes unread, would make the
+kernel send a reset, which can destroy the refusal before the client reads
+it. Nothing in a refusal or its log line comes from the request.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 __all__ = ["TransportLimits", "limited_http_protocol"]
 
 log = logging.getLogger("enclaved.transport")
+
+#: Seconds a refused connection is drained (its bytes discarded) before it is closed.
+LINGER_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,6 +110,7 @@ class _LimitedHttpTools(HttpToolsProtocol):
         self._line_done = False  # its request line has ended
         self._tail = b""  # the last bytes of the head so far (a marker split across reads)
         self._deadline: asyncio.TimerHandle | None = None
+        self._refused = False
 
     # -- connection -------------------------------------------------------------
 
@@ -154,6 +161,8 @@ class _LimitedHttpTools(HttpToolsProtocol):
 
     def _count_head(self, data: bytes) -> bool:
         """Count ``data`` against the limits; False once the connection is refused."""
+        if self._refused:
+            return False  # draining before the close: discarded
         limits = self.limits
         if self._head_bytes == 0 and data:
             # The first byte of a head: from now its headers have a deadline.
@@ -210,10 +219,17 @@ class _LimitedHttpTools(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, message: str, code: str) -> None:
         self._cancel_deadline()
-        self._in_head = False
-        if not self.transport.is_closing():
-            self.transport.write(_refusal(status, reason, message, code))
-            self.transport.close()
+        transport = self.transport
+        if self._refused or transport.is_closing():
+            return
+        self._refused = True
+        self._in_head, self._head_ended = True, False  # what arrives goes to _count_head
+        transport.write(_refusal(status, reason, message, code))
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._deadline = self.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
 
 
 def limited_http_protocol(limits: TransportLimits) -> type[asyncio.Protocol]:

@@ -15,6 +15,7 @@ read ``[DONE]`` can fetch it at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +24,7 @@ from ...errors import Error
 from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW
 from ...protocol.sse import DONE, error_event
 from ..backends.base import BackendError
-from ..errors import internal_error
+from ..errors import SHUTTING_DOWN_MESSAGE, internal_error, shutting_down
 from ..node import Node
 from ..signing import ResponseHasher
 from .asgi import Connection, Send, send_error
@@ -100,11 +101,29 @@ async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) 
             await out.fail(exc)
             return
         await out.finish(tail)
+    except asyncio.CancelledError:
+        # Cancelled from outside - the server's graceful shutdown period ran
+        # out (SIGTERM while the engine is slow or hangs) - not by the
+        # client's leaving: the client gets the documented end, not a cut.
+        if not conn.cancelled and not conn.disconnected:
+            await _shutting_down(send, out)
+        raise
     finally:
         if out is not None and out.pump is not None:
             await out.pump.aclose()  # it owns the stream now, and closes it
         elif stream is not None:
             await aclose(stream)
+
+
+async def _shutting_down(send: Send, out: _Stream | None) -> None:
+    """503 ``shutting_down`` before the first byte; after it, that error
+    event, then ``[DONE]``. No signature: the completion is not complete."""
+    log.warning("stream ended by the node's shutdown")
+    with contextlib.suppress(Exception):  # a client that is gone, a closed transport
+        if out is None or not out.started:
+            await send_error(send, shutting_down(), TEE_HEADERS)
+        else:
+            await out.write(out.held + error_event(SHUTTING_DOWN_MESSAGE, "shutting_down") + DONE, more=False)
 
 
 class _Stream:
