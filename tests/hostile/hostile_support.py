@@ -107,15 +107,17 @@ async def token_then_hang(writer: asyncio.StreamWriter) -> None:
 
 
 class EndlessLine:
-    """One token, then an SSE line that never ends (``total`` bytes at most)."""
+    """One token, then an SSE line that never ends (``total`` bytes at most);
+    with ``lines``, ``data:`` lines that are never ended by a blank line."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, *, lines: bool = False) -> None:
         self.total = total
         self.sent = 0
+        self.lines = lines
 
     async def __call__(self, writer: asyncio.StreamWriter) -> None:
         writer.write(HEAD + chunked(CHUNK) + chunked(b'data: {"x":"'))
-        piece = chunked(b"a" * 65536)
+        piece = chunked(b"data: " + b"a" * 65530 + b"\n" if self.lines else b"a" * 65536)
         while self.sent < self.total:
             writer.write(piece)
             await writer.drain()

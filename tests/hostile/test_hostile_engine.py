@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hostile_support import (
     EndlessLine,
     engine,
@@ -47,8 +48,11 @@ def _stream(url: str, timeout: float = 10.0) -> tuple[int, bytes, float]:
     return r.status_code, raw, time.monotonic() - start
 
 
-def test_an_endless_sse_line_ends_the_stream_with_an_error_event(tmp_path: Path) -> None:
-    line = EndlessLine(48 * 1024 * 1024)
+@pytest.mark.parametrize("lines", [False, True], ids=["one-line", "data-lines"])
+def test_an_endless_sse_event_ends_the_stream_with_an_error_event(
+    tmp_path: Path, lines: bool
+) -> None:
+    line = EndlessLine(48 * 1024 * 1024, lines=lines)
     with engine(line) as base, limited_node(engine_config(tmp_path, base)) as node:
         before = rss_bytes()
         status, raw, _ = _stream(node.url)
