@@ -66,13 +66,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, *, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> float:
+def wait_http(
+    url: str, *, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
+) -> float:
     """Poll ``GET url`` until it answers 2xx; seconds waited. Raises if ``proc`` dies first."""
     started = time.monotonic()
     deadline = started + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with status {proc.returncode} before {url} answered")
+            raise RuntimeError(
+                f"process exited with status {proc.returncode} before {url} answered"
+            )
         try:
             if httpx.get(url, timeout=2.0).is_success:
                 return time.monotonic() - started
@@ -162,7 +166,10 @@ class Proc:
                 proc.wait()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
         self._log.close()
@@ -215,7 +222,9 @@ def write_config(
 def enclaved_server(config: Path, port: int, *, timeout: float = 120.0) -> Proc:
     """``enclaved serve --config CONFIG`` (log level warning), ready once ``/health`` answers."""
     cmd = python_cmd("-m", "enclaved", "serve", "--config", str(config), "--log-level", "warning")
-    return Proc(cmd, ready_url=f"http://127.0.0.1:{port}/health", name="enclaved serve", timeout=timeout)
+    return Proc(
+        cmd, ready_url=f"http://127.0.0.1:{port}/health", name="enclaved serve", timeout=timeout
+    )
 
 
 def fake_upstream(port: int, *, tokens: int, delay_ms: float = 0.0) -> Proc:
@@ -253,7 +262,9 @@ def attest(base_url: str, model: str, trust_root: Path | None) -> dict[str, Any]
     nonce = new_nonce()
     started = time.perf_counter()
     response = httpx.get(
-        f"{base_url.rstrip('/')}/tee/attestation", params={"model": model, "nonce": nonce.hex()}, timeout=30.0
+        f"{base_url.rstrip('/')}/tee/attestation",
+        params={"model": model, "nonce": nonce.hex()},
+        timeout=30.0,
     )
     response.raise_for_status()
     if trust_root is None:

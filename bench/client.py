@@ -208,7 +208,10 @@ def sdk_first_tokens(base_url: str, trust_root: Path, runs: int) -> dict[str, An
             t = time.perf_counter()
             ttft = None
             stream = client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=16, stream=True
+                model=MODEL,
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=16,
+                stream=True,
             )
             for chunk in stream:
                 if ttft is None and chunk.choices and chunk.choices[0].delta.content:
@@ -217,7 +220,10 @@ def sdk_first_tokens(base_url: str, trust_root: Path, runs: int) -> dict[str, An
                 raise RuntimeError("no content in the stream")
             bucket.append(ttft)
         client.close()
-    return {"sdk_first_request_ttft_ms": summary_ms(first), "sdk_next_request_ttft_ms": summary_ms(nxt)}
+    return {
+        "sdk_first_request_ttft_ms": summary_ms(first),
+        "sdk_next_request_ttft_ms": summary_ms(nxt),
+    }
 
 
 def attestation_halves(base_url: str, trust_root: Path, runs: int) -> dict[str, Any]:
@@ -234,17 +240,27 @@ def attestation_halves(base_url: str, trust_root: Path, runs: int) -> dict[str, 
         for _ in range(runs + 1):
             nonce = new_nonce()
             t = time.perf_counter()
-            response = http.get(f"{base_url}/tee/attestation", params={"model": MODEL, "nonce": nonce.hex()})
+            response = http.get(
+                f"{base_url}/tee/attestation", params={"model": MODEL, "nonce": nonce.hex()}
+            )
             response.raise_for_status()
             t2 = time.perf_counter()
             check_attestation(
-                response.content, base_url=base_url, model=MODEL, nonce=nonce, verifier=verifier, e2ee=True
+                response.content,
+                base_url=base_url,
+                model=MODEL,
+                nonce=nonce,
+                verifier=verifier,
+                e2ee=True,
             )
             t3 = time.perf_counter()
             fetch.append(t2 - t)
             verify.append(t3 - t2)
     # The first round warms both sides up; drop it.
-    return {"attestation_fetch_ms": summary_ms(fetch[1:]), "attestation_verify_ms": summary_ms(verify[1:])}
+    return {
+        "attestation_fetch_ms": summary_ms(fetch[1:]),
+        "attestation_verify_ms": summary_ms(verify[1:]),
+    }
 
 
 def chat_cli_cold(base_url: str, trust_root: Path, runs: int) -> dict[str, Any]:
@@ -294,7 +310,9 @@ def main() -> None:
     parser.add_argument(
         "--iterations", type=int, default=30, help="warm verifications per capture (default 30)"
     )
-    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per capture (default 3)")
+    parser.add_argument(
+        "--cold-runs", type=int, default=3, help="fresh processes per capture (default 3)"
+    )
     parser.add_argument("--chat-runs", type=int, default=5, help="SDK / CLI runs (default 5)")
     parser.add_argument("--skip-chat", action="store_true", help="only the capture verification")
     args = parser.parse_args()
@@ -311,7 +329,10 @@ def main() -> None:
             up_port, port = free_port(), free_port()
             with fake_upstream(up_port, tokens=16) as _up:
                 config = write_config(
-                    folder, port, upstream_url=f"http://127.0.0.1:{up_port}/v1", upstream_models=[MODEL]
+                    folder,
+                    port,
+                    upstream_url=f"http://127.0.0.1:{up_port}/v1",
+                    upstream_models=[MODEL],
                 )
                 with enclaved_server(config, port):
                     base_url = f"http://127.0.0.1:{port}/v1"

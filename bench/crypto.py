@@ -73,9 +73,13 @@ def openssl_sealer(recipient: bytes) -> Callable[[bytes], str]:
 
     def seal(plaintext: bytes) -> str:
         eph = ec.generate_private_key(ec.SECP256K1())
-        key = HKDF(hashes.SHA256(), 32, None, b"ecdsa_encryption").derive(eph.exchange(ec.ECDH(), peer))
+        key = HKDF(hashes.SHA256(), 32, None, b"ecdsa_encryption").derive(
+            eph.exchange(ec.ECDH(), peer)
+        )
         iv = os.urandom(12)
-        pub = eph.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        pub = eph.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
         return (pub + iv + AESGCM(key).encrypt(iv, plaintext, None)).hex()
 
     return seal
@@ -83,8 +87,15 @@ def openssl_sealer(recipient: bytes) -> Callable[[bytes], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default 2)")
-    parser.add_argument("--chunk-bytes", type=int, default=16, help="plaintext per chunk (a token or two; default 16)")
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="time per measurement (default 2)"
+    )
+    parser.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=16,
+        help="plaintext per chunk (a token or two; default 16)",
+    )
     args = parser.parse_args()
 
     client = KeyPair.generate()
@@ -131,9 +142,12 @@ def main() -> None:
     )
 
     ratios = {
-        "floor_over_seal_per_chunk_key": results["floor_keygen_ecdh"] / results["seal_per_chunk_key"],
-        "seal_per_chunk_key_over_openssl": results["seal_per_chunk_key"] / results["seal_openssl_per_chunk_key"],
-        "seal_per_response_over_per_chunk_key": results["seal_per_response_key"] / results["seal_per_chunk_key"],
+        "floor_over_seal_per_chunk_key": results["floor_keygen_ecdh"]
+        / results["seal_per_chunk_key"],
+        "seal_per_chunk_key_over_openssl": results["seal_per_chunk_key"]
+        / results["seal_openssl_per_chunk_key"],
+        "seal_per_response_over_per_chunk_key": results["seal_per_response_key"]
+        / results["seal_per_chunk_key"],
     }
     targets = {
         "seal_per_chunk_key >= 8000/s": results["seal_per_chunk_key"] >= 8000,
@@ -145,8 +159,17 @@ def main() -> None:
         print(f"{name:<40} {value:>8.2f}x")
     for name, ok in targets.items():
         print(f"target {name:<40} {'met' if ok else 'MISSED'}")
-    print(json.dumps({"bench": "crypto", "chunk_bytes": args.chunk_bytes, "per_second": results,
-                      "ratios": ratios, "targets_met": targets}))
+    print(
+        json.dumps(
+            {
+                "bench": "crypto",
+                "chunk_bytes": args.chunk_bytes,
+                "per_second": results,
+                "ratios": ratios,
+                "targets_met": targets,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ N_CTX = 2048  # EmbeddedBackend's default
 
 def server_threads() -> int:
     """What ``EmbeddedBackend`` picks: all usable cores but one, at least one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     return max(1, cores - 1)
 
 
@@ -125,7 +127,11 @@ async def _server_runs(
 
 
 async def _server_once(
-    client: httpx.AsyncClient, base_url: str, model: str, max_tokens: int, e2ee: dict[str, Any] | None
+    client: httpx.AsyncClient,
+    base_url: str,
+    model: str,
+    max_tokens: int,
+    e2ee: dict[str, Any] | None,
 ) -> dict[str, Any]:
     from enclaved.crypto import KeyPair, Opener, seal
 
@@ -185,15 +191,27 @@ async def _server_once(
 
 def _figures(t0: float, marks: list[float], text: str) -> dict[str, Any]:
     if not marks:
-        return {"ttft_s": float("nan"), "decode_tokens_per_s": float("nan"), "chunks": 0, "text": text}
+        return {
+            "ttft_s": float("nan"),
+            "decode_tokens_per_s": float("nan"),
+            "chunks": 0,
+            "text": text,
+        }
     decode = (len(marks) - 1) / (marks[-1] - marks[0]) if len(marks) > 1 else float("nan")
-    return {"ttft_s": marks[0] - t0, "decode_tokens_per_s": decode, "chunks": len(marks), "text": text}
+    return {
+        "ttft_s": marks[0] - t0,
+        "decode_tokens_per_s": decode,
+        "chunks": len(marks),
+        "text": text,
+    }
 
 
 # -- memory -----------------------------------------------------------------------------------
 
 
-async def _hold_streams(base_url: str, model: str, n: int, e2ee: dict[str, Any] | None, pid: int) -> int:
+async def _hold_streams(
+    base_url: str, model: str, n: int, e2ee: dict[str, Any] | None, pid: int
+) -> int:
     """Open ``n`` streams at once, wait until each has its response headers, read RSS, close."""
     from enclaved.crypto import KeyPair, seal
 
@@ -223,7 +241,9 @@ async def _hold_streams(base_url: str, model: str, n: int, e2ee: dict[str, Any] 
                 "stream": True,
             }
         )
-        async with client.stream("POST", f"{base_url}/chat/completions", content=body, headers=headers) as r:
+        async with client.stream(
+            "POST", f"{base_url}/chat/completions", content=body, headers=headers
+        ) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"HTTP {r.status_code}")
             opened += 1
@@ -251,7 +271,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--max-tokens", type=int, default=128, help="completion length (default 128)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=128, help="completion length (default 128)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument(
         "--threads",
@@ -268,7 +290,12 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
 
-    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "direct_plain": [], "tee": [], "e2ee": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "direct": [],
+        "direct_plain": [],
+        "tee": [],
+        "e2ee": [],
+    }
     memory: dict[str, Any] = {}
     setup: dict[str, Any] = {
         "threads_direct": args.threads,
@@ -303,7 +330,9 @@ def main() -> None:
                     runs["direct"].append(direct.run(args.max_tokens))
                     runs["direct_plain"].append(plain.run(args.max_tokens))
                     tee, e2ee = asyncio.run(
-                        _server_runs(base_url, [(TEE, args.max_tokens, None), (E2EE, args.max_tokens, key)])
+                        _server_runs(
+                            base_url, [(TEE, args.max_tokens, None), (E2EE, args.max_tokens, key)]
+                        )
                     )
                     runs["tee"].append(tee)
                     runs["e2ee"].append(e2ee)
@@ -331,7 +360,8 @@ def main() -> None:
                     memory["rss_after_streams_closed_kib"] = rss_kib(server.pid)
                     memory["per_open_stream_kib"] = {
                         mode: round(
-                            (memory[f"rss_{mode}_streams_open_kib"] - memory["rss_idle_kib"]) / args.streams,
+                            (memory[f"rss_{mode}_streams_open_kib"] - memory["rss_idle_kib"])
+                            / args.streams,
                             1,
                         )
                         for mode in ("tee", "e2ee")
@@ -341,7 +371,9 @@ def main() -> None:
     for mode, rs in runs.items():
         results[mode] = {
             "ttft_ms": summary_ms([r["ttft_s"] for r in rs]),
-            "decode_tokens_per_s_p50": round(statistics.median(r["decode_tokens_per_s"] for r in rs), 1),
+            "decode_tokens_per_s_p50": round(
+                statistics.median(r["decode_tokens_per_s"] for r in rs), 1
+            ),
             "chunks": [r["chunks"] for r in rs],
         }
     texts = {mode: {r["text"] for r in rs} for mode, rs in runs.items()}

@@ -389,7 +389,9 @@ async def _load(spec: dict[str, Any], concurrency: int, start_at: float) -> dict
     """``concurrency`` closed-loop streams; tokens and TTFTs inside the window."""
     out = _empty()
     cpu0 = _own_cpu_s()
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    limits = httpx.Limits(
+        max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8
+    )
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
         # Align with the other client processes on the wall clock.
         delay = start_at - time.time()
@@ -459,7 +461,12 @@ async def _idle_ttft(
     its own kept-alive connection (two untimed requests first).
     """
     sessions = [
-        (f"{name}/{mode}", spec, RawHttp(spec["base_url"], spec.get("api_key")), _e2ee_session(spec))
+        (
+            f"{name}/{mode}",
+            spec,
+            RawHttp(spec["base_url"], spec.get("api_key")),
+            _e2ee_session(spec),
+        )
         for name, mode, spec in plan
     ]
     times: dict[str, list[float]] = {key: [] for key, *_ in sessions}
@@ -590,7 +597,9 @@ class Load:
         if self.pool is None or concurrency < self.procs:
             return run_load(spec, concurrency, time.time())
         start_at = time.time() + 0.3
-        shares = [concurrency // self.procs + (i < concurrency % self.procs) for i in range(self.procs)]
+        shares = [
+            concurrency // self.procs + (i < concurrency % self.procs) for i in range(self.procs)
+        ]
         futures = [self.pool.submit(run_load, spec, n, start_at) for n in shares if n]
         parts = [f.result() for f in futures]
         merged = _empty()
@@ -680,14 +689,23 @@ def _arguments() -> tuple[argparse.Namespace, list[int], list[str]]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="See the module docstring (and docs/benchmarks.md) for details.",
     )
-    parser.add_argument("--tokens", type=int, default=256, help="tokens per completion (default 256)")
-    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated C values (default 1,16,64)")
+    parser.add_argument(
+        "--tokens", type=int, default=256, help="tokens per completion (default 256)"
+    )
+    parser.add_argument(
+        "--concurrency", default="1,16,64", help="comma-separated C values (default 1,16,64)"
+    )
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="measured seconds per mode and C (default 2)"
     )
-    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first (default 0.5)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="repeat the whole sequence, report medians (default 3)"
+        "--warmup", type=float, default=0.5, help="unmeasured seconds first (default 0.5)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="repeat the whole sequence, report medians (default 3)",
     )
     parser.add_argument("--client-procs", type=int, default=1, help="client processes (default 1)")
     parser.add_argument(
@@ -706,14 +724,24 @@ def _arguments() -> tuple[argparse.Namespace, list[int], list[str]]:
     parser.add_argument("--tee-model", default="tee-bench")
     parser.add_argument("--e2ee-model", default="e2ee-bench")
     parser.add_argument("--server-url", help="another server's base URL (with /v1); may use {port}")
-    parser.add_argument("--server-cmd", help="shell command that starts it (placeholders: see above)")
-    parser.add_argument("--server-name", default="other", help="its name in the output (default other)")
-    parser.add_argument("--other-tee-model", help="its plain model id (default --tee-model; '' skips)")
-    parser.add_argument("--other-e2ee-model", help="its E2EE model id (default --e2ee-model; '' skips)")
+    parser.add_argument(
+        "--server-cmd", help="shell command that starts it (placeholders: see above)"
+    )
+    parser.add_argument(
+        "--server-name", default="other", help="its name in the output (default other)"
+    )
+    parser.add_argument(
+        "--other-tee-model", help="its plain model id (default --tee-model; '' skips)"
+    )
+    parser.add_argument(
+        "--other-e2ee-model", help="its E2EE model id (default --e2ee-model; '' skips)"
+    )
     parser.add_argument("--other-trust-root", type=Path, help="PEM to verify its attestation with")
     parser.add_argument("--other-api-key", help="Bearer key for it")
     parser.add_argument("--no-enclaved", action="store_true", help="measure only the other server")
-    parser.add_argument("--server-log", action="store_true", help="print the servers' output at the end")
+    parser.add_argument(
+        "--server-log", action="store_true", help="print the servers' output at the end"
+    )
     args = parser.parse_args()
     conc = [int(c) for c in args.concurrency.split(",") if c.strip()]
     modes = [m for m in args.modes.split(",") if m]
@@ -794,7 +822,9 @@ def _attest_targets(targets: dict[str, dict[str, Any]], modes: list[str]) -> dic
     for name, t in targets.items():
         if "e2ee" in modes and t["models"]["e2ee"]:
             t["attestation"] = attest(t["base_url"], t["models"]["e2ee"], t["trust_root"])
-        setup[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in t.items() if k != "attestation"}
+        setup[name] = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in t.items() if k != "attestation"
+        }
         if "attestation" in t:
             setup[name]["attested"] = t["attestation"]["attested"]
             setup[name]["attestation_ms"] = t["attestation"]["attestation_ms"]
@@ -817,7 +847,9 @@ def _plan(
                     "api_key": t["api_key"],
                 }
                 if mode == "e2ee":
-                    spec.update({k: t["attestation"][k] for k in ("model_key_hex", "model_key_text")})
+                    spec.update(
+                        {k: t["attestation"][k] for k in ("model_key_hex", "model_key_text")}
+                    )
                 plan.append((name, mode, spec))
     return plan
 
@@ -854,7 +886,9 @@ def _measure_load(
     for _ in range(args.rounds):
         for c in conc:
             for name, mode, spec in plan:
-                server_pid = targets[name]["pid"] if name in targets and "pid" in targets[name] else None
+                server_pid = (
+                    targets[name]["pid"] if name in targets and "pid" in targets[name] else None
+                )
                 up0 = group_cpu_s(upstream.pid)
                 srv0 = group_cpu_s(server_pid) if server_pid else 0.0
                 part = load.run({**base_spec, **spec, "mode": mode}, c)
@@ -912,10 +946,14 @@ def _report(
             "idle_ttft_ms": idle_ttft,
             "engine_hop_ttft_ms": engine_hop,
             "engine_hop_overhead_ms": (
-                round(engine_hop["node"]["p50"] - engine_hop["raw"]["p50"], 3) if engine_hop else None
+                round(engine_hop["node"]["p50"] - engine_hop["raw"]["p50"], 3)
+                if engine_hop
+                else None
             ),
             "engine_hop_httpx_overhead_ms": (
-                round(engine_hop["httpx"]["p50"] - engine_hop["raw"]["p50"], 3) if engine_hop else None
+                round(engine_hop["httpx"]["p50"] - engine_hop["raw"]["p50"], 3)
+                if engine_hop
+                else None
             ),
             "ratios": ratios,
             "targets_met": targets_met,
@@ -943,14 +981,18 @@ def _ratios(
             # The same question asked of CPU time, which scheduling noise barely touches:
             # tee's server CPU per token over e2ee's (1.0: E2EE costs the server nothing).
             r["tee_over_e2ee_server_cpu_per_token"] = {
-                c: ratio(tee[c]["cpu_us_per_token"]["server"], e2ee[c]["cpu_us_per_token"]["server"])
+                c: ratio(
+                    tee[c]["cpu_us_per_token"]["server"], e2ee[c]["cpu_us_per_token"]["server"]
+                )
                 for c in tee
                 if c in e2ee
             }
         for mode, cells in (("tee", tee), ("e2ee", e2ee)):
             if cells and up:
                 r[f"{mode}_over_upstream"] = {
-                    c: ratio(cells[c]["tokens_per_s"], up[c]["tokens_per_s"]) for c in cells if c in up
+                    c: ratio(cells[c]["tokens_per_s"], up[c]["tokens_per_s"])
+                    for c in cells
+                    if c in up
                 }
                 if low in cells and low in up:
                     r.setdefault(f"ttft_overhead_ms_c{low}", {})[mode] = round(
@@ -962,13 +1004,19 @@ def _ratios(
                 )
             if f"{name}/{mode} client crypto" in idle:
                 # The client's own share of that overhead (session key, prompt, first open).
-                r.setdefault("idle_client_crypto_ms", {})[mode] = idle[f"{name}/{mode} client crypto"]["p50"]
+                r.setdefault("idle_client_crypto_ms", {})[mode] = idle[
+                    f"{name}/{mode} client crypto"
+                ]["p50"]
         ratios[name] = r
         if "e2ee_over_tee" in r and "64" in r["e2ee_over_tee"]:
             value = r["e2ee_over_tee"]["64"]
-            met[f"{name}: e2ee/tee tokens/s at C=64 >= 0.9"] = not math.isnan(value) and value >= 0.9
+            met[f"{name}: e2ee/tee tokens/s at C=64 >= 0.9"] = (
+                not math.isnan(value) and value >= 0.9
+            )
         for mode, value in r.get("idle_ttft_overhead_ms", {}).items():
-            met[f"{name}: {mode} TTFT overhead p50 (idle) <= 2 ms"] = not math.isnan(value) and value <= 2.0
+            met[f"{name}: {mode} TTFT overhead p50 (idle) <= 2 ms"] = (
+                not math.isnan(value) and value <= 2.0
+            )
     return ratios, met
 
 

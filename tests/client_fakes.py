@@ -89,8 +89,12 @@ class FakeNode:
         if path.endswith("/chat/completions"):
             return self._chat(request)
         if path.endswith("/models"):
-            return httpx.Response(200, json={"object": "list", "data": [{"id": E2EE_MODEL, "object": "model"}]})
-        return httpx.Response(404, json={"error": {"message": "not found", "type": "invalid_request_error"}})
+            return httpx.Response(
+                200, json={"object": "list", "data": [{"id": E2EE_MODEL, "object": "model"}]}
+            )
+        return httpx.Response(
+            404, json={"error": {"message": "not found", "type": "invalid_request_error"}}
+        )
 
     def _attestation(self, request: httpx.Request) -> httpx.Response:
         self.attestations += 1
@@ -99,7 +103,13 @@ class FakeNode:
         model = q["model"][0]
         if model not in (E2EE_MODEL, TEE_MODEL):
             return httpx.Response(
-                404, json={"error": {"message": f"Model {model} not found", "type": "invalid_request_error"}}
+                404,
+                json={
+                    "error": {
+                        "message": f"Model {model} not found",
+                        "type": "invalid_request_error",
+                    }
+                },
             )
         doc = {
             "verified": True,
@@ -138,10 +148,14 @@ class FakeNode:
         model_key = request.headers.get("x-venice-tee-model-pub-key")
         e2ee = client_key is not None
         if e2ee and model_key != self.key.public_key_hex:
-            return httpx.Response(421, json={"error": {"message": "stale", "code": "e2ee_attestation_stale"}})
+            return httpx.Response(
+                421, json={"error": {"message": "stale", "code": "e2ee_attestation_stale"}}
+            )
         if self.stale_times > 0:
             self.stale_times -= 1
-            return httpx.Response(421, json={"error": {"message": "stale", "code": "e2ee_attestation_stale"}})
+            return httpx.Response(
+                421, json={"error": {"message": "stale", "code": "e2ee_attestation_stale"}}
+            )
         if e2ee and body.get("stream") is not True:
             return httpx.Response(400, json={"error": {"message": "E2EE requires streaming"}})
         opener = Opener(self.key)
@@ -160,7 +174,9 @@ class FakeNode:
         self.counter += 1
         cid = f"chatcmpl-fake{self.counter}"
         if body.get("stream"):
-            out = self._stream_bytes(cid, body["model"], client_key if e2ee and not self.plaintext_answer else None)
+            out = self._stream_bytes(
+                cid, body["model"], client_key if e2ee and not self.plaintext_answer else None
+            )
             content_type = "text/event-stream"
         else:
             doc = {
@@ -169,7 +185,11 @@ class FakeNode:
                 "created": 1,
                 "model": body["model"],
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": "".join(self.answer)}, "finish_reason": "stop"}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(self.answer)},
+                        "finish_reason": "stop",
+                    }
                 ],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
             }
@@ -193,16 +213,24 @@ class FakeNode:
         return httpx.Response(self.chat_status, headers=headers, content=out)
 
     def _stream_bytes(self, cid: str, model: str, client_key_hex: str | None) -> bytes:
-        sealer = Sealer(bytes.fromhex(client_key_hex), per_chunk=self.per_chunk_keys) if client_key_hex else None
+        sealer = (
+            Sealer(bytes.fromhex(client_key_hex), per_chunk=self.per_chunk_keys)
+            if client_key_hex
+            else None
+        )
         events = []
 
-        def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> None:
+        def chunk(
+            delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None
+        ) -> None:
             doc: dict[str, Any] = {} if self.omit_ids else {"id": cid}
             doc |= {
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": model,
-                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": []
+                if delta is None
+                else [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             if usage is not None:
                 doc["usage"] = usage

@@ -64,7 +64,11 @@ def enclaved_server(data_dir: Path, *, tokens: int = TOKENS) -> Iterator[RealSer
     """An enclaved server (simulated TEE) over the fake engine, on loopback."""
     fake_mod = _fake_upstream_module()
     with fake_mod.FakeUpstreamProcess(tokens=tokens, model="fake-engine") as fake:
-        upstream = {"backend": "upstream", "base_url": fake.base_url, "upstream_model": "fake-engine"}
+        upstream = {
+            "backend": "upstream",
+            "base_url": fake.base_url,
+            "upstream_model": "fake-engine",
+        }
         config = ServerConfig.from_dict(
             {
                 "data_dir": str(data_dir),
@@ -93,4 +97,13 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
         yield server
 
 
-__all__ = ["E2EE_MODEL", "FAKE_ANSWER", "TEE_MODEL", "TOKENS", "RealServer", "embedded_server", "enclaved_server", "real_server"]
+__all__ = [
+    "E2EE_MODEL",
+    "FAKE_ANSWER",
+    "TEE_MODEL",
+    "TOKENS",
+    "RealServer",
+    "embedded_server",
+    "enclaved_server",
+    "real_server",
+]

@@ -127,7 +127,9 @@ def test_client() -> None:
 
 
 @pytest.mark.model
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed"
+)
 def test_embedded() -> None:
     result = run_bench("embedded", "--max-tokens", "4", "--rounds", "1", "--streams", "4")
     assert set(result["results"]) == {"direct", "direct_plain", "tee", "e2ee"}

@@ -48,7 +48,16 @@ def run_merged(argv: list[str]) -> tuple[int, str]:
 
 
 def chat_args(server: RealServer, *extra: str, url: str | None = None) -> list[str]:
-    return ["chat", "--model", E2EE_MODEL, "--base-url", url or server.base_url, "--trust-root", str(server.dev_root), *extra]
+    return [
+        "chat",
+        "--model",
+        E2EE_MODEL,
+        "--base-url",
+        url or server.base_url,
+        "--trust-root",
+        str(server.dev_root),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("mode", [[], ["--no-stream"]], ids=["stream", "no-stream"])
@@ -61,19 +70,25 @@ def test_one_shot_prints_verified_then_the_answer(real_server: RealServer, mode:
     assert "signature: ok" in out
 
 
-def test_prompt_from_stdin(real_server: RealServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prompt_from_stdin(
+    real_server: RealServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("a prompt from a pipe"))
     assert main(chat_args(real_server, "-")) == 0
     assert FAKE_ANSWER in capsys.readouterr().out
 
 
-def test_without_the_dev_root_it_fails_with_one_clear_line(real_server: RealServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_the_dev_root_it_fails_with_one_clear_line(
+    real_server: RealServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["chat", "hi", "--model", E2EE_MODEL, "--base-url", real_server.base_url]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("enclaved: verification failed: attestation check client.simulated_tee fail")
+    assert lines[0].startswith(
+        "enclaved: verification failed: attestation check client.simulated_tee fail"
+    )
     assert "--trust-root" in lines[0]
 
 
@@ -89,7 +104,9 @@ def mitm(real_server: RealServer) -> Iterator[tuple[Mitm, str]]:
         yield m, url + "/v1"
 
 
-def test_forged_signature_after_a_streamed_answer(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+def test_forged_signature_after_a_streamed_answer(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
     m, url = mitm
     m.attack = Attack(responses={"signature": _forge_with_attacker_key})
     code, out = run_merged(chat_args(real_server, "hi", url=url))
@@ -98,7 +115,9 @@ def test_forged_signature_after_a_streamed_answer(real_server: RealServer, mitm:
     assert "response signature check signature.address fail" in out
 
 
-def test_forged_signature_without_streaming_shows_nothing(real_server: RealServer, mitm: tuple[Mitm, str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_forged_signature_without_streaming_shows_nothing(
+    real_server: RealServer, mitm: tuple[Mitm, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     m, url = mitm
     m.attack = Attack(responses={"signature": _forge_with_attacker_key})
     assert main(chat_args(real_server, "hi", "--no-stream", url=url)) == 2
@@ -112,7 +131,12 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_interactive_mode_keeps_the_conversation_encrypted(real_server: RealServer, mitm: tuple[Mitm, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_interactive_mode_keeps_the_conversation_encrypted(
+    real_server: RealServer,
+    mitm: tuple[Mitm, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     m, url = mitm
     seen: list[bytes] = []
 
@@ -137,10 +161,14 @@ def test_build_messages() -> None:
     assert [m["role"] for m in plain] == ["system", "user", "assistant", "user"]
     sealed = build_messages(history, "q2", "sys", e2ee=True)
     assert [m["role"] for m in sealed] == ["system", "user"]
-    assert "User: q1\nAssistant: a1" in sealed[0]["content"] and sealed[0]["content"].startswith("sys")
+    assert "User: q1\nAssistant: a1" in sealed[0]["content"] and sealed[0]["content"].startswith(
+        "sys"
+    )
 
 
-def test_models_lists_the_private_models(real_server: RealServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_lists_the_private_models(
+    real_server: RealServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["models", "--base-url", real_server.base_url]) == 0
     lines = capsys.readouterr().out.splitlines()
     e2ee = next(line for line in lines if line.startswith(E2EE_MODEL))
@@ -148,20 +176,41 @@ def test_models_lists_the_private_models(real_server: RealServer, capsys: pytest
     assert "E2EE TEE" in e2ee and "TEE" in tee and "E2EE" not in tee
 
 
-def test_signature_command_checks_the_hashes_and_the_address(real_server: RealServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    request = json.dumps({"model": TEE_MODEL, "messages": [{"role": "user", "content": "sign this"}]}).encode()
-    r = httpx.post(real_server.base_url + "/chat/completions", content=request, headers={"content-type": "application/json"})
+def test_signature_command_checks_the_hashes_and_the_address(
+    real_server: RealServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = json.dumps(
+        {"model": TEE_MODEL, "messages": [{"role": "user", "content": "sign this"}]}
+    ).encode()
+    r = httpx.post(
+        real_server.base_url + "/chat/completions",
+        content=request,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 200
     (tmp_path / "req").write_bytes(request)
     (tmp_path / "resp").write_bytes(r.content)
-    base = ["signature", "--model", TEE_MODEL, "--request-id", r.json()["id"], "--base-url", real_server.base_url,
-            "--trust-root", str(real_server.dev_root)]
-    assert main([*base, "--request", str(tmp_path / "req"), "--response", str(tmp_path / "resp")]) == 0
+    base = [
+        "signature",
+        "--model",
+        TEE_MODEL,
+        "--request-id",
+        r.json()["id"],
+        "--base-url",
+        real_server.base_url,
+        "--trust-root",
+        str(real_server.dev_root),
+    ]
+    assert (
+        main([*base, "--request", str(tmp_path / "req"), "--response", str(tmp_path / "resp")]) == 0
+    )
     out = capsys.readouterr().out
     assert "signature.response_sha256" in out and "signature.address" in out
     # One changed byte of the response file: not what was signed.
     (tmp_path / "resp").write_bytes(r.content.replace(b"tok1", b"tok9"))
-    assert main([*base, "--request", str(tmp_path / "req"), "--response", str(tmp_path / "resp")]) == 2
+    assert (
+        main([*base, "--request", str(tmp_path / "req"), "--response", str(tmp_path / "resp")]) == 2
+    )
     assert "signature.response_sha256" in capsys.readouterr().err
     # Without the files: the address only, and it says so.
     assert main(base) == 0
@@ -171,8 +220,20 @@ def test_signature_command_checks_the_hashes_and_the_address(real_server: RealSe
 @pytest.mark.model
 def test_chat_with_the_embedded_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with embedded_server(tmp_path) as server:
-        args = ["chat", "What is 2+2?", "--model", "e2ee-smollm2-135m", "--base-url", server.base_url,
-                "--trust-root", str(server.dev_root), "--max-tokens", "16", "--temperature", "0"]
+        args = [
+            "chat",
+            "What is 2+2?",
+            "--model",
+            "e2ee-smollm2-135m",
+            "--base-url",
+            server.base_url,
+            "--trust-root",
+            str(server.dev_root),
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0",
+        ]
         assert main(args) == 0
     captured = capsys.readouterr()
     assert captured.out.strip()
@@ -223,7 +284,9 @@ def test_exit_codes_match_enclaved_verify() -> None:
     assert describe_error(wrapped)[0] == 3
 
 
-def test_trust_root_help_says_that_it_relaxes_the_policy(capsys: pytest.CaptureFixture[str]) -> None:
+def test_trust_root_help_says_that_it_relaxes_the_policy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """--trust-root alone selects the development policy: the help must not say "also trust" only."""
     for command in ("chat", "signature", "models", "proxy"):
         with pytest.raises(SystemExit):

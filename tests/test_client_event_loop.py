@@ -87,14 +87,21 @@ class RecordedServices:
         if path == "/api/v1/models":
             return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
         if path == "/api/v1/chat/completions":
-            return JSONResponse({"error": {"message": "recorded node is offline", "type": "server_error"}}, 503)
+            return JSONResponse(
+                {"error": {"message": "recorded node is offline", "type": "server_error"}}, 503
+            )
         if path not in self.routes:
             return Response(status_code=404)
         body, headers = self.routes[path]
         return Response(body, headers=headers)
 
     def app(self) -> Starlette:
-        paths = ["/api/v1/tee/attestation", "/api/v1/chat/completions", "/api/v1/models", *self.routes]
+        paths = [
+            "/api/v1/tee/attestation",
+            "/api/v1/chat/completions",
+            "/api/v1/models",
+            *self.routes,
+        ]
         return Starlette(routes=[Route(p, self.handle, methods=["GET", "POST"]) for p in paths])
 
 
@@ -118,12 +125,12 @@ def _pcs(base: str, cache_dir: Path | None = None) -> PcsCollateral:
 def _nras(base: str) -> Any:
     from enclaved.attestation.verifier import online_nras
 
-    return online_nras(
-        attest_url=f"{base}/v3/attest/gpu", jwks_url=f"{base}/.well-known/jwks.json"
-    )
+    return online_nras(attest_url=f"{base}/v3/attest/gpu", jwks_url=f"{base}/.well-known/jwks.json")
 
 
-async def _first_request_with_a_ticker(transport: AsyncEnclavedTransport, base: str) -> tuple[httpx.Response, float, float]:
+async def _first_request_with_a_ticker(
+    transport: AsyncEnclavedTransport, base: str
+) -> tuple[httpx.Response, float, float]:
     """(the answer, the loop's worst lag, the request's duration), both in seconds."""
     worst = 0.0
     done = asyncio.Event()
@@ -154,7 +161,10 @@ async def _first_request_with_a_ticker(transport: AsyncEnclavedTransport, base: 
 
 def _assert_attested_with_collateral(transport: AsyncEnclavedTransport | EnclavedTransport) -> None:
     node = transport.last_attestation
-    assert node is not None and node.describe() == "intel-tdx, 0x6525e128afcffebf7eed05d485d7be983cdae934"
+    assert (
+        node is not None
+        and node.describe() == "intel-tdx, 0x6525e128afcffebf7eed05d485d7be983cdae934"
+    )
     for cid in ("tdx.collateral.tcb_info.signature", "tdx.collateral.pck_crl", "tdx.tcb.status"):
         row = node.verdict.get(cid)
         assert row is not None and row.status is Status.PASS, (cid, row)
@@ -175,7 +185,9 @@ def test_a_slow_intel_pcs_does_not_stall_the_async_clients_loop(
     assert "/tdx/certification/v4/tcb" in recorded.paths
     assert took >= DELAY
     # ...and meanwhile the loop kept ticking.
-    assert worst < MAX_LAG, f"the event loop stalled {worst * 1000:.0f} ms during a {took:.2f} s request"
+    assert worst < MAX_LAG, (
+        f"the event loop stalled {worst * 1000:.0f} ms during a {took:.2f} s request"
+    )
 
 
 @pytest.mark.parametrize("services", [{"/v3/attest/gpu"}], indirect=True)
@@ -198,7 +210,9 @@ def test_a_slow_nras_does_not_stall_the_async_clients_loop(
     assert node is not None
     assert [r.status for r in node.verdict if r.id.startswith("nvidia.nras")] == [Status.PASS] * 9
     assert took >= DELAY
-    assert worst < MAX_LAG, f"the event loop stalled {worst * 1000:.0f} ms during a {took:.2f} s request"
+    assert worst < MAX_LAG, (
+        f"the event loop stalled {worst * 1000:.0f} ms during a {took:.2f} s request"
+    )
 
 
 @pytest.mark.parametrize("services", [set()], indirect=True)
@@ -207,7 +221,9 @@ def test_the_sync_client_fetches_the_same_collateral_and_caches_it_on_disk(
 ) -> None:
     recorded, base = services
     for _ in range(2):  # the second transport (a new process, say) reads the disk cache
-        verifier = Verifier(Policy.strict(), collateral=_pcs(base, tmp_path), now=lambda: CAPTURED_AT)
+        verifier = Verifier(
+            Policy.strict(), collateral=_pcs(base, tmp_path), now=lambda: CAPTURED_AT
+        )
         transport = EnclavedTransport(
             httpx.HTTPTransport(), verifier=verifier, random=lambda n: recorded.nonce
         )
@@ -292,7 +308,9 @@ def test_the_async_getter_shares_the_disk_cache_and_its_fallback(
     with pytest.raises(NetworkError, match="HTTP 503"):
         asyncio.run(gone.aget(fmspc, ca))
     verifier = Verifier(Policy.strict(), collateral=stale, now=lambda: CAPTURED_AT)
-    assert verifier.verify(report, nonce=recorded.nonce, fetched=asyncio.run(verifier.afetch(report))).ok
+    assert verifier.verify(
+        report, nonce=recorded.nonce, fetched=asyncio.run(verifier.afetch(report))
+    ).ok
 
 
 def test_the_proxy_serves_other_callers_while_a_first_request_waits_on_intel(

@@ -121,15 +121,21 @@ def _fresh_attack(mitm: tuple[Mitm, str]) -> Iterator[None]:
 
 
 def sdk(real_server: RealServer, url: str) -> Any:
-    return enclaved.OpenAI(base_url=url, api_key="unused", trust_root=real_server.dev_root, max_retries=0)
+    return enclaved.OpenAI(
+        base_url=url, api_key="unused", trust_root=real_server.dev_root, max_retries=0
+    )
 
 
-def run(client: Any, *, stream: bool, model: str = E2EE_MODEL) -> tuple[list[str], BaseException | None]:
+def run(
+    client: Any, *, stream: bool, model: str = E2EE_MODEL
+) -> tuple[list[str], BaseException | None]:
     """Call the SDK; return the text pieces the caller was given and the error raised."""
     pieces: list[str] = []
     try:
         if stream:
-            for chunk in client.chat.completions.create(model=model, messages=MESSAGES, stream=True):
+            for chunk in client.chat.completions.create(
+                model=model, messages=MESSAGES, stream=True
+            ):
                 for choice in chunk.choices:
                     if choice.delta.content:
                         pieces.append(choice.delta.content)
@@ -205,7 +211,11 @@ def _swap_key_without_04(doc: dict[str, Any]) -> None:
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_swapped_model_key_is_detected(
-    real_server: RealServer, mitm: tuple[Mitm, str], change: Callable[[dict[str, Any]], None], check: str, stream: bool
+    real_server: RealServer,
+    mitm: tuple[Mitm, str],
+    change: Callable[[dict[str, Any]], None],
+    check: str,
+    stream: bool,
 ) -> None:
     m, url = mitm
     m.attack.responses["attestation"] = _json_rewrite(change)
@@ -215,7 +225,9 @@ def test_swapped_model_key_is_detected(
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_replayed_attestation_is_detected(real_server: RealServer, mitm: tuple[Mitm, str], stream: bool) -> None:
+def test_replayed_attestation_is_detected(
+    real_server: RealServer, mitm: tuple[Mitm, str], stream: bool
+) -> None:
     m, url = mitm
     assert run(sdk(real_server, url), stream=False)[1] is None  # a genuine exchange, recorded
     old = m.attack.attestations[-1]
@@ -290,7 +302,9 @@ def _flip_ciphertext_of_second_chunk(i: int, doc: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_one_flipped_ciphertext_byte_is_detected(real_server: RealServer, mitm: tuple[Mitm, str], stream: bool) -> None:
+def test_one_flipped_ciphertext_byte_is_detected(
+    real_server: RealServer, mitm: tuple[Mitm, str], stream: bool
+) -> None:
     m, url = mitm
     m.attack.responses["chat"] = _sse_rewrite(_flip_ciphertext_of_second_chunk)
     pieces, error = run(sdk(real_server, url), stream=stream)
@@ -302,7 +316,9 @@ def test_one_flipped_ciphertext_byte_is_detected(real_server: RealServer, mitm: 
         assert pieces == []
 
 
-def test_one_flipped_byte_outside_the_ciphertext_is_detected(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+def test_one_flipped_byte_outside_the_ciphertext_is_detected(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
     """A byte the client cannot check by decrypting still breaks the response signature."""
     m, url = mitm
 
@@ -325,7 +341,9 @@ def test_one_flipped_byte_outside_the_ciphertext_is_detected(real_server: RealSe
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_stripped_e2ee_headers_are_detected(real_server: RealServer, mitm: tuple[Mitm, str], stream: bool) -> None:
+def test_stripped_e2ee_headers_are_detected(
+    real_server: RealServer, mitm: tuple[Mitm, str], stream: bool
+) -> None:
     """Without the headers the server answers in plaintext: the client refuses to show it."""
     m, url = mitm
     m.attack.strip_request_headers = (
@@ -338,10 +356,14 @@ def test_stripped_e2ee_headers_are_detected(real_server: RealServer, mitm: tuple
     assert pieces == [] and m.attack.chat_requests == 1
 
 
-def test_changed_request_ciphertext_is_detected(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+def test_changed_request_ciphertext_is_detected(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
     """A request altered on the way (here: a parameter) is caught by the request hash."""
     m, url = mitm
-    m.attack.request_body = lambda body: body.replace(b'"stream":true', b'"stream":true,"seed":7', 1)
+    m.attack.request_body = lambda body: body.replace(
+        b'"stream":true', b'"stream":true,"seed":7', 1
+    )
     pieces, error = run(sdk(real_server, url), stream=False)
     assert isinstance(error, VerificationError) and "signature.request_sha256" in str(error)
     assert pieces == []
@@ -401,7 +423,9 @@ def test_missing_signature_is_detected(real_server: RealServer, mitm: tuple[Mitm
     assert pieces == []
 
 
-def test_own_text_in_a_clear_field_is_refused_at_that_event(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+def test_own_text_in_a_clear_field_is_refused_at_that_event(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
     """Text written into a field E2EE leaves in the clear stops the stream where it stands,
     as a malformed stream (not only later, as a broken signature) and without showing it."""
     m, url = mitm

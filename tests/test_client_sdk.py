@@ -48,7 +48,9 @@ def _quiet_dev_policy() -> Iterator[None]:
 
 
 def client(server: RealServer) -> enclaved.OpenAI:  # type: ignore[valid-type]
-    return enclaved.OpenAI(base_url=server.base_url, api_key="unused", trust_root=server.dev_root, max_retries=0)
+    return enclaved.OpenAI(
+        base_url=server.base_url, api_key="unused", trust_root=server.dev_root, max_retries=0
+    )
 
 
 def test_sync_non_streaming(real_server: RealServer) -> None:
@@ -72,7 +74,10 @@ def test_sync_streaming(real_server: RealServer) -> None:
 def test_async_streaming_and_not(real_server: RealServer) -> None:
     async def main() -> None:
         c = enclaved.AsyncOpenAI(
-            base_url=real_server.base_url, api_key="unused", trust_root=real_server.dev_root, max_retries=0
+            base_url=real_server.base_url,
+            api_key="unused",
+            trust_root=real_server.dev_root,
+            max_retries=0,
         )
         reply = await c.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
         assert reply.choices[0].message.content == FAKE_ANSWER
@@ -89,7 +94,11 @@ def test_async_streaming_and_not(real_server: RealServer) -> None:
 def test_tee_model(real_server: RealServer, stream: bool) -> None:
     c = client(real_server)
     out = c.chat.completions.create(model=TEE_MODEL, messages=MESSAGES, stream=stream)
-    text = "".join(ch.choices[0].delta.content or "" for ch in out if ch.choices) if stream else out.choices[0].message.content
+    text = (
+        "".join(ch.choices[0].delta.content or "" for ch in out if ch.choices)
+        if stream
+        else out.choices[0].message.content
+    )
     assert text == FAKE_ANSWER
     assert last_signature(c) is not None and last_signature(c).ok
 
@@ -122,13 +131,17 @@ def test_without_the_dev_root_the_client_refuses_and_says_why(real_server: RealS
 
 def test_strict_verifier_rejects_the_simulated_quote_chain(real_server: RealServer) -> None:
     """Even without the client's shortcut, the quote itself does not chain to Intel."""
-    inner = Verifier(Policy(allow_missing_collateral=True, allow_missing_nvidia=True), collateral=None)
+    inner = Verifier(
+        Policy(allow_missing_collateral=True, allow_missing_nvidia=True), collateral=None
+    )
 
     class VerifyOnly:  # no .policy: the client cannot take its shortcut
         verify = inner.verify
 
     verifier = VerifyOnly()
-    c = enclaved.OpenAI(base_url=real_server.base_url, api_key="unused", verifier=verifier, max_retries=0)
+    c = enclaved.OpenAI(
+        base_url=real_server.base_url, api_key="unused", verifier=verifier, max_retries=0
+    )
     with pytest.raises(VerificationError) as info:
         c.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert info.value.verdict is not None
@@ -137,7 +150,9 @@ def test_strict_verifier_rejects_the_simulated_quote_chain(real_server: RealServ
     assert "--trust-root" in describe_error(info.value)[1]
 
 
-def test_no_key_and_no_plaintext_left_behind(real_server: RealServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_key_and_no_plaintext_left_behind(
+    real_server: RealServer, caplog: pytest.LogCaptureFixture
+) -> None:
     """The session key does not outlive the request; nothing logs the prompt or the answer.
 
     The server runs in this process, so its logs are captured too.
@@ -151,7 +166,9 @@ def test_no_key_and_no_plaintext_left_behind(real_server: RealServer, caplog: py
     list(c.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))
     gc.collect()
     assert sum(1 for o in gc.get_objects() if isinstance(o, KeyPair)) == before
-    logged = "\n".join(f"{r.name} {r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records)
+    logged = "\n".join(
+        f"{r.name} {r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records
+    )
     assert any(r.name.startswith("httpx") for r in caplog.records)  # the loggers ran
     for secret in (PROMPT, "canary-7d1e", "tok3"):
         assert secret not in logged

@@ -60,7 +60,9 @@ def sync_client(node: FakeNode, **kw: object) -> openai.OpenAI:
     kw.setdefault("verifier", BindingVerifier())
     kw.setdefault("sleep", lambda s: None)
     transport = EnclavedTransport(httpx.MockTransport(node), **kw)  # type: ignore[arg-type]
-    return openai.OpenAI(base_url=BASE, api_key="k", http_client=httpx.Client(transport=transport), max_retries=0)
+    return openai.OpenAI(
+        base_url=BASE, api_key="k", http_client=httpx.Client(transport=transport), max_retries=0
+    )
 
 
 def async_client(node: FakeNode, **kw: object) -> openai.AsyncOpenAI:
@@ -72,7 +74,10 @@ def async_client(node: FakeNode, **kw: object) -> openai.AsyncOpenAI:
     kw.setdefault("sleep", no_sleep)
     transport = AsyncEnclavedTransport(httpx.MockTransport(node), **kw)  # type: ignore[arg-type]
     return openai.AsyncOpenAI(
-        base_url=BASE, api_key="k", http_client=httpx.AsyncClient(transport=transport), max_retries=0
+        base_url=BASE,
+        api_key="k",
+        http_client=httpx.AsyncClient(transport=transport),
+        max_retries=0,
     )
 
 
@@ -108,18 +113,25 @@ def test_e2ee_non_streaming_returns_a_normal_completion(node: FakeNode) -> None:
 def test_e2ee_streaming_yields_decrypted_deltas(node: FakeNode) -> None:
     client = sync_client(node)
     stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    pieces = [
+        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+    ]
     assert pieces == ANSWER
     assert last_signature(client) is not None
 
 
-def test_each_message_gets_its_own_ephemeral_key_and_each_request_its_own_session_key(node: FakeNode) -> None:
+def test_each_message_gets_its_own_ephemeral_key_and_each_request_its_own_session_key(
+    node: FakeNode,
+) -> None:
     client = sync_client(node)
     for _ in range(2):
         client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     a, _ = (s.body["messages"] for s in node.seen)
     assert a[0]["content"][:130] != a[1]["content"][:130]  # fresh ephemeral key per message
-    assert node.seen[0].headers["x-venice-tee-client-pub-key"] != node.seen[1].headers["x-venice-tee-client-pub-key"]
+    assert (
+        node.seen[0].headers["x-venice-tee-client-pub-key"]
+        != node.seen[1].headers["x-venice-tee-client-pub-key"]
+    )
 
 
 def test_prompt_keys_are_made_ahead_and_each_used_once(node: FakeNode) -> None:
@@ -146,7 +158,10 @@ def test_text_parts_and_developer_role_are_sealed(node: FakeNode) -> None:
     client = sync_client(node)
     messages = [
         {"role": "developer", "content": "terse"},
-        {"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": "part two"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": "part two"}],
+        },
         {"role": "assistant", "content": "earlier answer"},
         {"role": "user", "content": "again"},
     ]
@@ -156,7 +171,10 @@ def test_text_parts_and_developer_role_are_sealed(node: FakeNode) -> None:
     assert all(looks_like_envelope(p["text"]) for p in sent[1]["content"])
     assert sent[2]["content"] == "earlier answer"  # the protocol leaves assistant history as is
     assert [m["content"] for m in node.seen[0].plaintext_messages] == [
-        "terse", "part one\npart two", "earlier answer", "again"
+        "terse",
+        "part one\npart two",
+        "earlier answer",
+        "again",
     ]
 
 
@@ -165,8 +183,14 @@ def test_async_streaming_and_not(node: FakeNode) -> None:
         client = async_client(node)
         reply = await client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
         assert reply.choices[0].message.content == "".join(ANSWER)
-        stream = await client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-        pieces = [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+        stream = await client.chat.completions.create(
+            model=E2EE_MODEL, messages=MESSAGES, stream=True
+        )  # type: ignore[arg-type]
+        pieces = [
+            c.choices[0].delta.content
+            async for c in stream
+            if c.choices and c.choices[0].delta.content
+        ]
         assert pieces == ANSWER
         assert last_signature(client) is not None
         await client.close()
@@ -178,7 +202,11 @@ def test_async_streaming_and_not(node: FakeNode) -> None:
 def test_tee_model_is_attested_and_signed_but_not_encrypted(node: FakeNode, stream: bool) -> None:
     client = sync_client(node)
     out = client.chat.completions.create(model=TEE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[arg-type]
-    text = "".join(c.choices[0].delta.content or "" for c in out if c.choices) if stream else out.choices[0].message.content  # type: ignore[union-attr]
+    text = (
+        "".join(c.choices[0].delta.content or "" for c in out if c.choices)
+        if stream
+        else out.choices[0].message.content
+    )  # type: ignore[union-attr]
     assert text == "".join(ANSWER)
     assert node.seen[0].body["messages"] == MESSAGES
     assert "x-venice-tee-client-pub-key" not in node.seen[0].headers
@@ -203,7 +231,9 @@ def test_raw_httpx_stream_ends_with_done_only_after_verification(node: FakeNode)
     events = [e for e in raw.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]"
     deltas = [json.loads(e[6:]) for e in events[:-1]]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in deltas if c["choices"]) == "".join(ANSWER)
+    assert "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in deltas if c["choices"]
+    ) == "".join(ANSWER)
     assert deltas[-1]["usage"]["total_tokens"] == 7
 
 
@@ -256,7 +286,10 @@ def test_unknown_model_gets_the_servers_own_error(node: FakeNode) -> None:
 
 
 def test_swapped_key_in_attestation_is_refused(node: FakeNode) -> None:
-    node.report_override = {"signing_key": KeyPair.generate().public_key_hex, "signing_public_key": None}
+    node.report_override = {
+        "signing_key": KeyPair.generate().public_key_hex,
+        "signing_public_key": None,
+    }
     with pytest.raises(VerificationError, match="binding.signing_key"):
         sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     assert node.seen == []  # nothing was sent
@@ -304,7 +337,11 @@ def test_one_flipped_ciphertext_byte_is_refused_before_it_is_shown(node: FakeNod
 def test_error_event_raises_api_error(node: FakeNode) -> None:
     node.error_event = {"message": "engine died", "type": "server_error", "code": "upstream_error"}
     with pytest.raises(APIError, match="engine died") as info:
-        list(sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+        list(
+            sync_client(node).chat.completions.create(
+                model=E2EE_MODEL, messages=MESSAGES, stream=True
+            )
+        )  # type: ignore[arg-type]
     assert info.value.code == "upstream_error"
 
 
@@ -330,7 +367,9 @@ def test_response_bytes_changed_outside_the_ciphertext_break_the_signature(node:
         sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
 
 
-@pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")  # relaxed on purpose
+@pytest.mark.filterwarnings(
+    "ignore::enclaved.attestation.InsecurePolicyWarning"
+)  # relaxed on purpose
 def test_address_only_mode_skips_the_hashes_but_not_the_signer(node: FakeNode) -> None:
     """For a gateway that rewrites bodies: the node signed bytes we never saw."""
     node.tamper_response = lambda out: out.replace(b'"created": 1', b'"created": 2', 1)
@@ -359,12 +398,16 @@ def test_signature_not_yet_stored_is_retried(node: FakeNode) -> None:
     sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
 
 
-@pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")  # relaxed on purpose
+@pytest.mark.filterwarnings(
+    "ignore::enclaved.attestation.InsecurePolicyWarning"
+)  # relaxed on purpose
 def test_signature_missing_is_refused_unless_disabled(node: FakeNode) -> None:
     node.signature_404s = 100
     with pytest.raises(VerificationError, match="HTTP 404"):
         sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
-    reply = sync_client(node, verify_signatures=False).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    reply = sync_client(node, verify_signatures=False).chat.completions.create(
+        model=E2EE_MODEL, messages=MESSAGES
+    )  # type: ignore[arg-type]
     assert reply.choices[0].message.content == "".join(ANSWER)
 
 
@@ -381,7 +424,12 @@ def test_e2ee_refuses_what_it_cannot_encrypt(node: FakeNode) -> None:
     with pytest.raises(ConfigError, match="image_url"):
         client.chat.completions.create(
             model=E2EE_MODEL,
-            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://x"}}],
+                }
+            ],
         )
     assert node.seen == []
 
@@ -433,7 +481,9 @@ def test_session_key_is_dropped_when_the_stream_fails(node: FakeNode) -> None:
     assert _live_keypairs() == before
 
 
-def test_nothing_secret_is_logged_at_any_level(node: FakeNode, caplog: pytest.LogCaptureFixture) -> None:
+def test_nothing_secret_is_logged_at_any_level(
+    node: FakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
     for name in (None, "httpx", "httpcore", "openai", "enclaved"):
         caplog.set_level(logging.DEBUG, logger=name)
     client = sync_client(node)
@@ -458,21 +508,31 @@ CAPTURED_AT = datetime.datetime(2026, 4, 24, 1, 58, 32, tzinfo=datetime.UTC)
 
 def _capture() -> tuple[dict[str, object], bytes]:
     manifest = json.loads((CAPTURE / "manifest.json").read_text())
-    doc = json.loads((CAPTURE / "responses" / "0001_api.venice.ai_api_v1_tee_attestation.body").read_bytes())
+    doc = json.loads(
+        (CAPTURE / "responses" / "0001_api.venice.ai_api_v1_tee_attestation.body").read_bytes()
+    )
     return doc, bytes.fromhex(manifest["nonce_hex"])
 
 
 def _capture_verifier() -> Verifier:
-    return Verifier(Policy.strict(), collateral=directory_collateral(CAPTURE / "responses"), now=lambda: CAPTURED_AT)
+    return Verifier(
+        Policy.strict(),
+        collateral=directory_collateral(CAPTURE / "responses"),
+        now=lambda: CAPTURED_AT,
+    )
 
 
 def _eip55(address: str) -> str:
     digest = keccak256(address[2:].lower().encode()).hex()
-    return "0x" + "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(address[2:].lower(), digest))
+    return "0x" + "".join(
+        c.upper() if int(h, 16) >= 8 else c
+        for c, h in zip(address[2:].lower(), digest, strict=False)
+    )
 
 
 @pytest.mark.parametrize(
-    "variant", ["as-captured", "128-hex-key-and-eip55", "signing-public-key-only", "event-log-as-string"]
+    "variant",
+    ["as-captured", "128-hex-key-and-eip55", "signing-public-key-only", "event-log-as-string"],
 )
 def test_production_capture_verifies_under_the_strict_policy(variant: str) -> None:
     doc, nonce = _capture()
@@ -502,8 +562,12 @@ def test_production_capture_with_a_swapped_key_is_refused() -> None:
     doc["signing_key"] = doc["signing_public_key"] = KeyPair.generate().public_key_hex
     with pytest.raises(VerificationError, match="signing_key"):
         check_attestation(
-            json.dumps(doc).encode(), base_url="x", model="e2ee-qwen3-5-122b-a10b", nonce=nonce,
-            verifier=_capture_verifier(), e2ee=True,
+            json.dumps(doc).encode(),
+            base_url="x",
+            model="e2ee-qwen3-5-122b-a10b",
+            nonce=nonce,
+            verifier=_capture_verifier(),
+            e2ee=True,
         )
 
 
@@ -517,10 +581,19 @@ def test_transport_seals_to_the_attested_production_key() -> None:
             assert request.url.params["nonce"] == nonce.hex()
             return httpx.Response(200, json=doc)
         sent.append(request)
-        return httpx.Response(503, json={"error": {"message": "recorded node is offline", "type": "server_error"}})
+        return httpx.Response(
+            503, json={"error": {"message": "recorded node is offline", "type": "server_error"}}
+        )
 
-    transport = EnclavedTransport(httpx.MockTransport(production), verifier=_capture_verifier(), random=lambda n: nonce)
-    client = openai.OpenAI(base_url="https://api.venice.ai/api/v1", api_key="k", http_client=httpx.Client(transport=transport), max_retries=0)
+    transport = EnclavedTransport(
+        httpx.MockTransport(production), verifier=_capture_verifier(), random=lambda n: nonce
+    )
+    client = openai.OpenAI(
+        base_url="https://api.venice.ai/api/v1",
+        api_key="k",
+        http_client=httpx.Client(transport=transport),
+        max_retries=0,
+    )
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="e2ee-qwen3-5-122b-a10b", messages=MESSAGES)  # type: ignore[arg-type]
     (request,) = sent
@@ -582,7 +655,9 @@ _FORGED = {
     "object": "chat.completion",
     "created": 1,
     "model": E2EE_MODEL,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "FORGED"}, "finish_reason": "stop"}],
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "FORGED"}, "finish_reason": "stop"}
+    ],
 }
 
 
@@ -606,17 +681,29 @@ def _both(handler: object, **kw: object) -> tuple[openai.OpenAI, openai.AsyncOpe
     sync = EnclavedTransport(httpx.MockTransport(handler), sleep=lambda s: None, **kw)  # type: ignore[arg-type]
     async_ = AsyncEnclavedTransport(httpx.MockTransport(handler), sleep=no_sleep, **kw)  # type: ignore[arg-type]
     return (
-        openai.OpenAI(base_url=BASE, api_key="k", http_client=httpx.Client(transport=sync), max_retries=0),
-        openai.AsyncOpenAI(base_url=BASE, api_key="k", http_client=httpx.AsyncClient(transport=async_), max_retries=0),
+        openai.OpenAI(
+            base_url=BASE, api_key="k", http_client=httpx.Client(transport=sync), max_retries=0
+        ),
+        openai.AsyncOpenAI(
+            base_url=BASE,
+            api_key="k",
+            http_client=httpx.AsyncClient(transport=async_),
+            max_retries=0,
+        ),
     )
 
 
-def _create_both(handler: object, model: str = E2EE_MODEL, **kw: object) -> list[BaseException | str]:
+def _create_both(
+    handler: object, model: str = E2EE_MODEL, **kw: object
+) -> list[BaseException | str]:
     """Run the same non-streaming call through the sync and the async client."""
     sync, async_ = _both(handler, **kw)
     out: list[BaseException | str] = []
     try:
-        out.append(sync.chat.completions.create(model=model, messages=MESSAGES).choices[0].message.content or "")  # type: ignore[arg-type]
+        out.append(
+            sync.chat.completions.create(model=model, messages=MESSAGES).choices[0].message.content
+            or ""
+        )  # type: ignore[arg-type]
     except (enclaved.Error, openai.OpenAIError) as exc:
         out.append(exc)
 
@@ -633,16 +720,24 @@ def _create_both(handler: object, model: str = E2EE_MODEL, **kw: object) -> list
 
 @pytest.mark.parametrize("status", [201, 203, 206, 299])
 @pytest.mark.parametrize("model", [E2EE_MODEL, TEE_MODEL])
-def test_a_2xx_that_is_not_200_is_never_handed_on_as_an_answer(node: FakeNode, status: int, model: str) -> None:
+def test_a_2xx_that_is_not_200_is_never_handed_on_as_an_answer(
+    node: FakeNode, status: int, model: str
+) -> None:
     """A plaintext completion under another success status must not skip decryption and signatures."""
-    for result in _create_both(_answering(node, "/chat/completions", httpx.Response(status, json=_FORGED)), model):
+    for result in _create_both(
+        _answering(node, "/chat/completions", httpx.Response(status, json=_FORGED)), model
+    ):
         assert isinstance(result, APIError) and f"HTTP {status}" in str(result), result
 
 
 @pytest.mark.parametrize("status", [201, 202, 204, 301, 302, 307, 308])
-def test_an_attestation_answer_that_is_neither_200_nor_an_error_is_refused(node: FakeNode, status: int) -> None:
+def test_an_attestation_answer_that_is_neither_200_nor_an_error_is_refused(
+    node: FakeNode, status: int
+) -> None:
     """A 2xx / 3xx from the attestation route is not handed on in place of the chat answer."""
-    forged = httpx.Response(status, json=_FORGED, headers={"location": "http://node.test/elsewhere"})
+    forged = httpx.Response(
+        status, json=_FORGED, headers={"location": "http://node.test/elsewhere"}
+    )
     for result in _create_both(_answering(node, "/tee/attestation", forged)):
         assert isinstance(result, APIError) and f"HTTP {status}" in str(result), result
     assert node.seen == []  # nothing was sent
@@ -650,9 +745,16 @@ def test_an_attestation_answer_that_is_neither_200_nor_an_error_is_refused(node:
 
 def test_a_redirect_is_not_followed_even_by_a_client_that_follows_redirects(node: FakeNode) -> None:
     """Raw httpx with follow_redirects: a 307 to a plain route must not yield its body."""
-    handler = _answering(node, "/chat/completions", httpx.Response(307, headers={"location": "http://node.test/v1/models"}))
+    handler = _answering(
+        node,
+        "/chat/completions",
+        httpx.Response(307, headers={"location": "http://node.test/v1/models"}),
+    )
     transport = EnclavedTransport(httpx.MockTransport(handler), verifier=BindingVerifier())  # type: ignore[arg-type]
-    with httpx.Client(transport=transport, follow_redirects=True) as http, pytest.raises(APIError, match="HTTP 307"):
+    with (
+        httpx.Client(transport=transport, follow_redirects=True) as http,
+        pytest.raises(APIError, match="HTTP 307"),
+    ):
         http.post(BASE + "/chat/completions", json={"model": E2EE_MODEL, "messages": MESSAGES})
 
 
@@ -664,7 +766,10 @@ def test_error_answers_are_still_handed_on_as_the_sdks_own_errors(node: FakeNode
 
 def test_spoofed_verification_headers_from_upstream_are_dropped(node: FakeNode) -> None:
     """x-enclaved-* headers say what THIS client verified; an upstream cannot set them."""
-    node.response_headers = {"x-enclaved-signing-address": "0x" + "de" * 20, "x-enclaved-tee-hardware": "intel-tdx"}
+    node.response_headers = {
+        "x-enclaved-signing-address": "0x" + "de" * 20,
+        "x-enclaved-tee-hardware": "intel-tdx",
+    }
     transport = EnclavedTransport(httpx.MockTransport(node), verifier=BindingVerifier())
     with httpx.Client(transport=transport) as http:
         r = http.post(BASE + "/chat/completions", json={"model": E2EE_MODEL, "messages": MESSAGES})
@@ -681,7 +786,9 @@ def test_spoofed_verification_headers_from_upstream_are_dropped(node: FakeNode) 
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_a_held_decryption_error_does_not_keep_the_session_key_alive(node: FakeNode, asynchronous: bool) -> None:
+def test_a_held_decryption_error_does_not_keep_the_session_key_alive(
+    node: FakeNode, asynchronous: bool
+) -> None:
     """The caller keeps the exception (logs it, stores it): its traceback must not reach the key."""
 
     def flip(out: bytes) -> bytes:
@@ -707,13 +814,17 @@ def test_a_held_decryption_error_does_not_keep_the_session_key_alive(node: FakeN
             if asynchronous:
 
                 async def main(stream: bool = stream) -> None:
-                    out = await async_.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
+                    out = await async_.chat.completions.create(
+                        model=E2EE_MODEL, messages=MESSAGES, stream=stream
+                    )  # type: ignore[call-overload]
                     if stream:
                         [c async for c in out]
 
                 asyncio.run(main())
             else:
-                out = sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
+                out = sync.chat.completions.create(
+                    model=E2EE_MODEL, messages=MESSAGES, stream=stream
+                )  # type: ignore[call-overload]
                 if stream:
                     list(out)
         except DecryptionError as exc:
@@ -731,7 +842,9 @@ def test_per_chunk_and_per_response_ephemeral_keys_both_decrypt(node: FakeNode) 
             assert result == "".join(ANSWER), result
         sync, _ = _both(node)
         stream = sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-        assert [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content] == ANSWER
+        assert [
+            c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+        ] == ANSWER
     sent = node._stream_bytes("x", E2EE_MODEL, KeyPair.generate().public_key_hex)
     assert sent  # (the knob works: see the fake)
 
@@ -747,16 +860,24 @@ def test_signature_text_with_the_model_prefix_is_accepted_and_hashes_still_check
     # The prefix form does not loosen the hash check.
     node.tamper_response = lambda out: out.replace(b'"created": 1', b'"created": 2', 1)
     for result in _create_both(node, model):
-        assert isinstance(result, VerificationError) and "signature.response_sha256" in str(result), result
+        assert isinstance(result, VerificationError) and "signature.response_sha256" in str(
+            result
+        ), result
 
 
-@pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")  # relaxed on purpose
+@pytest.mark.filterwarnings(
+    "ignore::enclaved.attestation.InsecurePolicyWarning"
+)  # relaxed on purpose
 @pytest.mark.parametrize("stream", [False, True])
 def test_signatures_off_does_not_need_a_completion_id(node: FakeNode, stream: bool) -> None:
     node.omit_ids = True
     client = sync_client(node, verify_signatures=False)
     out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
-    text = "".join(c.choices[0].delta.content or "" for c in out if c.choices) if stream else out.choices[0].message.content
+    text = (
+        "".join(c.choices[0].delta.content or "" for c in out if c.choices)
+        if stream
+        else out.choices[0].message.content
+    )
     assert text == "".join(ANSWER)
     # ... while with signatures on, a missing id is refused.
     with pytest.raises(VerificationError, match="completion id"):
@@ -790,9 +911,13 @@ def _forging(node: FakeNode) -> object:
     return handler
 
 
-def test_text_sealed_to_the_session_key_by_someone_else_is_caught_by_the_signature(node: FakeNode) -> None:
+def test_text_sealed_to_the_session_key_by_someone_else_is_caught_by_the_signature(
+    node: FakeNode,
+) -> None:
     for result in _create_both(_forging(node)):
-        assert isinstance(result, VerificationError) and "signature.response_sha256" in str(result), result
+        assert isinstance(result, VerificationError) and "signature.response_sha256" in str(
+            result
+        ), result
 
 
 def test_relaxed_signature_checks_warn(node: FakeNode) -> None:
@@ -816,7 +941,9 @@ def test_sync_and_async_fail_the_same_way(node: FakeNode) -> None:
 
     sync, async_ = _both(node)
     node.stale_times, node.attestations = 1, 0  # one 421: re-attested once, then fine
-    assert sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES).choices[0].message.content  # type: ignore[arg-type]
+    assert (
+        sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES).choices[0].message.content
+    )  # type: ignore[arg-type]
     assert node.attestations == 2
     node.stale_times, node.attestations = 1, 0
     reply = asyncio.run(async_.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES))  # type: ignore[arg-type]
@@ -841,7 +968,9 @@ def test_sync_and_async_fail_the_same_way(node: FakeNode) -> None:
 
 
 @pytest.mark.parametrize("model", [E2EE_MODEL, TEE_MODEL])
-def test_other_routes_never_carry_a_private_models_prompt_in_plaintext(node: FakeNode, model: str) -> None:
+def test_other_routes_never_carry_a_private_models_prompt_in_plaintext(
+    node: FakeNode, model: str
+) -> None:
     """Only chat completions are attested and encrypted: the legacy completions route,
     the responses API, embeddings... for an e2ee-* / tee-* model are refused, not passed."""
     seen: list[httpx.Request] = []

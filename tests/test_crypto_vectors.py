@@ -60,13 +60,24 @@ RFC5869_SHA256 = [
         ),
     ),
     # Test case 3: zero-length salt and info - the envelope's shape (no salt).
-    ("0b" * 22, "", "", 42, "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"),
+    (
+        "0b" * 22,
+        "",
+        "",
+        42,
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8",
+    ),
 ]
 
 
 @pytest.mark.parametrize("ikm,salt,info,length,okm", RFC5869_SHA256)
 def test_hkdf_rfc5869(ikm: str, salt: str, info: str, length: int, okm: str) -> None:
-    out = hkdf_sha256(bytes.fromhex(ikm), salt=bytes.fromhex(salt) or None, info=bytes.fromhex(info), length=length)
+    out = hkdf_sha256(
+        bytes.fromhex(ikm),
+        salt=bytes.fromhex(salt) or None,
+        info=bytes.fromhex(info),
+        length=length,
+    )
     assert out.hex() == okm
 
 
@@ -74,7 +85,11 @@ def test_hkdf_wycheproof() -> None:
     ran = 0
     for _group, t in _cases("hkdf_sha256_test.json"):
         size = int(t["size"])
-        args = {"salt": bytes.fromhex(t["salt"]) or None, "info": bytes.fromhex(t["info"]), "length": size}
+        args = {
+            "salt": bytes.fromhex(t["salt"]) or None,
+            "info": bytes.fromhex(t["info"]),
+            "length": size,
+        }
         if t["result"] == "valid":
             assert hkdf_sha256(bytes.fromhex(t["ikm"]), **args).hex() == t["okm"], t["tcId"]
         else:  # an output longer than 255 * HashLen must be refused
@@ -106,7 +121,13 @@ def _private(hex_scalar: str) -> PrivateKey:
     return PrivateKey(int(hex_scalar, 16).to_bytes(32, "big"))
 
 
-VALID_FLAGS = {"Normal", "AdditionChain", "EdgeCaseDoubling", "EdgeCaseEphemeralKey", "EdgeCaseSharedSecret"}
+VALID_FLAGS = {
+    "Normal",
+    "AdditionChain",
+    "EdgeCaseDoubling",
+    "EdgeCaseEphemeralKey",
+    "EdgeCaseSharedSecret",
+}
 
 
 def test_ecdh_secp256k1_valid_vectors() -> None:
@@ -135,7 +156,13 @@ def test_ecdh_secp256k1_rejects_points_off_the_curve() -> None:
 def test_ecdh_rejects_every_non_uncompressed_form() -> None:
     kp = KeyPair.generate()
     compressed = PrivateKey().public_key.format(compressed=True)
-    for bad in (compressed, kp.public_key[1:], b"\x02" + kp.public_key[1:], kp.public_key + b"\x00", b""):
+    for bad in (
+        compressed,
+        kp.public_key[1:],
+        b"\x02" + kp.public_key[1:],
+        kp.public_key + b"\x00",
+        b"",
+    ):
         with pytest.raises(InvalidKeyError):
             parse_public_key(bad)
 
@@ -172,9 +199,14 @@ def test_address_of_private_key_one() -> None:
 
 def test_eip191_web3js_vector() -> None:
     # web3.eth.accounts.sign('Some data', '0x4c0883a6...') in the web3.js 1.x documentation.
-    kp = KeyPair.from_secret(bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"))
+    kp = KeyPair.from_secret(
+        bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
+    )
     assert kp.address == "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23"
-    assert eip191_hash("Some data").hex() == "1da44b586eb0729ff70a73c326926f6ed5a25f5b056e7f47fbc6e58d86871655"
+    assert (
+        eip191_hash("Some data").hex()
+        == "1da44b586eb0729ff70a73c326926f6ed5a25f5b056e7f47fbc6e58d86871655"
+    )
     sig = eip191_sign(kp, "Some data")
     assert sig == (
         "0xb91467e570a6466aa9e9876cbcd013baba02900b8979d43fe208a4a4f339f5fd"

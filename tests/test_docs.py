@@ -78,7 +78,13 @@ def blocks(path: Path) -> list[Block]:
         d = _DIRECTIVE.match(before)
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         found.append(
-            Block(path, i + 1, m.group(1), d.group(1) if d else "", "\n".join(lines[i + 1 : end]) + "\n")
+            Block(
+                path,
+                i + 1,
+                m.group(1),
+                d.group(1) if d else "",
+                "\n".join(lines[i + 1 : end]) + "\n",
+            )
         )
         i = end + 1
     return found
@@ -101,8 +107,14 @@ def _local(code: str, node: UserNode) -> str:
 
 def _run(args: list[str], node: UserNode, *, cwd: Path, stdin: str | None = None) -> str:
     done = subprocess.run(
-        args, cwd=cwd, env=node.env(), input=stdin, capture_output=True, text=True,
-        timeout=180, check=False,
+        args,
+        cwd=cwd,
+        env=node.env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done.stdout
@@ -133,9 +145,7 @@ def _shell_commands(b: Block) -> list[str]:
 def _check_without_running(b: Block, tmp_path: Path) -> None:
     if b.language == "python":
         compile(b.code, b.where, "exec")
-        imports = "\n".join(
-            x for x in b.code.splitlines() if re.match(r"(import|from) [\w.]+", x)
-        )
+        imports = "\n".join(x for x in b.code.splitlines() if re.match(r"(import|from) [\w.]+", x))
         subprocess.run([sys.executable, "-c", imports], check=True, timeout=60)
         return
     if b.language in ("sh", "console"):

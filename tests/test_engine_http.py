@@ -234,7 +234,7 @@ def test_abandoned_answer_closes_its_connection(how: str) -> None:
                     first = await response.pieces().__anext__()
                     await response.aclose()
                 else:
-                    async for first in response.pieces():
+                    async for first in response.pieces():  # noqa: B007 - read after the loop
                         break
                 assert first == SECRET
                 assert await engine.client_closed(0)

@@ -23,11 +23,15 @@ def _openssl_open(envelope_hex: str, private: ec.EllipticCurvePrivateKey) -> byt
 
 def _openssl_seal(plaintext: bytes, recipient_hex: str) -> str:
     """The seed document's encryptMessage, on OpenSSL."""
-    peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), bytes.fromhex(recipient_hex))
+    peer = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256K1(), bytes.fromhex(recipient_hex)
+    )
     eph = ec.generate_private_key(ec.SECP256K1())
     key = HKDF(hashes.SHA256(), 32, None, b"ecdsa_encryption").derive(eph.exchange(ec.ECDH(), peer))
     iv = b"\x07" * 12
-    pub = eph.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    pub = eph.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     return (pub + iv + AESGCM(key).encrypt(iv, plaintext, None)).hex()
 
 

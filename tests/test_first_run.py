@@ -34,7 +34,11 @@ def _alive(node: UserNode) -> None:
 
 def _run(node: UserNode, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ENCLAVED, *args], check=False, env=node.env(), capture_output=True, text=True,
+        [ENCLAVED, *args],
+        check=False,
+        env=node.env(),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -175,9 +179,21 @@ class _Terminal:
 def test_interactive_chat_ctrl_c_stops_the_answer_not_the_session(user_node: UserNode) -> None:
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [ENCLAVED, "chat", "--model", "tee-smollm2-135m", "--trust-root", str(user_node.dev_root),
-         "--max-tokens", "400"],
-        stdin=slave, stdout=slave, stderr=slave, env=user_node.env(), close_fds=True,
+        [
+            ENCLAVED,
+            "chat",
+            "--model",
+            "tee-smollm2-135m",
+            "--trust-root",
+            str(user_node.dev_root),
+            "--max-tokens",
+            "400",
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=user_node.env(),
+        close_fds=True,
     )
     os.close(slave)
     screen = _Terminal(master)

@@ -50,9 +50,7 @@ def _run(node: str, user_node: UserNode, model: str) -> dict[str, Any]:
     return result
 
 
-def test_venice_e2ee_accepts_the_node_and_chats_end_to_end(
-    node: str, user_node: UserNode
-) -> None:
+def test_venice_e2ee_accepts_the_node_and_chats_end_to_end(node: str, user_node: UserNode) -> None:
     run = _run(node, user_node, "e2ee-smollm2-135m")
     assert "error" not in run, run.get("error")
     att = run["attestation"]
@@ -75,4 +73,3 @@ def test_venice_e2ee_accepts_the_node_and_chats_end_to_end(
         f"{user_node.base_url}/tee/attestation", params={"model": "e2ee-smollm2-135m"}, timeout=30
     ).json()["signing_address"]
     assert eip191_recover_address(doc["text"], doc["signature"]) == attested.lower()
-

@@ -40,7 +40,9 @@ def node() -> FakeNode:
 
 @pytest.fixture
 def proxy(node: FakeNode) -> Iterator[str]:
-    transport = AsyncEnclavedTransport(httpx.MockTransport(node), verifier=BindingVerifier(), require_e2ee=True)
+    transport = AsyncEnclavedTransport(
+        httpx.MockTransport(node), verifier=BindingVerifier(), require_e2ee=True
+    )
     app = create_proxy_app("http://node.test/v1", transport=transport)
     with running_server(app) as url:
         yield url
@@ -51,7 +53,9 @@ def test_official_sdk_through_the_proxy(proxy: str, node: FakeNode) -> None:
     reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     assert reply.choices[0].message.content == "".join(ANSWER)
     stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-    assert [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content] == ANSWER
+    assert [
+        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+    ] == ANSWER
     # The node only ever saw ciphertext.
     assert all(s.body["messages"][0]["content"] != MESSAGES[0]["content"] for s in node.seen)
     assert [m.id for m in client.models.list()] == [E2EE_MODEL]
@@ -91,7 +95,9 @@ def test_proxy_reports_verification_failure_as_openai_error(proxy: str, node: Fa
     assert node.seen == []
 
 
-def test_proxy_mid_stream_failure_is_an_error_event_without_done(proxy: str, node: FakeNode) -> None:
+def test_proxy_mid_stream_failure_is_an_error_event_without_done(
+    proxy: str, node: FakeNode
+) -> None:
     node.plaintext_answer = True
     body = {"model": E2EE_MODEL, "messages": MESSAGES, "stream": True}
     with httpx.stream("POST", proxy + "/v1/chat/completions", json=body) as r:
@@ -114,7 +120,9 @@ def test_proxy_rejects_foreign_host_headers(proxy: str) -> None:
 def test_cli_refuses_non_loopback_host(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["proxy", "--host", "0.0.0.0", "--upstream", "http://127.0.0.1:1/v1"]) == 5
     assert "loopback" in capsys.readouterr().err
-    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1") and is_loopback_host("localhost")
+    assert (
+        is_loopback_host("127.0.0.1") and is_loopback_host("::1") and is_loopback_host("localhost")
+    )
     assert not is_loopback_host("192.168.1.2") and not is_loopback_host("example.com")
 
 
@@ -139,7 +147,11 @@ def _quiet_dev_policy() -> Iterator[None]:
 def test_real_server_through_the_proxy_with_the_official_sdk(real_proxy: str, stream: bool) -> None:
     client = openai.OpenAI(base_url=real_proxy + "/v1", api_key="local", max_retries=0)
     out = client.chat.completions.create(model=REAL_E2EE, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
-    text = "".join(c.choices[0].delta.content or "" for c in out if c.choices) if stream else out.choices[0].message.content
+    text = (
+        "".join(c.choices[0].delta.content or "" for c in out if c.choices)
+        if stream
+        else out.choices[0].message.content
+    )
     assert text == FAKE_ANSWER
 
 
@@ -149,18 +161,34 @@ def test_real_server_through_the_proxy_with_curl(real_proxy: str) -> None:
         pytest.skip("curl is not installed")
     body = json.dumps({"model": REAL_E2EE, "messages": MESSAGES, "stream": True})
     out = subprocess.run(
-        [curl, "-sS", "-N", real_proxy + "/v1/chat/completions", "-H", "content-type: application/json", "-d", body],
-        capture_output=True, check=True, timeout=60,
+        [
+            curl,
+            "-sS",
+            "-N",
+            real_proxy + "/v1/chat/completions",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
     ).stdout
     events = [e for e in out.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == FAKE_ANSWER
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        == FAKE_ANSWER
+    )
 
 
 def test_proxy_without_the_dev_root_refuses_with_a_clear_error(real_server: RealServer) -> None:
     with running_server(create_proxy_app(real_server.base_url)) as url:
-        r = httpx.post(url + "/v1/chat/completions", json={"model": REAL_E2EE, "messages": MESSAGES})
+        r = httpx.post(
+            url + "/v1/chat/completions", json={"model": REAL_E2EE, "messages": MESSAGES}
+        )
     assert r.status_code == 502
     err = r.json()["error"]
     assert err["code"] == "verification_failed" and "client.simulated_tee" in err["message"]
@@ -192,17 +220,23 @@ def test_proxy_refuses_cross_site_requests_from_a_browser(proxy: str, node: Fake
     body = json.dumps({"model": E2EE_MODEL, "messages": MESSAGES})
     for origin in ("https://evil.example", "null", "http://127.0.0.1.evil.example"):
         r = httpx.post(
-            proxy + "/v1/chat/completions", content=body, headers={"content-type": "text/plain", "origin": origin}
+            proxy + "/v1/chat/completions",
+            content=body,
+            headers={"content-type": "text/plain", "origin": origin},
         )
         assert r.status_code == 403, origin
         assert r.json()["error"]["code"] == "forbidden_origin"
     assert node.seen == []
     # A page served from this machine (a local web UI) may.
-    r = httpx.post(proxy + "/v1/chat/completions", content=body, headers={"origin": "http://localhost:3000"})
+    r = httpx.post(
+        proxy + "/v1/chat/completions", content=body, headers={"origin": "http://localhost:3000"}
+    )
     assert r.status_code == 200
 
 
-def test_proxy_host_check_answers_openai_errors_and_accepts_every_loopback_literal(proxy: str) -> None:
+def test_proxy_host_check_answers_openai_errors_and_accepts_every_loopback_literal(
+    proxy: str,
+) -> None:
     r = httpx.get(proxy + "/v1/models", headers={"host": "evil.example:8787"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "forbidden_host"
     r = httpx.get(proxy + "/v1/models", headers={"host": "localhost.evil.example"})
@@ -218,7 +252,9 @@ def test_proxy_wrong_method_is_an_openai_error(proxy: str) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
-def test_proxy_never_sends_the_conversation_history_in_plaintext(proxy: str, node: FakeNode) -> None:
+def test_proxy_never_sends_the_conversation_history_in_plaintext(
+    proxy: str, node: FakeNode
+) -> None:
     """Chat apps send the whole conversation each turn. The protocol encrypts only
     user/system contents, so earlier answers as ``assistant`` messages would leave
     the machine in the clear: the proxy folds them into the encrypted system message."""
@@ -242,7 +278,10 @@ def test_proxy_never_sends_the_conversation_history_in_plaintext(proxy: str, nod
     # An assistant message after the last user turn (a "prefill") cannot be folded: refused.
     r = httpx.post(
         proxy + "/v1/chat/completions",
-        json={"model": E2EE_MODEL, "messages": [*messages, {"role": "assistant", "content": "Sure,"}]},
+        json={
+            "model": E2EE_MODEL,
+            "messages": [*messages, {"role": "assistant", "content": "Sure,"}],
+        },
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "enclaved_refused"
     assert len(node.seen) == 1

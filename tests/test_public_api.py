@@ -192,8 +192,14 @@ ALLOWED_BUILTIN_RAISES = {
     ("attestation/nvidia/nras.py", "ValueError"),
     ("client/_attest.py", "ValueError"),  # an injected random source that returns too few bytes
     ("client/sdk.py", "TypeError"),  # transport_of() on a client enclaved did not make
-    ("evidence/simulated_quote.py", "ValueError"),  # SimulatedTd fields of the wrong size, report_data not 64 bytes
-    ("server/attestation.py", "ValueError"),  # an internal invariant (20-byte address, 32-byte nonce)
+    (
+        "evidence/simulated_quote.py",
+        "ValueError",
+    ),  # SimulatedTd fields of the wrong size, report_data not 64 bytes
+    (
+        "server/attestation.py",
+        "ValueError",
+    ),  # an internal invariant (20-byte address, 32-byte nonce)
     ("server/chat/batching.py", "ValueError"),  # a ChunkPump limit below 1
     ("crypto/reserve.py", "ValueError"),  # a Reserve of negative size
     # EngineHttp: a base URL that is not http(s), a header with CR/LF (the

@@ -1,5 +1,6 @@
 """Static checks, as part of the suite: ``mypy --strict`` over the package and
-``ruff check`` over the package and the tests (configured in pyproject.toml;
+``ruff check`` and ``ruff format --check`` over the package, the tests and the
+benchmarks (configured in pyproject.toml;
 the versions are pinned in the ``test`` extra, since each release changes what
 they report).
 
@@ -36,5 +37,11 @@ def test_mypy_strict() -> None:
 
 
 def test_ruff() -> None:
-    result = _run("ruff", "check", "--no-cache", "src", "tests")
+    result = _run("ruff", "check", "--no-cache", "src", "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format() -> None:
+    # One layout everywhere: `ruff format src tests bench` fixes what this finds.
+    result = _run("ruff", "format", "--check", "--no-cache", "src", "tests", "bench")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -77,10 +77,7 @@ CHUNK = (
     b'"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},'
     b'"finish_reason":null}]}\n\n'
 )
-HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-    b"transfer-encoding: chunked\r\n\r\n"
-)
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 Behaviour = Callable[[asyncio.StreamWriter], Any]
 
@@ -180,7 +177,12 @@ def engine_config(tmp_path: Path, base_url: str, **changes: Any) -> ServerConfig
     data: dict[str, Any] = {
         "data_dir": str(tmp_path),
         "models": [
-            {"id": "tee-hostile", "backend": "upstream", "base_url": base_url, "upstream_model": "m"}
+            {
+                "id": "tee-hostile",
+                "backend": "upstream",
+                "base_url": base_url,
+                "upstream_model": "m",
+            }
         ],
     }
     data.update(changes)

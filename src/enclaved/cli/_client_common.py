@@ -59,7 +59,9 @@ def add_connection_args(p: argparse.ArgumentParser, *, base_url_flag: str = "--b
     )
     p.add_argument("--api-key", metavar="KEY", help=API_KEY_HELP)
     add_trust_args(p)
-    p.add_argument("--timeout", type=float, default=600.0, help="HTTP timeout in seconds (default 600)")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="HTTP timeout in seconds (default 600)"
+    )
 
 
 def add_trust_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +81,12 @@ def base_url(args: argparse.Namespace) -> str:
 
 
 def api_key(args: argparse.Namespace) -> str | None:
-    return args.api_key or os.environ.get("ENCLAVED_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
+    return (
+        args.api_key
+        or os.environ.get("ENCLAVED_API_KEY")
+        or os.environ.get("OPENAI_API_KEY")
+        or None
+    )
 
 
 def policy(args: argparse.Namespace) -> Any:

@@ -66,11 +66,13 @@ def add_parsers(subparsers: Any) -> None:
         "attestation is verified before anything is sent, e2ee-* prompts are encrypted to the "
         "attested key, and every answer's signature is checked.",
     )
-    p.add_argument("prompt", nargs="?", help="the prompt; '-' reads it from stdin; omit for interactive mode")
     p.add_argument(
-        "--model", "-m", help=f"model id [$ENCLAVED_MODEL, else {DEFAULT_MODEL}]"
+        "prompt", nargs="?", help="the prompt; '-' reads it from stdin; omit for interactive mode"
     )
-    p.add_argument("--system", metavar="TEXT", help="a system prompt (encrypted too, for e2ee-* models)")
+    p.add_argument("--model", "-m", help=f"model id [$ENCLAVED_MODEL, else {DEFAULT_MODEL}]")
+    p.add_argument(
+        "--system", metavar="TEXT", help="a system prompt (encrypted too, for e2ee-* models)"
+    )
     p.add_argument(
         "--max-tokens",
         type=int,
@@ -137,7 +139,9 @@ def _fail(exc: BaseException, err: TextIO, url: str | None = None) -> int:
 
 
 class _Session:
-    def __init__(self, client: Any, model: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    def __init__(
+        self, client: Any, model: str, args: argparse.Namespace, out: TextIO, err: TextIO
+    ) -> None:
         self.client = client
         self.model = model
         self.args = args
@@ -170,7 +174,9 @@ class _Session:
                 return code  # a failed verification ends the session
 
     def turn(self, prompt: str) -> int:
-        messages = build_messages(self.history, prompt, self.args.system, e2ee=self.model.startswith("e2ee-"))
+        messages = build_messages(
+            self.history, prompt, self.args.system, e2ee=self.model.startswith("e2ee-")
+        )
         params: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.args.max_tokens:
             params["max_tokens"] = self.args.max_tokens
@@ -227,7 +233,10 @@ class _Session:
 
         node = last_attestation(self.client)
         if not self.model.startswith(("e2ee-", "tee-")) or node is None:
-            print(f"WARNING: {self.model} is not a TEE model: nothing is verified or encrypted", file=self.err)
+            print(
+                f"WARNING: {self.model} is not a TEE model: nothing is verified or encrypted",
+                file=self.err,
+            )
             return
         if node.signing_address == self._shown_address:
             return
@@ -242,7 +251,9 @@ class _Session:
 
         sig = last_signature(self.client)
         if sig is not None:
-            print(f"signature: ok, {sig.request_id} signed by {sig.recovered_address}", file=self.err)
+            print(
+                f"signature: ok, {sig.request_id} signed by {sig.recovered_address}", file=self.err
+            )
 
 
 def _discard_typeahead(stdin: TextIO) -> None:

@@ -67,7 +67,11 @@ def run_models(args: argparse.Namespace) -> int:
         spec = spec if isinstance(spec, dict) else {}
         caps = spec.get("capabilities")
         caps = caps if isinstance(caps, dict) else {}
-        flags = [name for name, key in (("E2EE", "supportsE2EE"), ("TEE", "supportsTeeAttestation")) if caps.get(key)]
+        flags = [
+            name
+            for name, key in (("E2EE", "supportsE2EE"), ("TEE", "supportsTeeAttestation"))
+            if caps.get(key)
+        ]
         if args.private and not flags:
             continue
         name = spec.get("name")

@@ -41,7 +41,9 @@ def add_parsers(subparsers: Any) -> None:
         metavar="URL",
         help="API root of the real service [$ENCLAVED_BASE_URL, else http://127.0.0.1:8000/v1]",
     )
-    p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)"
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument(
         "--api-key",
@@ -56,7 +58,10 @@ def add_parsers(subparsers: Any) -> None:
         help="also forward chat for tee-* and other models (their prompts leave this machine unencrypted)",
     )
     p.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="info", help="log verbosity"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="log verbosity",
     )
     common.add_trust_args(p)
     p.set_defaults(func=run_proxy)
@@ -78,7 +83,9 @@ def run_proxy(args: argparse.Namespace) -> int:
             file=err,
         )
         return common.EXIT_INPUT
-    upstream = (args.upstream or os.environ.get("ENCLAVED_BASE_URL") or common.DEFAULT_BASE_URL).rstrip("/")
+    upstream = (
+        args.upstream or os.environ.get("ENCLAVED_BASE_URL") or common.DEFAULT_BASE_URL
+    ).rstrip("/")
     try:
         app = create_proxy_app(
             upstream,

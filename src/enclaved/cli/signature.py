@@ -42,7 +42,9 @@ def add_parsers(subparsers: Any) -> None:
         "node key, and (with --request/--response) that it covers exactly those bytes.",
     )
     p.add_argument("--model", "-m", required=True, help="model id")
-    p.add_argument("--request-id", required=True, metavar="ID", help="the completion id (chatcmpl-...)")
+    p.add_argument(
+        "--request-id", required=True, metavar="ID", help="the completion id (chatcmpl-...)"
+    )
     p.add_argument("--request", metavar="FILE", help="the exact request body that was sent")
     p.add_argument("--response", metavar="FILE", help="the exact response body that was received")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
@@ -75,18 +77,33 @@ def run_signature(args: argparse.Namespace) -> int:
         with httpx.Client(timeout=args.timeout, headers=headers) as http:
             # 1. Attest now.
             nonce = new_nonce()
-            r = http.get(base + "/tee/attestation", params={"model": args.model, "nonce": nonce.hex()})
+            r = http.get(
+                base + "/tee/attestation", params={"model": args.model, "nonce": nonce.hex()}
+            )
             if r.status_code != 200:
-                print(f"enclaved: attestation: HTTP {r.status_code}: {common.error_message(r)}", file=err)
+                print(
+                    f"enclaved: attestation: HTTP {r.status_code}: {common.error_message(r)}",
+                    file=err,
+                )
                 return common.EXIT_NETWORK
             node = check_attestation(
-                r.content, base_url=base, model=args.model, nonce=nonce, verifier=verifier, e2ee=False
+                r.content,
+                base_url=base,
+                model=args.model,
+                nonce=nonce,
+                verifier=verifier,
+                e2ee=False,
             )
             print(common.verified_line(node), file=err)
             # 2. The signature document.
-            r = http.get(base + "/tee/signature", params={"model": args.model, "request_id": args.request_id})
+            r = http.get(
+                base + "/tee/signature", params={"model": args.model, "request_id": args.request_id}
+            )
             if r.status_code != 200:
-                print(f"enclaved: signature: HTTP {r.status_code}: {common.error_message(r)}", file=err)
+                print(
+                    f"enclaved: signature: HTTP {r.status_code}: {common.error_message(r)}",
+                    file=err,
+                )
                 return common.EXIT_NETWORK
     except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
         code, message = common.describe_error(exc, url=base)
@@ -101,7 +118,12 @@ def run_signature(args: argparse.Namespace) -> int:
         response_sha256=response_sha,
     )
     if args.json:
-        print(json.dumps({"text": result.text, "signature": result.signature, **result.verdict.to_dict()}, indent=2))
+        print(
+            json.dumps(
+                {"text": result.text, "signature": result.signature, **result.verdict.to_dict()},
+                indent=2,
+            )
+        )
     else:
         print(result.verdict.table())
     if not result.ok:

@@ -277,7 +277,9 @@ def _check_model(report: AttestationReport, model: str) -> Check:
     if report.model is None:
         return Check.skipped(cid, "the report does not name its model", enforced=False)
     if report.model != model:
-        return Check.failed(cid, f"the report is for model {report.model!r}, we asked for {model!r}")
+        return Check.failed(
+            cid, f"the report is for model {report.model!r}, we asked for {model!r}"
+        )
     return Check.passed(cid, f"the report is for {model}")
 
 
@@ -292,7 +294,9 @@ def _check_e2ee_key(report: AttestationReport) -> Check:
 
     cid = CheckId.CLIENT_E2EE_KEY
     if report.signing_algo != "ecdsa":
-        return Check.failed(cid, f"E2EE needs an ecdsa (secp256k1) key, the report has {report.signing_algo}")
+        return Check.failed(
+            cid, f"E2EE needs an ecdsa (secp256k1) key, the report has {report.signing_algo}"
+        )
     if report.signing_key is None:
         return Check.failed(cid, "the report carries no signing_key to encrypt to")
     try:
@@ -301,7 +305,8 @@ def _check_e2ee_key(report: AttestationReport) -> Check:
         return Check.failed(cid, "signing_key is not a valid secp256k1 point")
     if derived.lower() != report.signing_address_text.lower():
         return Check.failed(
-            cid, f"signing_key hashes to {derived}, not to signing_address {report.signing_address_text}"
+            cid,
+            f"signing_key hashes to {derived}, not to signing_address {report.signing_address_text}",
         )
     return Check.passed(cid, "the E2EE key is the attested signing key")
 

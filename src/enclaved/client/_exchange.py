@@ -94,14 +94,18 @@ class ChatPlan:
             path=self.base_url.path + routes.ATTESTATION,
             query=attestation_query(self.model, nonce).encode(),
         )
-        return httpx.Request("GET", url, headers=_side_headers(self.original), extensions=_ext(self.original))
+        return httpx.Request(
+            "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
+        )
 
     def signature_request(self, request_id: str) -> httpx.Request:
         url = self.base_url.copy_with(
             path=self.base_url.path + routes.SIGNATURE,
             query=signature_query(self.model, request_id).encode(),
         )
-        return httpx.Request("GET", url, headers=_side_headers(self.original), extensions=_ext(self.original))
+        return httpx.Request(
+            "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
+        )
 
 
 def plan_request(request: httpx.Request, *, require_e2ee: bool = False) -> ChatPlan | None:
@@ -218,7 +222,9 @@ class Exchange:
         headers["accept-encoding"] = "identity"
         if plan.e2ee:
             if any(name in headers for name in E2EE_HEADERS):
-                raise ConfigError("the request already carries E2EE headers: let enclaved encrypt it")
+                raise ConfigError(
+                    "the request already carries E2EE headers: let enclaved encrypt it"
+                )
             assert node.signing_key is not None and node.signing_key_text is not None
             for name in _UNSUPPORTED_PARAMS:
                 if plan.body.get(name):
@@ -332,8 +338,14 @@ def fold_history(messages: Any) -> Any:
     transcript: list[str] = []
     for message in head:
         role = message.get("role")
-        if role in _UNENCRYPTABLE_ROLES or message.get("tool_calls") or message.get("function_call"):
-            raise ConfigError(f"messages with role {role!r} or tool calls are not supported with E2EE")
+        if (
+            role in _UNENCRYPTABLE_ROLES
+            or message.get("tool_calls")
+            or message.get("function_call")
+        ):
+            raise ConfigError(
+                f"messages with role {role!r} or tool calls are not supported with E2EE"
+            )
         text = _text_of(message.get("content"))
         if role in ("system", "developer"):
             system.append(text)
@@ -355,7 +367,11 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         texts = []
         for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
                 texts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
@@ -370,7 +386,11 @@ def _seal_content(content: Any, new_sealer: Callable[[], Sealer]) -> Any:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
                 parts.append({**part, "text": new_sealer().seal(part["text"])})
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__

@@ -81,7 +81,9 @@ def check_signature_document(
     text = doc.get("text") if isinstance(doc, dict) else None
     signature = doc.get("signature") if isinstance(doc, dict) else None
     if not isinstance(text, str) or not isinstance(signature, str):
-        verdict.add(Check.failed("signature.document", "not a signature document (text, signature)"))
+        verdict.add(
+            Check.failed("signature.document", "not a signature document (text, signature)")
+        )
         return SignatureCheck(request_id, "", "", None, expected_address, verdict)
     assert isinstance(doc, dict)
     verdict.add(Check.passed("signature.document", "text and signature present"))
@@ -89,12 +91,18 @@ def check_signature_document(
     # 2. About this completion, with the algorithm we can check.
     doc_id = doc.get("request_id")
     if doc_id is not None and doc_id != request_id:
-        verdict.add(Check.failed("signature.request_id", f"the document is for {doc_id!r}, not {request_id!r}"))
+        verdict.add(
+            Check.failed(
+                "signature.request_id", f"the document is for {doc_id!r}, not {request_id!r}"
+            )
+        )
     else:
         verdict.add(Check.passed("signature.request_id", request_id))
     algo = doc.get("signing_algo") or "ecdsa"
     if algo != "ecdsa":
-        verdict.add(Check.failed("signature.algo", f"signing_algo {algo!r}: only ecdsa is supported"))
+        verdict.add(
+            Check.failed("signature.algo", f"signing_algo {algo!r}: only ecdsa is supported")
+        )
         return SignatureCheck(request_id, text, signature, None, expected_address, verdict)
 
     # 3. The hashes in the text are those of our bytes.
@@ -116,7 +124,9 @@ def check_signature_document(
         verdict.add(Check.failed("signature.address", f"the signature does not verify: {exc}"))
     else:
         if hmac.compare_digest(recovered.lower(), expected_address.lower()):
-            verdict.add(Check.passed("signature.address", f"signed by the attested key {recovered}"))
+            verdict.add(
+                Check.passed("signature.address", f"signed by the attested key {recovered}")
+            )
         else:
             verdict.add(
                 Check.failed(

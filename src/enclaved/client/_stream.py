@@ -129,9 +129,15 @@ class ResponseDecoder:
         try:
             chunk = json.loads(event.data)
         except ValueError:
-            raise APIError("the server sent an event that is not JSON", status=200, code="invalid_stream") from None
+            raise APIError(
+                "the server sent an event that is not JSON", status=200, code="invalid_stream"
+            ) from None
         if not isinstance(chunk, dict):
-            raise APIError("the server sent an event that is not a JSON object", status=200, code="invalid_stream")
+            raise APIError(
+                "the server sent an event that is not a JSON object",
+                status=200,
+                code="invalid_stream",
+            )
         if chunk.get("error") or event.event == "error":
             raise _stream_error(chunk, e2ee=self._e2ee)
         if self.completion_id is None and isinstance(chunk.get("id"), str):

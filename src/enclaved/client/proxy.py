@@ -75,10 +75,18 @@ PREFIXES = ("/v1", "/api/v1")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 #: Response headers passed back to the local caller.
-_PASS_HEADERS = ("content-type", HEADER_HARDWARE, HEADER_ADDRESS, "x-venice-tee", "x-venice-tee-provider")
+_PASS_HEADERS = (
+    "content-type",
+    HEADER_HARDWARE,
+    HEADER_ADDRESS,
+    "x-venice-tee",
+    "x-venice-tee-provider",
+)
 
 
-def error_document(message: str, *, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def error_document(
+    message: str, *, type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -90,19 +98,29 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, ConfigError):
         return 400, error_document(str(exc), type="invalid_request_error", code="enclaved_refused")
     if isinstance(exc, StaleAttestationError):
-        return 502, error_document(str(exc), type="enclaved_verification_error", code="e2ee_attestation_stale")
+        return 502, error_document(
+            str(exc), type="enclaved_verification_error", code="e2ee_attestation_stale"
+        )
     if isinstance(exc, AttestationError):
         return 502, error_document(
-            f"enclave verification failed: {exc}", type="enclaved_verification_error", code="verification_failed"
+            f"enclave verification failed: {exc}",
+            type="enclaved_verification_error",
+            code="verification_failed",
         )
     if isinstance(exc, CryptoError):
-        return 502, error_document(str(exc), type="enclaved_verification_error", code="decryption_failed")
+        return 502, error_document(
+            str(exc), type="enclaved_verification_error", code="decryption_failed"
+        )
     if isinstance(exc, APIError):
         status = exc.status if 400 <= exc.status < 600 else 502
-        return status, error_document(exc.message, type=exc.type or "server_error", code=exc.code, param=exc.param)
+        return status, error_document(
+            exc.message, type=exc.type or "server_error", code=exc.code, param=exc.param
+        )
     if isinstance(exc, (NetworkError, httpx.TransportError)):
         return 502, error_document(
-            f"upstream unreachable: {type(exc).__name__}", type="server_error", code="upstream_unreachable"
+            f"upstream unreachable: {type(exc).__name__}",
+            type="server_error",
+            code="upstream_unreachable",
         )
     return 500, error_document("internal proxy error", type="server_error", code="internal_error")
 
@@ -158,14 +176,18 @@ def create_proxy_app(
         tail = request.path_params.get("model_id")
         url = root + "/models" + (f"/{tail}" if tail else "")
         try:
-            resp = await client.get(url, params=request.query_params, headers=upstream_headers(request))
+            resp = await client.get(
+                url, params=request.query_params, headers=upstream_headers(request)
+            )
         except (Error, httpx.HTTPError) as exc:
             return _json(*error_for(exc))
         return Response(resp.content, status_code=resp.status_code, headers=passed(resp))
 
     async def chat(request: Request) -> Response:
         body = await request.body()
-        req = client.build_request("POST", root + "/chat/completions", content=body, headers=upstream_headers(request))
+        req = client.build_request(
+            "POST", root + "/chat/completions", content=body, headers=upstream_headers(request)
+        )
         try:
             resp = await client.send(req, stream=True)
         except (Error, httpx.HTTPError) as exc:
@@ -194,7 +216,9 @@ def create_proxy_app(
             await resp.aclose()
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _json(404, error_document("not found", type="invalid_request_error", code="not_found"))
+        return _json(
+            404, error_document("not found", type="invalid_request_error", code="not_found")
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -247,7 +271,9 @@ class LoopbackOnly:
         headers = Headers(scope=scope)
         if not is_loopback_host(_host_only(headers.get("host", ""))):
             doc = error_document(
-                "the proxy answers loopback names only (Host)", type="invalid_request_error", code="forbidden_host"
+                "the proxy answers loopback names only (Host)",
+                type="invalid_request_error",
+                code="forbidden_host",
             )
             await _json(400, doc)(scope, receive, send)
             return

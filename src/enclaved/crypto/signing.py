@@ -41,7 +41,9 @@ def eip191_recover_address(message: bytes | str, signature: str) -> str:
     if v not in (0, 1):
         raise CryptoError("signature recovery id must be 27 or 28")
     try:
-        pub = PublicKey.from_signature_and_message(sig[:64] + bytes([v]), eip191_hash(message), hasher=None)
+        pub = PublicKey.from_signature_and_message(
+            sig[:64] + bytes([v]), eip191_hash(message), hasher=None
+        )
     except Exception as exc:
         raise CryptoError("signature does not recover to a public key") from exc
     return ethereum_address(pub.format(compressed=False))

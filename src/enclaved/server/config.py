@@ -358,24 +358,40 @@ class _Loader:
         d = TransportLimits()
         return TransportLimits(
             max_request_line_bytes=self._int(
-                raw, "max_request_line_bytes", "transport.max_request_line_bytes",
-                d.max_request_line_bytes, low=256, high=1024 * 1024,
+                raw,
+                "max_request_line_bytes",
+                "transport.max_request_line_bytes",
+                d.max_request_line_bytes,
+                low=256,
+                high=1024 * 1024,
             ),
             max_header_bytes=self._int(
-                raw, "max_header_bytes", "transport.max_header_bytes",
-                d.max_header_bytes, low=1024, high=16 * 1024 * 1024,
+                raw,
+                "max_header_bytes",
+                "transport.max_header_bytes",
+                d.max_header_bytes,
+                low=1024,
+                high=16 * 1024 * 1024,
             ),
             first_request_timeout_seconds=self._seconds(
-                raw, "first_request_timeout_seconds", "transport.first_request_timeout_seconds",
+                raw,
+                "first_request_timeout_seconds",
+                "transport.first_request_timeout_seconds",
                 d.first_request_timeout_seconds,
             ),
             header_timeout_seconds=self._seconds(
-                raw, "header_timeout_seconds", "transport.header_timeout_seconds",
+                raw,
+                "header_timeout_seconds",
+                "transport.header_timeout_seconds",
                 d.header_timeout_seconds,
             ),
             max_connections=self._int(
-                raw, "max_connections", "transport.max_connections",
-                d.max_connections, low=1, high=1_000_000,
+                raw,
+                "max_connections",
+                "transport.max_connections",
+                d.max_connections,
+                low=1,
+                high=1_000_000,
             ),
         )
 
@@ -452,7 +468,9 @@ class _Loader:
             name=self._str(raw, "name", f"{where}.name", model_id),
             privacy=self._str(raw, "privacy", f"{where}.privacy", "private"),
             available_context_tokens=self._int(
-                raw, "available_context_tokens", f"{where}.available_context_tokens",
+                raw,
+                "available_context_tokens",
+                f"{where}.available_context_tokens",
                 EMBEDDED_CONTEXT_TOKENS if backend == "embedded" else 8192,
                 low=1,
             ),

@@ -90,8 +90,10 @@ def qe_identity_status(
         return None, f"QE ISVPRODID {qe.isvprodid} != {identity.isvprodid}", ()
     if qe.miscselect & identity.miscselect_mask != identity.miscselect & identity.miscselect_mask:
         return None, f"QE MISCSELECT {qe.miscselect:#010x} does not match under the mask", ()
-    masked = bytes(a & m for a, m in zip(qe.attributes, identity.attributes_mask))
-    expected = bytes(a & m for a, m in zip(identity.attributes, identity.attributes_mask))
+    masked = bytes(a & m for a, m in zip(qe.attributes, identity.attributes_mask, strict=True))
+    expected = bytes(
+        a & m for a, m in zip(identity.attributes, identity.attributes_mask, strict=True)
+    )
     if masked != expected:
         return None, f"QE ATTRIBUTES {qe.attributes.hex()} do not match under the mask", ()
     for level in identity.tcb_levels:
@@ -151,8 +153,8 @@ def _module_identity_problem(
     body = quote.body
     if body.mrsignerseam != mrsigner:
         return f"MRSIGNERSEAM {body.mrsignerseam.hex()} != TDX module identity {mrsigner.hex()}"
-    if bytes(a & m for a, m in zip(body.seam_attributes, mask)) != bytes(
-        a & m for a, m in zip(attrs, mask)
+    if bytes(a & m for a, m in zip(body.seam_attributes, mask, strict=True)) != bytes(
+        a & m for a, m in zip(attrs, mask, strict=True)
     ):
         return f"SEAMATTRIBUTES {body.seam_attributes.hex()} do not match the TDX module identity"
     return None
@@ -187,7 +189,7 @@ def tcb_status(quote: Quote, collateral: Collateral) -> TcbResult:
     tdx_level: TcbLevel | None = None
     for level in info.tcb_levels:
         if pck.pcesvn >= level.pcesvn and all(
-            c >= want for c, want in zip(pck.tcb_components, level.sgx_components)
+            c >= want for c, want in zip(pck.tcb_components, level.sgx_components, strict=True)
         ):
             sgx_level = sgx_level or level
             if _tdx_ge(tee, level):

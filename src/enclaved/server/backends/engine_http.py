@@ -337,7 +337,11 @@ class EngineResponse:
     __slots__ = ("_conn", "_first_timeout", "_pool", "_timeout", "headers", "status")
 
     def __init__(
-        self, pool: EngineHttp, conn: _Connection, timeout: float, first_timeout: float | None = None
+        self,
+        pool: EngineHttp,
+        conn: _Connection,
+        timeout: float,
+        first_timeout: float | None = None,
     ) -> None:
         self._pool: EngineHttp | None = pool
         self._conn = conn
@@ -501,7 +505,9 @@ class EngineHttp:
 
     async def _exchange(self, conn: _Connection, message: bytes, *, reused: bool) -> EngineResponse:
         conn.begin()
-        first_byte = self.timeouts.read if self.timeouts.first_byte is None else self.timeouts.first_byte
+        first_byte = (
+            self.timeouts.read if self.timeouts.first_byte is None else self.timeouts.first_byte
+        )
         try:
             await conn.write(message, self.timeouts.write)
             while not conn.headers_done:

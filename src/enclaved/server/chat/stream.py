@@ -123,7 +123,9 @@ async def _shutting_down(send: Send, out: _Stream | None) -> None:
         if out is None or not out.started:
             await send_error(send, shutting_down(), TEE_HEADERS)
         else:
-            await out.write(out.held + error_event(SHUTTING_DOWN_MESSAGE, "shutting_down") + DONE, more=False)
+            await out.write(
+                out.held + error_event(SHUTTING_DOWN_MESSAGE, "shutting_down") + DONE, more=False
+            )
 
 
 class _Stream:
