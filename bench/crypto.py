@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from coincurve import PrivateKey
-from coincurve._libsecp256k1 import ffi, lib
+from coincurve._libsecp256k1 import ffi, lib  # type: ignore[import-not-found]  # a cffi module, no stubs
 from coincurve.context import GLOBAL_CONTEXT
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

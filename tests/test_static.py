@@ -1,4 +1,4 @@
-"""Static checks, as part of the suite: ``mypy --strict`` over the package and
+"""Static checks, as part of the suite: ``mypy --strict`` over the package and the benchmarks, and
 ``ruff check`` and ``ruff format --check`` over the package, the tests and the
 benchmarks (configured in pyproject.toml;
 the versions are pinned in the ``test`` extra, since each release changes what
