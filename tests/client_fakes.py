@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from enclaved.attestation import binding
 from enclaved.attestation.checks import Verdict
@@ -251,3 +253,13 @@ class FakeNode:
 
 
 __all__ = ["E2EE_MODEL", "PLAIN_MODEL", "TEE_MODEL", "BindingVerifier", "FakeNode"]
+
+
+def answer_text(
+    client: openai.OpenAI, model: str, messages: list[ChatCompletionMessageParam], stream: bool
+) -> str | None:
+    """The answer's text through the official SDK, streamed or as one document."""
+    if stream:
+        chunks = client.chat.completions.create(model=model, messages=messages, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return client.chat.completions.create(model=model, messages=messages).choices[0].message.content

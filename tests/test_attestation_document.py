@@ -17,11 +17,13 @@ NEAR = next(CAPTURES.glob("neardirect_*/responses/0001_*.body"))
 
 
 def venice() -> dict[str, Any]:
-    return json.loads(VENICE.read_bytes())
+    doc: dict[str, Any] = json.loads(VENICE.read_bytes())
+    return doc
 
 
 def near() -> dict[str, Any]:
-    return json.loads(NEAR.read_bytes())
+    doc: dict[str, Any] = json.loads(NEAR.read_bytes())
+    return doc
 
 
 def test_venice_capture_parses() -> None:

@@ -42,7 +42,7 @@ def _text(chunks: list[dict[str, Any]]) -> str:
 
 
 def _finish(chunks: list[dict[str, Any]]) -> str | None:
-    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    reasons: list[str | None] = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     return reasons[-1]
 
 

@@ -8,6 +8,8 @@ and built by ``gpu_check_id`` / ``nras_gpu_check_id``.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import re
 from pathlib import Path
 
@@ -59,12 +61,17 @@ def test_the_clients_own_rows_are_documented() -> None:
 
 
 def test_ids_are_strings_on_the_wire() -> None:
-    assert CheckId.TDX_PCK_CHAIN == "tdx.pck.chain"
+    on_the_wire: str = CheckId.TDX_PCK_CHAIN
+    assert on_the_wire == "tdx.pck.chain"
     assert f"{CheckId.TDX_PCK_CHAIN}" == str(CheckId.TDX_PCK_CHAIN) == "tdx.pck.chain"
     assert gpu_check_id(3, GpuCheck.SPDM_SIGNATURE) == "nvidia.gpu[3].spdm.signature"
     assert nras_gpu_check_id(1) == "nvidia.nras.gpu[1]"
     assert TcbStatus.UP_TO_DATE in KNOWN_TCB_STATUSES
     assert TcbStatus.TCB_NOT_SUPPORTED not in KNOWN_TCB_STATUSES
+
+
+def _constant(at: dt.datetime) -> dt.datetime:
+    return at
 
 
 def test_every_row_of_the_captures_has_a_named_id() -> None:
@@ -79,7 +86,7 @@ def test_every_row_of_the_captures_has_a_named_id() -> None:
             Policy(require_nras=True),
             collateral=DirectoryCollateral(capture.responses),
             nras=recorded_nras(capture.folder),
-            now=lambda at=capture.at: at,
+            now=functools.partial(_constant, capture.at),
         )
         verdict = verifier.verify(AttestationReport.from_json(capture.doc()), nonce=capture.nonce)
         for row in verdict:

@@ -274,12 +274,12 @@ def test_exit_codes_match_enclaved_verify() -> None:
     # the check that failed must still decide the exit code and be named.
     request = httpx.Request("POST", "http://node.test/v1/chat/completions")
     for exc, code in cases:
-        wrapped = openai.APIConnectionError(request=request)
+        wrapped = openai.APIConnectionError(request=request)  # type: ignore[arg-type]  # openai types httpx2, takes httpx
         wrapped.__cause__ = exc
         got, message = describe_error(wrapped)
         assert got == code and str(exc) in message, (exc, message)
         assert "cannot reach" not in message
-    wrapped = openai.APIConnectionError(request=request)
+    wrapped = openai.APIConnectionError(request=request)  # type: ignore[arg-type]  # openai types httpx2, takes httpx
     wrapped.__cause__ = httpx.ConnectError("refused")
     assert describe_error(wrapped)[0] == 3
 

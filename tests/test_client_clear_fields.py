@@ -22,13 +22,16 @@ import httpx
 import openai
 import pytest
 from client_fakes import E2EE_MODEL, BindingVerifier, FakeNode
+from openai.types.chat import ChatCompletionMessageParam
 
 from enclaved.client import AsyncEnclavedTransport, EnclavedTransport
 from enclaved.errors import APIError
 
 BASE = "http://node.test/v1"
 ANSWER = ["The", " answer", " is", " sealed"]
-MESSAGES = [{"role": "user", "content": "a question the node must not read"}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "a question the node must not read"}
+]
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -38,7 +41,10 @@ def sync_client(node: FakeNode) -> openai.OpenAI:
         httpx.MockTransport(node), verifier=BindingVerifier(), sleep=lambda s: None
     )
     return openai.OpenAI(
-        base_url=BASE, api_key="k", http_client=httpx.Client(transport=transport), max_retries=0
+        base_url=BASE,
+        api_key="k",
+        http_client=httpx.Client(transport=transport),  # type: ignore[arg-type]  # openai types httpx2, takes httpx
+        max_retries=0,
     )
 
 
@@ -109,7 +115,7 @@ def test_a_stream_with_a_malformed_clear_field_raises(
     with pytest.raises(APIError) as info:
         stream = sync_client(node).chat.completions.create(
             model=E2EE_MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
         )
         for chunk in stream:
@@ -131,7 +137,7 @@ def test_a_non_streaming_answer_with_a_malformed_clear_field_raises(
     with pytest.raises(APIError) as info:
         sync_client(node).chat.completions.create(
             model=E2EE_MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
         )
     assert info.value.code == "invalid_stream" and marker not in str(info.value)
 
@@ -142,7 +148,7 @@ def test_an_error_event_of_an_undocumented_type_raises_without_it() -> None:
     with pytest.raises(APIError) as info:
         stream = sync_client(node).chat.completions.create(
             model=E2EE_MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
         )
         list(stream)
@@ -159,12 +165,12 @@ def test_the_async_client_refuses_them_too() -> None:
         client = openai.AsyncOpenAI(
             base_url=BASE,
             api_key="k",
-            http_client=httpx.AsyncClient(transport=transport),
+            http_client=httpx.AsyncClient(transport=transport),  # type: ignore[arg-type]  # openai types httpx2, takes httpx
             max_retries=0,
         )
         stream = await client.chat.completions.create(
             model=E2EE_MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
         )
         async for _ in stream:
@@ -191,7 +197,7 @@ def test_every_allowed_value_goes_through(edit: Callable[[], Edit]) -> None:
     node.chunk_edit = edit()
     stream = sync_client(node).chat.completions.create(
         model=E2EE_MODEL,
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)

@@ -16,7 +16,9 @@ import warnings
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
+from client_fakes import answer_text
 from client_server import (
     E2EE_MODEL,
     FAKE_ANSWER,
@@ -25,6 +27,7 @@ from client_server import (
     embedded_server,
     real_server,
 )
+from openai.types.chat import ChatCompletionMessageParam
 
 import enclaved
 from enclaved.attestation import InsecurePolicyWarning, Policy, Verifier
@@ -36,7 +39,7 @@ from enclaved.errors import VerificationError
 __all__ = ["real_server"]  # the fixture, imported
 
 PROMPT = "Tell me a secret about canary-7d1e."
-MESSAGES = [{"role": "user", "content": PROMPT}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +50,7 @@ def _quiet_dev_policy() -> Iterator[None]:
         yield
 
 
-def client(server: RealServer) -> enclaved.OpenAI:  # type: ignore[valid-type]
+def client(server: RealServer) -> openai.OpenAI:
     return enclaved.OpenAI(
         base_url=server.base_url, api_key="unused", trust_root=server.dev_root, max_retries=0
     )
@@ -93,12 +96,7 @@ def test_async_streaming_and_not(real_server: RealServer) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_tee_model(real_server: RealServer, stream: bool) -> None:
     c = client(real_server)
-    out = c.chat.completions.create(model=TEE_MODEL, messages=MESSAGES, stream=stream)
-    text = (
-        "".join(ch.choices[0].delta.content or "" for ch in out if ch.choices)
-        if stream
-        else out.choices[0].message.content
-    )
+    text = answer_text(c, TEE_MODEL, MESSAGES, stream)
     assert text == FAKE_ANSWER
     assert last_signature(c) is not None and last_signature(c).ok
 

@@ -15,12 +15,15 @@ import gc
 import json
 import logging
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from client_fakes import E2EE_MODEL, PLAIN_MODEL, TEE_MODEL, BindingVerifier, FakeNode
+from client_fakes import E2EE_MODEL, PLAIN_MODEL, TEE_MODEL, BindingVerifier, FakeNode, answer_text
 from conftest import SHARED
+from openai.types.chat import ChatCompletionMessageParam
 
 import enclaved
 from enclaved.attestation import Policy, Verifier
@@ -45,7 +48,10 @@ from enclaved.errors import (
 BASE = "http://node.test/v1"
 PROMPT = "What is the capital of Atlantis? canary-prompt-7f3a"
 ANSWER = ["Poseidonia", " is ", "the capital", ". canary-answer-91c2"]
-MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": PROMPT}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": PROMPT},
+]
 
 
 class Clock:
@@ -61,7 +67,10 @@ def sync_client(node: FakeNode, **kw: object) -> openai.OpenAI:
     kw.setdefault("sleep", lambda s: None)
     transport = EnclavedTransport(httpx.MockTransport(node), **kw)  # type: ignore[arg-type]
     return openai.OpenAI(
-        base_url=BASE, api_key="k", http_client=httpx.Client(transport=transport), max_retries=0
+        base_url=BASE,
+        api_key="k",
+        http_client=httpx.Client(transport=transport),  # type: ignore[arg-type]  # openai types httpx2, takes httpx
+        max_retries=0,
     )
 
 
@@ -76,7 +85,7 @@ def async_client(node: FakeNode, **kw: object) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         base_url=BASE,
         api_key="k",
-        http_client=httpx.AsyncClient(transport=transport),
+        http_client=httpx.AsyncClient(transport=transport),  # type: ignore[arg-type]  # openai types httpx2, takes httpx
         max_retries=0,
     )
 
@@ -91,7 +100,7 @@ def node() -> FakeNode:
 
 def test_e2ee_non_streaming_returns_a_normal_completion(node: FakeNode) -> None:
     client = sync_client(node)
-    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert reply.choices[0].message.content == "".join(ANSWER)
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.total_tokens == 7
@@ -112,7 +121,7 @@ def test_e2ee_non_streaming_returns_a_normal_completion(node: FakeNode) -> None:
 
 def test_e2ee_streaming_yields_decrypted_deltas(node: FakeNode) -> None:
     client = sync_client(node)
-    stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)
     pieces = [
         c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
     ]
@@ -125,7 +134,7 @@ def test_each_message_gets_its_own_ephemeral_key_and_each_request_its_own_sessio
 ) -> None:
     client = sync_client(node)
     for _ in range(2):
-        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     a, _ = (s.body["messages"] for s in node.seen)
     assert a[0]["content"][:130] != a[1]["content"][:130]  # fresh ephemeral key per message
     assert (
@@ -141,13 +150,13 @@ def test_prompt_keys_are_made_ahead_and_each_used_once(node: FakeNode) -> None:
     from enclaved.client._attest import PROMPT_SEALERS
 
     client = sync_client(node)
-    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     att = last_attestation(client)
     assert att is not None and att.sealers is not None
     assert len(att.sealers) == PROMPT_SEALERS  # topped up after the answer
     ready = [s._prefix.hex() for s in list(att.sealers._items)]  # the keys waiting
     for _ in range(2):
-        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     keys = [m["content"][:130] for seen in node.seen for m in seen.body["messages"]]
     assert len(keys) == 3 * len(MESSAGES) and len(set(keys)) == len(keys)
     assert keys[len(MESSAGES)] == ready[0]  # the second request used a key made ahead
@@ -181,11 +190,11 @@ def test_text_parts_and_developer_role_are_sealed(node: FakeNode) -> None:
 def test_async_streaming_and_not(node: FakeNode) -> None:
     async def main() -> None:
         client = async_client(node)
-        reply = await client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        reply = await client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
         assert reply.choices[0].message.content == "".join(ANSWER)
         stream = await client.chat.completions.create(
             model=E2EE_MODEL, messages=MESSAGES, stream=True
-        )  # type: ignore[arg-type]
+        )
         pieces = [
             c.choices[0].delta.content
             async for c in stream
@@ -201,12 +210,7 @@ def test_async_streaming_and_not(node: FakeNode) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_tee_model_is_attested_and_signed_but_not_encrypted(node: FakeNode, stream: bool) -> None:
     client = sync_client(node)
-    out = client.chat.completions.create(model=TEE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[arg-type]
-    text = (
-        "".join(c.choices[0].delta.content or "" for c in out if c.choices)
-        if stream
-        else out.choices[0].message.content
-    )  # type: ignore[union-attr]
+    text = answer_text(client, TEE_MODEL, MESSAGES, stream)
     assert text == "".join(ANSWER)
     assert node.seen[0].body["messages"] == MESSAGES
     assert "x-venice-tee-client-pub-key" not in node.seen[0].headers
@@ -216,7 +220,7 @@ def test_tee_model_is_attested_and_signed_but_not_encrypted(node: FakeNode, stre
 
 def test_other_models_and_routes_pass_through(node: FakeNode) -> None:
     client = sync_client(node)
-    client.chat.completions.create(model=PLAIN_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(model=PLAIN_MODEL, messages=MESSAGES)
     assert [m.id for m in client.models.list()] == [E2EE_MODEL]
     assert node.attestations == 0
 
@@ -243,24 +247,24 @@ def test_raw_httpx_stream_ends_with_done_only_after_verification(node: FakeNode)
 def test_attestation_is_cached_then_refreshed_with_a_new_nonce(node: FakeNode) -> None:
     clock = Clock()
     client = sync_client(node, clock=clock, attestation_ttl=60)
-    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     first = last_attestation(client)
     clock.t += 59
-    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert node.attestations == 1
     clock.t += 2
-    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert node.attestations == 2
-    assert first is not None and last_attestation(client).nonce != first.nonce  # type: ignore[union-attr]
+    assert first is not None and last_attestation(client).nonce != first.nonce
 
 
 def test_a_rotated_node_key_is_re_attested_once_and_the_prompt_resealed(node: FakeNode) -> None:
     client = sync_client(node)
-    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     stale = last_attestation(client)
     assert stale is not None and stale.sealers is not None
     node.key = KeyPair.generate()  # the node restarted: the pinned key answers 421
-    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     # The 421 used the stale key's ready sealers; none were made again for it.
     assert len(stale.sealers) == 0
     assert reply.choices[0].message.content == "".join(ANSWER)
@@ -272,14 +276,14 @@ def test_stale_twice_raises(node: FakeNode) -> None:
     client = sync_client(node)
     node.stale_times = 2
     with pytest.raises(StaleAttestationError):
-        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert node.attestations == 2
 
 
 def test_unknown_model_gets_the_servers_own_error(node: FakeNode) -> None:
     client = sync_client(node)
     with pytest.raises(openai.NotFoundError, match="not found"):
-        client.chat.completions.create(model="e2ee-nope", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="e2ee-nope", messages=MESSAGES)
 
 
 # -- failing closed -------------------------------------------------------------------
@@ -291,14 +295,14 @@ def test_swapped_key_in_attestation_is_refused(node: FakeNode) -> None:
         "signing_public_key": None,
     }
     with pytest.raises(VerificationError, match="binding.signing_key"):
-        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert node.seen == []  # nothing was sent
 
 
 def test_replayed_attestation_nonce_is_refused(node: FakeNode) -> None:
     node.report_override = {"nonce": "11" * 32, "request_nonce": "11" * 32}
     with pytest.raises(VerificationError, match="report.nonce"):
-        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert node.seen == []
 
 
@@ -308,8 +312,8 @@ def test_plaintext_answer_is_refused(node: FakeNode, stream: bool) -> None:
     client = sync_client(node)
     got: list[str] = []
     with pytest.raises(DecryptionError, match="^failed to decrypt$"):
-        out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[arg-type]
-        for c in out:  # type: ignore[union-attr]
+        out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)
+        for c in out:
             if c.choices and c.choices[0].delta.content:  # type: ignore[union-attr]
                 got.append(c.choices[0].delta.content)  # type: ignore[union-attr]
     assert got == []
@@ -328,7 +332,7 @@ def test_one_flipped_ciphertext_byte_is_refused_before_it_is_shown(node: FakeNod
     client = sync_client(node)
     got: list[str] = []
     with pytest.raises(DecryptionError):
-        for c in client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True):  # type: ignore[arg-type]
+        for c in client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True):
             if c.choices and c.choices[0].delta.content:
                 got.append(c.choices[0].delta.content)
     assert got == ANSWER[:1]  # what came before the tampered chunk; never the tampered one
@@ -341,14 +345,14 @@ def test_error_event_raises_api_error(node: FakeNode) -> None:
             sync_client(node).chat.completions.create(
                 model=E2EE_MODEL, messages=MESSAGES, stream=True
             )
-        )  # type: ignore[arg-type]
+        )
     assert info.value.code == "upstream_error"
 
 
 def test_missing_done_raises(node: FakeNode) -> None:
     node.drop_done = True
     with pytest.raises(NetworkError, match="DONE"):
-        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -356,15 +360,15 @@ def test_signature_by_another_key_is_refused(node: FakeNode, stream: bool) -> No
     node.sign_with = KeyPair.generate()
     client = sync_client(node)
     with pytest.raises(VerificationError, match="signature.address"):
-        out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[arg-type]
+        out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)
         if stream:
-            list(out)  # type: ignore[arg-type]
+            list(out)
 
 
 def test_response_bytes_changed_outside_the_ciphertext_break_the_signature(node: FakeNode) -> None:
     node.tamper_response = lambda out: out.replace(b'"created": 1', b'"created": 2', 1)
     with pytest.raises(VerificationError, match="signature.response_sha256"):
-        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
 
 
 @pytest.mark.filterwarnings(
@@ -374,28 +378,28 @@ def test_address_only_mode_skips_the_hashes_but_not_the_signer(node: FakeNode) -
     """For a gateway that rewrites bodies: the node signed bytes we never saw."""
     node.tamper_response = lambda out: out.replace(b'"created": 1', b'"created": 2', 1)
     client = sync_client(node, verify_signatures="address")
-    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert reply.choices[0].message.content == "".join(ANSWER)
     sig = last_signature(client)
-    assert sig is not None and sig.verdict.get("signature.response_sha256").enforced is False  # type: ignore[union-attr]
+    assert sig is not None and sig.verdict.get("signature.response_sha256").enforced is False
     node.sign_with = KeyPair.generate()
     with pytest.raises(VerificationError, match="signature.address"):
-        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
 
 
 def test_a_failed_signature_drops_the_cached_attestation(node: FakeNode) -> None:
     client = sync_client(node)
     node.sign_with = KeyPair.generate()
     with pytest.raises(VerificationError):
-        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     node.sign_with = None
-    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert node.attestations == 2
 
 
 def test_signature_not_yet_stored_is_retried(node: FakeNode) -> None:
     node.signature_404s = 2
-    sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
 
 
 @pytest.mark.filterwarnings(
@@ -404,10 +408,10 @@ def test_signature_not_yet_stored_is_retried(node: FakeNode) -> None:
 def test_signature_missing_is_refused_unless_disabled(node: FakeNode) -> None:
     node.signature_404s = 100
     with pytest.raises(VerificationError, match="HTTP 404"):
-        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     reply = sync_client(node, verify_signatures=False).chat.completions.create(
         model=E2EE_MODEL, messages=MESSAGES
-    )  # type: ignore[arg-type]
+    )
     assert reply.choices[0].message.content == "".join(ANSWER)
 
 
@@ -419,7 +423,7 @@ def test_e2ee_refuses_what_it_cannot_encrypt(node: FakeNode) -> None:
     with pytest.raises(ConfigError, match="tool"):
         client.chat.completions.create(
             model=E2EE_MODEL,
-            messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}],  # type: ignore[list-item]
+            messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}],
         )
     with pytest.raises(ConfigError, match="image_url"):
         client.chat.completions.create(
@@ -438,7 +442,7 @@ def test_require_e2ee_refuses_plaintext_models(node: FakeNode) -> None:
     client = sync_client(node, require_e2ee=True)
     for model in (TEE_MODEL, PLAIN_MODEL):
         with pytest.raises(ConfigError, match="not an E2EE model"):
-            client.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+            client.chat.completions.create(model=model, messages=MESSAGES)
     assert node.seen == []
 
 
@@ -461,9 +465,9 @@ def test_session_key_is_dropped_after_the_response(node: FakeNode, stream: bool)
 
     client = sync_client(node, keypair_factory=factory)
     before = _live_keypairs()
-    out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[arg-type]
+    out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)
     if stream:
-        list(out)  # type: ignore[arg-type]
+        list(out)
     assert len(made) == 1
     made.clear()  # the test's own reference
     assert _live_keypairs() == before  # nothing in the transport, client or response holds it
@@ -475,7 +479,7 @@ def test_session_key_is_dropped_when_the_stream_fails(node: FakeNode) -> None:
     node.plaintext_answer = True
     client = sync_client(node)
     before = _live_keypairs()
-    stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)
     with pytest.raises(DecryptionError):
         list(stream)
     assert _live_keypairs() == before
@@ -487,8 +491,8 @@ def test_nothing_secret_is_logged_at_any_level(
     for name in (None, "httpx", "httpcore", "openai", "enclaved"):
         caplog.set_level(logging.DEBUG, logger=name)
     client = sync_client(node)
-    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
-    list(client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+    client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
+    list(client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))
     logged = "\n".join(f"{r.name} {r.getMessage()} {r.args!r}" for r in caplog.records)
     assert caplog.records  # the loggers did run
     for secret in (PROMPT, "canary-prompt", "canary-answer", "Poseidonia", "be brief"):
@@ -591,11 +595,11 @@ def test_transport_seals_to_the_attested_production_key() -> None:
     client = openai.OpenAI(
         base_url="https://api.venice.ai/api/v1",
         api_key="k",
-        http_client=httpx.Client(transport=transport),
+        http_client=httpx.Client(transport=transport),  # type: ignore[arg-type]  # openai types httpx2, takes httpx
         max_retries=0,
     )
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="e2ee-qwen3-5-122b-a10b", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="e2ee-qwen3-5-122b-a10b", messages=MESSAGES)
     (request,) = sent
     assert request.headers["x-venice-tee-model-pub-key"] == doc["signing_key"]
     assert request.headers["x-venice-tee-signing-algo"] == "ecdsa"
@@ -682,12 +686,15 @@ def _both(handler: object, **kw: object) -> tuple[openai.OpenAI, openai.AsyncOpe
     async_ = AsyncEnclavedTransport(httpx.MockTransport(handler), sleep=no_sleep, **kw)  # type: ignore[arg-type]
     return (
         openai.OpenAI(
-            base_url=BASE, api_key="k", http_client=httpx.Client(transport=sync), max_retries=0
+            base_url=BASE,
+            api_key="k",
+            http_client=httpx.Client(transport=sync),  # type: ignore[arg-type]  # openai types httpx2, takes httpx
+            max_retries=0,
         ),
         openai.AsyncOpenAI(
             base_url=BASE,
             api_key="k",
-            http_client=httpx.AsyncClient(transport=async_),
+            http_client=httpx.AsyncClient(transport=async_),  # type: ignore[arg-type]  # openai types httpx2, takes httpx
             max_retries=0,
         ),
     )
@@ -703,13 +710,13 @@ def _create_both(
         out.append(
             sync.chat.completions.create(model=model, messages=MESSAGES).choices[0].message.content
             or ""
-        )  # type: ignore[arg-type]
+        )
     except (enclaved.Error, openai.OpenAIError) as exc:
         out.append(exc)
 
     async def main() -> BaseException | str:
         try:
-            reply = await async_.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+            reply = await async_.chat.completions.create(model=model, messages=MESSAGES)
             return reply.choices[0].message.content or ""
         except (enclaved.Error, openai.OpenAIError) as exc:
             return exc
@@ -814,17 +821,19 @@ def test_a_held_decryption_error_does_not_keep_the_session_key_alive(
             if asynchronous:
 
                 async def main(stream: bool = stream) -> None:
-                    out = await async_.chat.completions.create(
-                        model=E2EE_MODEL, messages=MESSAGES, stream=stream
-                    )  # type: ignore[call-overload]
                     if stream:
-                        [c async for c in out]
+                        chunks = await async_.chat.completions.create(
+                            model=E2EE_MODEL, messages=MESSAGES, stream=True
+                        )
+                        [c async for c in chunks]
+                    else:
+                        await async_.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
 
                 asyncio.run(main())
             else:
                 out = sync.chat.completions.create(
                     model=E2EE_MODEL, messages=MESSAGES, stream=stream
-                )  # type: ignore[call-overload]
+                )
                 if stream:
                     list(out)
         except DecryptionError as exc:
@@ -841,7 +850,7 @@ def test_per_chunk_and_per_response_ephemeral_keys_both_decrypt(node: FakeNode) 
         for result in _create_both(node):
             assert result == "".join(ANSWER), result
         sync, _ = _both(node)
-        stream = sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        stream = sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)
         assert [
             c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
         ] == ANSWER
@@ -872,16 +881,11 @@ def test_signature_text_with_the_model_prefix_is_accepted_and_hashes_still_check
 def test_signatures_off_does_not_need_a_completion_id(node: FakeNode, stream: bool) -> None:
     node.omit_ids = True
     client = sync_client(node, verify_signatures=False)
-    out = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
-    text = (
-        "".join(c.choices[0].delta.content or "" for c in out if c.choices)
-        if stream
-        else out.choices[0].message.content
-    )
+    text = answer_text(client, E2EE_MODEL, MESSAGES, stream)
     assert text == "".join(ANSWER)
     # ... while with signatures on, a missing id is refused.
     with pytest.raises(VerificationError, match="completion id"):
-        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        sync_client(node).chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
 
 
 def _forging(node: FakeNode) -> object:
@@ -943,10 +947,10 @@ def test_sync_and_async_fail_the_same_way(node: FakeNode) -> None:
     node.stale_times, node.attestations = 1, 0  # one 421: re-attested once, then fine
     assert (
         sync.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES).choices[0].message.content
-    )  # type: ignore[arg-type]
+    )
     assert node.attestations == 2
     node.stale_times, node.attestations = 1, 0
-    reply = asyncio.run(async_.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES))  # type: ignore[arg-type]
+    reply = asyncio.run(async_.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES))
     assert reply.choices[0].message.content and node.attestations == 2
     node.stale_times = 4  # 421 twice per call: StaleAttestationError
     assert outcome(_create_both(node)) == ["StaleAttestationError"] * 2
@@ -980,7 +984,7 @@ def test_other_routes_never_carry_a_private_models_prompt_in_plaintext(
         return node(request)
 
     sync, async_ = _both(handler)
-    calls = [
+    calls: list[Callable[[Any], Any]] = [
         lambda c: c.completions.create(model=model, prompt=PROMPT),
         lambda c: c.embeddings.create(model=model, input=PROMPT),
         lambda c: c.responses.create(model=model, input=PROMPT),
@@ -989,8 +993,8 @@ def test_other_routes_never_carry_a_private_models_prompt_in_plaintext(
         with pytest.raises(ConfigError, match="only chat completions"):
             call(sync)
 
-        async def main(call: object = call) -> None:
-            await call(async_)  # type: ignore[operator]
+        async def main(call: Callable[[Any], Any] = call) -> None:
+            await call(async_)
 
         with pytest.raises(ConfigError, match="only chat completions"):
             asyncio.run(main())

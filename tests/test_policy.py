@@ -260,10 +260,10 @@ def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
 def test_the_policy_knows_which_tdx_rows_need_collateral() -> None:
     # One definition (attestation/checks.py), so that importing the policy does
     # not import the tdx layer (httpx...), and no copy to keep in step.
-    from enclaved.attestation import policy
+    from enclaved.attestation import checks, policy
     from enclaved.attestation.tdx.verify import COLLATERAL_CHECK_IDS
 
-    assert policy.COLLATERAL_CHECK_IDS is COLLATERAL_CHECK_IDS
+    assert checks.COLLATERAL_CHECK_IDS is COLLATERAL_CHECK_IDS
     (rule,) = [r for r in policy.RULES if r.field == "allow_missing_collateral"]
     assert rule.ids == COLLATERAL_CHECK_IDS
 

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from client_fakes import E2EE_MODEL, TEE_MODEL, BindingVerifier, FakeNode
+from client_fakes import E2EE_MODEL, TEE_MODEL, BindingVerifier, FakeNode, answer_text
 from client_server import E2EE_MODEL as REAL_E2EE
 from client_server import FAKE_ANSWER, RealServer, embedded_server, real_server
 from conftest import running_server
+from openai.types.chat import ChatCompletionMessageParam
 
 from enclaved.attestation import InsecurePolicyWarning
 from enclaved.cli import main as cli_main
@@ -30,7 +31,9 @@ from enclaved.client.proxy import create_proxy_app, is_loopback_host
 __all__ = ["real_server"]
 
 ANSWER = ["Proxied", " and ", "private."]
-MESSAGES = [{"role": "user", "content": "hello through the proxy"}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "hello through the proxy"}
+]
 
 
 @pytest.fixture
@@ -50,9 +53,9 @@ def proxy(node: FakeNode) -> Iterator[str]:
 
 def test_official_sdk_through_the_proxy(proxy: str, node: FakeNode) -> None:
     client = openai.OpenAI(base_url=proxy + "/v1", api_key="local", max_retries=0)
-    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    reply = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert reply.choices[0].message.content == "".join(ANSWER)
-    stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)
     assert [
         c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
     ] == ANSWER
@@ -89,7 +92,7 @@ def test_proxy_reports_verification_failure_as_openai_error(proxy: str, node: Fa
     node.report_override = {"nonce": "22" * 32, "request_nonce": "22" * 32}
     client = openai.OpenAI(base_url=proxy + "/v1", api_key="local", max_retries=0)
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES)
     assert info.value.status_code == 502
     assert "report.nonce" in str(info.value)
     assert node.seen == []
@@ -109,7 +112,7 @@ def test_proxy_mid_stream_failure_is_an_error_event_without_done(
     # and the SDK raises on it
     client = openai.OpenAI(base_url=proxy + "/v1", api_key="local", max_retries=0)
     with pytest.raises(openai.APIError, match="failed to decrypt"):
-        list(client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+        list(client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))
 
 
 def test_proxy_rejects_foreign_host_headers(proxy: str) -> None:
@@ -146,12 +149,7 @@ def _quiet_dev_policy() -> Iterator[None]:
 @pytest.mark.parametrize("stream", [False, True])
 def test_real_server_through_the_proxy_with_the_official_sdk(real_proxy: str, stream: bool) -> None:
     client = openai.OpenAI(base_url=real_proxy + "/v1", api_key="local", max_retries=0)
-    out = client.chat.completions.create(model=REAL_E2EE, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
-    text = (
-        "".join(c.choices[0].delta.content or "" for c in out if c.choices)
-        if stream
-        else out.choices[0].message.content
-    )
+    text = answer_text(client, REAL_E2EE, MESSAGES, stream)
     assert text == FAKE_ANSWER
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def test_text_piece_accepts_only_a_bare_piece_of_text() -> None:
     assert text_piece(piece("a", role=None, tool_calls=None)) == ("content", "a")
     assert text_piece({"usage": None, "choices": [{"delta": {"content": "a"}, "x": 1}]})
 
-    refused = [
+    refused: list[dict[str, Any]] = [
         ROLE,
         FINISH,
         USAGE,
@@ -504,7 +504,7 @@ def test_status_line_and_role_chunk_go_out_with_the_first_token(tmp_path: Path) 
     messages: list[dict[str, Any]] = []
 
     async def recording(scope: Any, receive: Any, send: Any) -> None:
-        async def record(message: dict[str, Any]) -> None:
+        async def record(message: MutableMapping[str, Any]) -> None:
             if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
                 messages.append({**message, "at": time.monotonic()})
             await send(message)

@@ -18,7 +18,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 def _doc_example() -> str:
     blocks = re.findall(r"```toml\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
     assert len(blocks) == 1, "docs/configuration.md should hold exactly one TOML example"
-    return blocks[0]
+    return str(blocks[0])
 
 
 def test_default_needs_no_file(monkeypatch: pytest.MonkeyPatch) -> None:

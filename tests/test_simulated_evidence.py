@@ -103,9 +103,9 @@ def test_every_row_passes_or_is_skipped_for_a_stated_reason(
         if c.id.startswith("policy."):
             assert "no allowlist configured" in c.reason and not c.enforced
     # The event log and compose binding are checked, pass, and are relied on.
-    for cid in MEASUREMENT_ROWS:
-        row = verdict.get(cid)
-        assert row is not None and row.status is Status.PASS and row.enforced, cid
+    for row_id in MEASUREMENT_ROWS:
+        row = verdict.get(row_id)
+        assert row is not None and row.status is Status.PASS and row.enforced, row_id
     assert "16 events replay" in verdict.get("eventlog.replay").reason
     assert verdict.get("report.verified_flag").status is Status.PASS  # the node says so too
 

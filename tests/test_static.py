@@ -1,5 +1,5 @@
-"""Static checks, as part of the suite: ``mypy --strict`` over the package and the benchmarks, and
-``ruff check`` and ``ruff format --check`` over the package, the tests and the
+"""Static checks, as part of the suite: ``mypy --strict`` over the package, the benchmarks and
+the tests, and ``ruff check`` and ``ruff format --check`` over the package, the tests and the
 benchmarks (configured in pyproject.toml;
 the versions are pinned in the ``test`` extra, since each release changes what
 they report).

@@ -12,6 +12,7 @@ import urllib.parse
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,7 +44,7 @@ def responses(name: str | None = None) -> Path:
     return CAPTURES / (name or CAPTURE_NAMES[0]) / "responses"
 
 
-def recorded(prefix: str, name: str | None = None) -> tuple[bytes, dict]:
+def recorded(prefix: str, name: str | None = None) -> tuple[bytes, dict[str, Any]]:
     r = responses(name)
     body = next(r.glob(f"{prefix}_*.body")).read_bytes()
     meta = json.loads(next(r.glob(f"{prefix}_*.json")).read_text())

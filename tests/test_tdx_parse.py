@@ -13,6 +13,7 @@ import json
 import struct
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CAPTURES, REPORT_CAPTURES
@@ -34,9 +35,10 @@ CAPTURE_NAMES = [p.name for p in REPORT_CAPTURES]
 needs_captures = pytest.mark.skipif(not CAPTURE_NAMES, reason="shared/testdata/captures missing")
 
 
-def capture_document(name: str) -> dict:
+def capture_document(name: str) -> dict[str, Any]:
     body = next((CAPTURES / name / "responses").glob("0001_*.body"))
-    return json.loads(body.read_bytes())
+    doc: dict[str, Any] = json.loads(body.read_bytes())
+    return doc
 
 
 def capture_quote(name: str) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import REPORT_CAPTURES, SHARED
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclaved.attestation.checks import Status
@@ -147,7 +148,9 @@ def test_pinned_root_ends_every_recorded_chain(name: str) -> None:
     # (".../IntelSGXRootCA.der") is the root's CRL, signed by the pinned root.
     body = next((CAPTURES / name / "responses").glob("0005_*.body")).read_bytes()
     crl = x509.load_der_x509_crl(body)
-    assert crl.is_signature_valid(intel_sgx_root_ca().public_key())
+    root_key = intel_sgx_root_ca().public_key()
+    assert isinstance(root_key, ec.EllipticCurvePublicKey)
+    assert crl.is_signature_valid(root_key)
     assert c.root_ca_crl == body
 
 
