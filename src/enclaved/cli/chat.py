@@ -40,6 +40,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..protocol import routes
 from . import _client_common as common
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,7 +176,10 @@ class _Session:
 
     def turn(self, prompt: str) -> int:
         messages = build_messages(
-            self.history, prompt, self.args.system, e2ee=self.model.startswith("e2ee-")
+            self.history,
+            prompt,
+            self.args.system,
+            e2ee=self.model.startswith(routes.E2EE_MODEL_PREFIX),
         )
         params: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.args.max_tokens:
@@ -232,7 +236,10 @@ class _Session:
         from ..client import last_attestation
 
         node = last_attestation(self.client)
-        if not self.model.startswith(("e2ee-", "tee-")) or node is None:
+        if (
+            not self.model.startswith((routes.E2EE_MODEL_PREFIX, routes.TEE_MODEL_PREFIX))
+            or node is None
+        ):
             print(
                 f"WARNING: {self.model} is not a TEE model: nothing is verified or encrypted",
                 file=self.err,
@@ -241,11 +248,13 @@ class _Session:
         if node.signing_address == self._shown_address:
             return
         self._shown_address = node.signing_address
-        plaintext = not self.model.startswith("e2ee-")
+        plaintext = not self.model.startswith(routes.E2EE_MODEL_PREFIX)
         print(common.verified_line(node, plaintext_prompt=plaintext), file=self.err)
 
     def _show_signature(self) -> None:
-        if self.args.signatures == "off" or not self.model.startswith(("e2ee-", "tee-")):
+        if self.args.signatures == "off" or not self.model.startswith(
+            (routes.E2EE_MODEL_PREFIX, routes.TEE_MODEL_PREFIX)
+        ):
             return
         from ..client import last_signature
 

@@ -17,6 +17,7 @@ import json
 import sys
 from typing import Any
 
+from ..protocol import routes
 from . import _client_common as common
 
 
@@ -36,7 +37,7 @@ def add_parsers(subparsers: Any) -> None:
 def run_models(args: argparse.Namespace) -> int:
     import httpx
 
-    url = common.base_url(args) + "/models"
+    url = common.base_url(args) + routes.MODELS
     headers = {"accept": "application/json"}
     key = common.api_key(args)
     if key:

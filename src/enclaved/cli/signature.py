@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..protocol import routes
 from . import _client_common as common
 
 
@@ -78,7 +79,7 @@ def run_signature(args: argparse.Namespace) -> int:
             # 1. Attest now.
             nonce = new_nonce()
             r = http.get(
-                base + "/tee/attestation", params={"model": args.model, "nonce": nonce.hex()}
+                base + routes.ATTESTATION, params={"model": args.model, "nonce": nonce.hex()}
             )
             if r.status_code != 200:
                 print(
@@ -97,7 +98,7 @@ def run_signature(args: argparse.Namespace) -> int:
             print(common.verified_line(node), file=err)
             # 2. The signature document.
             r = http.get(
-                base + "/tee/signature", params={"model": args.model, "request_id": args.request_id}
+                base + routes.SIGNATURE, params={"model": args.model, "request_id": args.request_id}
             )
             if r.status_code != 200:
                 print(

@@ -47,6 +47,7 @@ from ..errors import (
     NetworkError,
     PolicyError,
 )
+from ..protocol import routes
 from ._client_common import API_KEY_HELP, DEFAULT_BASE_URL, api_key, base_url, error_message
 
 EXIT_OK = 0
@@ -281,7 +282,7 @@ def _fetch_report(
     headers = {"Accept": "application/json", "User-Agent": "enclaved-attest"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    url = f"{base_url}/tee/attestation"
+    url = base_url + routes.ATTESTATION
     factory = http_client_factory or httpx.Client
     try:
         with factory(timeout=timeout) as client:

@@ -38,6 +38,7 @@ import httpx
 
 from ..crypto import KeyPair, sha256_hex
 from ..errors import APIError, ConfigError, StaleAttestationError, VerificationError
+from ..protocol.headers import VERIFIED_ADDRESS, VERIFIED_HARDWARE
 from ._attest import (
     AttestationCache,
     AttestedNode,
@@ -60,8 +61,8 @@ logger = logging.getLogger("enclaved.client")
 SignatureMode = bool | Literal["address"]
 
 #: Response headers the transport adds to a verified answer.
-HEADER_HARDWARE = "x-enclaved-tee-hardware"
-HEADER_ADDRESS = "x-enclaved-signing-address"
+HEADER_HARDWARE = VERIFIED_HARDWARE
+HEADER_ADDRESS = VERIFIED_ADDRESS
 
 _HOP_HEADERS = (
     "content-length",

@@ -37,7 +37,7 @@ from ..errors import APIError, DecryptionError, NetworkError
 from ..protocol.assemble import CompletionAssembler
 from ..protocol.clear_fields import choice_problem
 from ..protocol.errors import ERROR_TYPES
-from ..protocol.sse import DONE, SSEEvent, SSEParser, event_lines
+from ..protocol.sse import DONE, DONE_DATA, SSEEvent, SSEParser, event_lines
 
 #: The delta fields that carry model text, and so must be encrypted under E2EE.
 TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
@@ -123,7 +123,7 @@ class ResponseDecoder:
             return b""
         if self._done:
             raise APIError("the server sent data after [DONE]", status=200, code="invalid_stream")
-        if event.data.strip() == "[DONE]":
+        if event.data.strip() == DONE_DATA.decode():
             self._done = True
             return b""
         try:

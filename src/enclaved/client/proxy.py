@@ -67,11 +67,14 @@ from ..errors import (
     NetworkError,
     StaleAttestationError,
 )
+from ..protocol.headers import TEE, TEE_PROVIDER
+from ..protocol.routes import API_PREFIXES, CHAT, MODELS
+from ..protocol.sse import event as sse_event
 from .transport import HEADER_ADDRESS, HEADER_HARDWARE, AsyncEnclavedTransport
 
 logger = logging.getLogger("enclaved.client.proxy")
 
-PREFIXES = ("/v1", "/api/v1")
+PREFIXES = tuple(reversed(API_PREFIXES))  # "/v1" first: what the SDKs use
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 #: Response headers passed back to the local caller.
@@ -79,8 +82,8 @@ _PASS_HEADERS = (
     "content-type",
     HEADER_HARDWARE,
     HEADER_ADDRESS,
-    "x-venice-tee",
-    "x-venice-tee-provider",
+    TEE.lower(),
+    TEE_PROVIDER.lower(),
 )
 
 
@@ -174,7 +177,7 @@ def create_proxy_app(
 
     async def models(request: Request) -> Response:
         tail = request.path_params.get("model_id")
-        url = root + "/models" + (f"/{tail}" if tail else "")
+        url = root + MODELS + (f"/{tail}" if tail else "")
         try:
             resp = await client.get(
                 url, params=request.query_params, headers=upstream_headers(request)
@@ -186,7 +189,7 @@ def create_proxy_app(
     async def chat(request: Request) -> Response:
         body = await request.body()
         req = client.build_request(
-            "POST", root + "/chat/completions", content=body, headers=upstream_headers(request)
+            "POST", root + CHAT, content=body, headers=upstream_headers(request)
         )
         try:
             resp = await client.send(req, stream=True)
@@ -211,7 +214,7 @@ def create_proxy_app(
         except (Error, httpx.HTTPError) as exc:
             logger.info("proxy: stream failed: %s", type(exc).__name__)
             _, doc = error_for(exc)
-            yield b"data: " + json.dumps(doc).encode() + b"\n\n"  # and no [DONE]
+            yield sse_event(json.dumps(doc).encode())  # and no [DONE]
         finally:
             await resp.aclose()
 
@@ -228,9 +231,9 @@ def create_proxy_app(
     routes = []
     for prefix in PREFIXES:
         routes += [
-            Route(prefix + "/models", models, methods=["GET"]),
-            Route(prefix + "/models/{model_id:path}", models, methods=["GET"]),
-            Route(prefix + "/chat/completions", chat, methods=["POST"]),
+            Route(prefix + MODELS, models, methods=["GET"]),
+            Route(prefix + MODELS + "/{model_id:path}", models, methods=["GET"]),
+            Route(prefix + CHAT, chat, methods=["POST"]),
         ]
 
     @contextlib.asynccontextmanager

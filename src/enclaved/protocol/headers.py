@@ -18,6 +18,8 @@ __all__ = [
     "TEE_PROVIDER",
     "TEE_RESPONSE_HEADERS",
     "TEE_RESPONSE_HEADERS_RAW",
+    "VERIFIED_ADDRESS",
+    "VERIFIED_HARDWARE",
 ]
 
 #: The client's session public key, uncompressed hex, 130 characters ``04...``.
@@ -39,3 +41,9 @@ TEE_RESPONSE_HEADERS = {TEE: "true", TEE_PROVIDER: PROVIDER}
 TEE_RESPONSE_HEADERS_RAW = [
     (name.lower().encode(), value.encode()) for name, value in TEE_RESPONSE_HEADERS.items()
 ]
+
+# Added by the enclaved client (the SDK's transport, the proxy) for its own
+# caller, never sent by a node: what the client itself verified. A node's
+# response carrying them has them removed first (client/_core.py).
+VERIFIED_HARDWARE = "x-enclaved-tee-hardware"
+VERIFIED_ADDRESS = "x-enclaved-signing-address"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
+from ..protocol.routes import E2EE_MODEL_PREFIX
 from .backends.embedded import DEFAULT_CONTEXT_TOKENS as EMBEDDED_CONTEXT_TOKENS
 from .backends.engine_http import Timeouts
 from .transport import TransportLimits
@@ -484,7 +485,7 @@ class _Loader:
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: must be a table")
         self._unknown(raw, frozenset(CAPABILITY_KEYS), where)
-        is_e2ee = model_id.startswith("e2ee-")
+        is_e2ee = model_id.startswith(E2EE_MODEL_PREFIX)
         values = {k: self._bool(raw, k, f"{where}.{k}", False) for k in raw}
         # The id prefix is the promise clients read first (PROTOCOL.md "Model ids"):
         # capabilities may not contradict it.
