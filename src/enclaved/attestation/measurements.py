@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,3 +146,43 @@ def check_info(
 
 
 __all__ = ["check_compose_hash", "check_info", "check_mrconfigid", "expected_mrconfigid"]
+
+
+# -- measuring a deployment before it runs (``enclaved measure``) --------------
+
+#: The field of an app compose document that holds the docker-compose file,
+#: and the field it follows in dstack's documents (all five captures).
+COMPOSE_FILE_FIELD = "docker_compose_file"
+_COMPOSE_FILE_AFTER = "runner"
+
+
+def compose_hash(app_compose: bytes) -> bytes:
+    """The compose hash of an app compose document: SHA-256 of its exact bytes.
+
+    The hash is over the bytes the TD was given, so the document is hashed as
+    it is, never re-serialized.
+    """
+    return hashlib.sha256(app_compose).digest()
+
+
+def app_compose_document(docker_compose: str, settings: Mapping[str, Any]) -> bytes:
+    """The app compose document dstack deploys for ``docker_compose`` with ``settings``.
+
+    ``settings`` is the document without its ``docker_compose_file``
+    (``manifest_version``, ``name``, ``runner``, ``kms_enabled``, ...), in
+    the order the document lists them. The docker-compose text goes in
+    verbatim after ``runner``, and the document is written the way dstack's
+    tooling writes it (JSON, 4-space indent, UTF-8 unescaped): the form whose
+    hash the production reports carry. Raises ``ValueError`` for settings
+    that cannot make a document.
+    """
+    if COMPOSE_FILE_FIELD in settings:
+        raise ValueError(f"the settings already hold a {COMPOSE_FILE_FIELD!r}")
+    if _COMPOSE_FILE_AFTER not in settings:
+        raise ValueError(f"the settings have no {_COMPOSE_FILE_AFTER!r} (dstack: docker-compose)")
+    doc: dict[str, Any] = {}
+    for key, value in settings.items():
+        doc[key] = value
+        if key == _COMPOSE_FILE_AFTER:
+            doc[COMPOSE_FILE_FIELD] = docker_compose
+    return json.dumps(doc, indent=4, ensure_ascii=False).encode("utf-8")

@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "enclaved.cli.serve",
     "enclaved.cli.chat",
     "enclaved.cli.verify",
+    "enclaved.cli.measure",
     "enclaved.cli.signature",
     "enclaved.cli.models",
     "enclaved.cli.proxy",
