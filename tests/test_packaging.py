@@ -25,7 +25,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "enclaved"
 
-COMMANDS = ["serve", "hash-key", "chat", "verify", "attest", "signature", "models", "proxy"]
+COMMANDS = [
+    "serve",
+    "hash-key",
+    "chat",
+    "verify",
+    "measure",
+    "attest",
+    "signature",
+    "models",
+    "proxy",
+]
 
 
 def test_py_typed_ships() -> None:

@@ -203,7 +203,14 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def _args(**kw: Any) -> argparse.Namespace:
-    base = {"config": None, "host": None, "port": None, "data_dir": None, "log_level": None}
+    base = {
+        "config": None,
+        "host": None,
+        "port": None,
+        "data_dir": None,
+        "log_level": None,
+        "tee": None,
+    }
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -238,3 +245,16 @@ def test_cli_registers_serve_and_hash_key() -> None:
     args = parser.parse_args(["serve", "--port", "0", "--host", "127.0.0.1"])
     assert callable(args.func) and args.port == 0
     assert callable(parser.parse_args(["hash-key"]).func)
+
+
+def test_tee_mode_flag_beats_environment_beats_file(tmp_path: Path) -> None:
+    from enclaved.cli.serve import load_config
+
+    toml = tmp_path / "node.toml"
+    toml.write_text('tee = "dstack"\n', encoding="utf-8")
+    assert load_config(_args(config=str(toml)), env={}).tee == "dstack"
+    assert load_config(_args(config=str(toml)), env={"ENCLAVED_TEE": "auto"}).tee == "auto"
+    flag = _args(config=str(toml), tee="simulated")
+    assert load_config(flag, env={"ENCLAVED_TEE": "auto"}).tee == "simulated"
+    with pytest.raises(ConfigError, match="ENCLAVED_TEE"):
+        load_config(_args(), env={"ENCLAVED_TEE": "sgx"})

@@ -64,6 +64,13 @@ def add_parsers(subparsers: Any) -> None:
         help="state: dev root CA, signatures (default ./data) [$ENCLAVED_DATA_DIR]",
     )
     p.add_argument(
+        "--tee",
+        choices=["simulated", "dstack", "auto"],
+        help="evidence source: simulated (development, the default), dstack (the guest agent of "
+        "a dstack TDX CVM; the node key from its KMS), auto (dstack if its agent answers, else "
+        "refuse to start) [$ENCLAVED_TEE]",
+    )
+    p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info) [$ENCLAVED_LOG_LEVEL]",
@@ -132,6 +139,15 @@ def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> 
             raise ConfigError(
                 f"ENCLAVED_PORT: {env['ENCLAVED_PORT']!r} is not a port number"
             ) from None
+    tee = args.tee or env.get("ENCLAVED_TEE")
+    if tee:
+        from ..server.config import TEE_MODES
+
+        if tee not in TEE_MODES:
+            raise ConfigError(
+                f"ENCLAVED_TEE: unknown mode {tee!r} (one of: {', '.join(TEE_MODES)})"
+            )
+        changes["tee"] = tee
     if not 0 <= changes.get("port", config.port) <= 65535:
         raise ConfigError(f"port {changes['port']} is out of range")
     return config.replace(**changes) if changes else config

@@ -3,8 +3,8 @@
 An :class:`EvidenceSource` produces what ``GET /tee/attestation`` reports
 about the machine: a TDX quote over a given REPORTDATA, NVIDIA GPU evidence
 for a nonce, the event log and deployment facts. Sources: the simulated TEE
-(development, :mod:`enclaved.evidence.simulated_source`); configfs-tsm and
-the dstack guest agent on real TDX hardware (later).
+(development, :mod:`enclaved.evidence.simulated_source`) and the dstack
+guest agent on a TDX CVM (:mod:`enclaved.evidence.dstack`).
 
 A source does not verify anything; the server runs the project's verifier
 on what the source returns, trusting :attr:`EvidenceSource.trust_root_pem`.

@@ -100,12 +100,41 @@ def build_backends(config: ServerConfig) -> dict[str, Backend]:
 
 
 def build_evidence(config: ServerConfig, *, now: float | None = None) -> EvidenceSource:
-    """The evidence source of the configured TEE mode (only ``simulated`` today)."""
+    """The evidence source of the configured TEE mode (``config.tee``).
+
+    ``auto`` never falls back to the simulated TEE: without a hardware source
+    that answers, the node refuses to start and says how to ask for one.
+    """
+    from ..errors import ConfigError
+
+    tee = config.tee
+    if tee == "auto":
+        from ..evidence import dstack
+
+        if not dstack.agent_answers():
+            raise ConfigError(
+                f"tee = auto: no TEE evidence source answers (no dstack guest agent at "
+                f"{dstack.endpoint()}); on a development machine ask for the simulated TEE "
+                "with --tee simulated"
+            )
+        tee = "dstack"
+    if tee == "dstack":
+        from ..evidence.dstack import DstackEvidence
+
+        return DstackEvidence.connect()
     from ..evidence.simulated_source import SimulatedEvidence
 
     return SimulatedEvidence.load_or_create(
         config.data_dir, now=now, models=[m.id for m in config.models]
     )
+
+
+def node_key_for(evidence: EvidenceSource) -> KeyPair:
+    """The node key: derived by the KMS where the evidence source has one
+    (dstack: every replica of the app holds the same key, a restart keeps
+    it), else made now, in memory only."""
+    derive = getattr(evidence, "kms_node_key", None)
+    return derive() if callable(derive) else KeyPair.generate()
 
 
 def create_app(
@@ -138,7 +167,7 @@ def create_app(
         owned.append(store)
     if evidence is None:
         evidence = build_evidence(config, now=clock())
-    key = node_key or KeyPair.generate()
+    key = node_key or node_key_for(evidence)
     node = Node(
         config=config,
         key=key,

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..evidence.base import EvidenceSource
-from .errors import HTTPError, missing_parameter, model_not_found
+from .errors import SERVER_ERROR, HTTPError, missing_parameter, model_not_found
 from .node import Node
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,8 +97,17 @@ async def attestation_report(
     # 3-4.
     key = node.key
     evidence = node.evidence
-    quote = await evidence.quote(report_data(key.address, nonce))
-    nvidia = await evidence.nvidia_payload(nonce)
+    expected = report_data(key.address, nonce)
+    try:
+        quote = await evidence.quote(expected)
+        nvidia = await evidence.nvidia_payload(nonce)
+    except (RuntimeError, OSError) as exc:
+        log.error("attestation: the evidence source failed: %s", exc)
+        raise evidence_error("the TEE evidence source failed") from None
+    problem = self_check(quote, expected, nvidia, nonce, evidence.event_log())
+    if problem is not None:
+        log.error("attestation: REFUSED to serve evidence that does not check out: %s", problem)
+        raise evidence_error("the TEE evidence did not pass the node's own checks")
 
     doc: dict[str, Any] = {
         "verified": False,
@@ -132,6 +141,56 @@ async def attestation_report(
     doc["verified"] = bool(verified)
     doc["server_verification"] = details
     return doc
+
+
+def evidence_error(message: str) -> HTTPError:
+    """500 ``evidence_error``: the node will not serve this report (docs/errors.md)."""
+    return HTTPError(500, message, code="evidence_error", type=SERVER_ERROR)
+
+
+def self_check(
+    quote: bytes,
+    expected_report_data: bytes,
+    nvidia_payload: str | None,
+    nonce: bytes,
+    event_log: list[dict[str, Any]],
+) -> str | None:
+    """Step 4b: what the node checks before it serves evidence (``None``: passed).
+
+    The quote's REPORTDATA is the one asked for (another writer, or a broken
+    source, cannot make the node serve a report bound to something else),
+    every GPU report carries the nonce, and the event log replays to the
+    quote's RTMRs. The full verification (step 5) runs after; these are the
+    checks whose failure means the evidence is not ours to serve.
+    """
+    import hmac
+    import json
+
+    from ..attestation import eventlog
+    from ..attestation.tdx.parse import parse_quote
+    from ..errors import EvidenceParseError
+
+    try:
+        parsed = parse_quote(quote)
+    except EvidenceParseError as exc:
+        return f"the quote does not parse: {exc}"
+    if not hmac.compare_digest(parsed.report_data, expected_report_data):
+        return "the quote's REPORTDATA is not the one asked for"
+    if nvidia_payload is not None:
+        try:
+            gpu = json.loads(nvidia_payload)
+            sent = str(gpu.get("nonce", "")).lower()
+        except (ValueError, AttributeError):
+            return "the GPU evidence is not JSON"
+        if sent != nonce.hex():
+            return "the GPU evidence is for another nonce"
+    try:
+        entries = eventlog.parse_event_log(event_log)
+    except EvidenceParseError as exc:
+        return f"the event log does not parse: {exc}"
+    if entries and eventlog.replay(entries) != tuple(parsed.body.rtmrs):
+        return "the event log does not replay to the quote's RTMRs"
+    return None
 
 
 async def verify_with_project_verifier(

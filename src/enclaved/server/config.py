@@ -31,6 +31,8 @@ from .transport import TransportLimits
 
 #: The models of the default configuration: one SmolLM2-135M, served both
 #: ways, on the embedded llama.cpp backend.
+#: The evidence sources (``tee =``): see :attr:`ServerConfig.tee`.
+TEE_MODES = ("simulated", "dstack", "auto")
 DEFAULT_MODEL_IDS = ("e2ee-smollm2-135m", "tee-smollm2-135m")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -143,7 +145,9 @@ class ServerConfig:
     signatures: StoreConfig = StoreConfig()
     #: Seal every response chunk with a fresh ephemeral key instead of one per response.
     e2ee_key_per_chunk: bool = False
-    #: Where attestation evidence comes from. Only ``"simulated"`` exists today.
+    #: Where attestation evidence comes from: ``"simulated"`` (development),
+    #: ``"dstack"`` (the dstack guest agent of a TDX CVM), or ``"auto"``
+    #: (dstack when its agent answers, else refuse to start).
     tee: str = "simulated"
     #: Largest accepted request body, in bytes (413 above it).
     max_request_bytes: int = 8 * 1024 * 1024
@@ -322,8 +326,8 @@ class _Loader:
                 )
 
         tee = self._str(data, "tee", "tee", "simulated")
-        if tee != "simulated":
-            raise ConfigError(f"tee: unknown mode {tee!r} (only 'simulated' is available)")
+        if tee not in TEE_MODES:
+            raise ConfigError(f"tee: unknown mode {tee!r} (one of: {', '.join(TEE_MODES)})")
 
         return ServerConfig(
             host=host,
