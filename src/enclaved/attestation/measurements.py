@@ -34,6 +34,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ConfigError
 from .checks import Check, CheckId
 from .eventlog import RuntimeFacts
 
@@ -173,13 +174,13 @@ def app_compose_document(docker_compose: str, settings: Mapping[str, Any]) -> by
     the order the document lists them. The docker-compose text goes in
     verbatim after ``runner``, and the document is written the way dstack's
     tooling writes it (JSON, 4-space indent, UTF-8 unescaped): the form whose
-    hash the production reports carry. Raises ``ValueError`` for settings
+    hash the production reports carry. Raises :class:`~enclaved.errors.ConfigError` for settings
     that cannot make a document.
     """
     if COMPOSE_FILE_FIELD in settings:
-        raise ValueError(f"the settings already hold a {COMPOSE_FILE_FIELD!r}")
+        raise ConfigError(f"the settings already hold a {COMPOSE_FILE_FIELD!r}")
     if _COMPOSE_FILE_AFTER not in settings:
-        raise ValueError(f"the settings have no {_COMPOSE_FILE_AFTER!r} (dstack: docker-compose)")
+        raise ConfigError(f"the settings have no {_COMPOSE_FILE_AFTER!r} (dstack: docker-compose)")
     doc: dict[str, Any] = {}
     for key, value in settings.items():
         doc[key] = value

@@ -26,6 +26,7 @@ from ..attestation.measurements import (
     compose_hash,
     expected_mrconfigid,
 )
+from ..errors import ConfigError
 
 EXIT_INPUT = 5  # as the other commands: bad input
 
@@ -89,7 +90,7 @@ def run_measure(args: argparse.Namespace) -> int:
             return _fail(f"{args.settings}: not a JSON object")
         try:
             document = app_compose_document(compose_text, settings)
-        except ValueError as exc:
+        except ConfigError as exc:
             return _fail(f"{args.settings}: {exc}")
         if args.output:
             Path(args.output).write_bytes(document)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..crypto import KeyPair
-from ..errors import ConfigError
+from ..errors import ConfigError, NetworkError
 
 #: Where the guest agent listens on a dstack CVM (dstack-sdk's first choice).
 DEFAULT_SOCKET = "/var/run/dstack.sock"
@@ -44,10 +44,6 @@ SIMULATOR_ENV = "DSTACK_SIMULATOR_ENDPOINT"
 #: changes every node's key. ``path`` names the key, ``purpose`` its use.
 KMS_KEY_PATH = "enclaved/node-key/v1"
 KMS_KEY_PURPOSE = "signing"
-
-
-class EvidenceError(RuntimeError):
-    """The evidence source cannot give evidence (the node must not serve a report)."""
 
 
 def endpoint() -> str:
@@ -117,22 +113,20 @@ class DstackEvidence:
         client = _client(where, timeout)
         try:
             return cls(client)
-        except EvidenceError as exc:
+        except NetworkError as exc:
             raise ConfigError(f"tee = dstack: {exc}") from exc
 
     def _fetch_info(self) -> dict[str, Any]:
         try:
             info = self._client.info()
         except Exception as exc:
-            raise EvidenceError(
+            raise NetworkError(
                 f"the dstack guest agent's Info failed: {type(exc).__name__}"
             ) from exc
         doc: dict[str, Any] = info.model_dump(mode="json")
         return doc
 
     async def quote(self, report_data: bytes) -> bytes:
-        if len(report_data) != 64:
-            raise ValueError("REPORTDATA is 64 bytes")
         try:
             # dstack-sdk's sync client in a thread: the agent answers in tens of
             # milliseconds (the TDX quote is made by the host's QE).
@@ -140,11 +134,11 @@ class DstackEvidence:
             quote = bytes(response.decode_quote())
             log = json.loads(response.event_log) if response.event_log else []
         except Exception as exc:
-            raise EvidenceError(
+            raise NetworkError(
                 f"the dstack guest agent's GetQuote failed: {type(exc).__name__}"
             ) from exc
         if not isinstance(log, list):
-            raise EvidenceError("the dstack guest agent's event log is not a list")
+            raise NetworkError("the dstack guest agent's event log is not a list")
         # The log that goes with this quote: RTMR3 only grows (runtime events
         # are emitted at boot), so the latest log replays to the latest quote.
         self._event_log = log

@@ -13,6 +13,7 @@ __all__ = [
     "E2EE_MODEL_PREFIX",
     "HEALTH",
     "MODELS",
+    "READY",
     "SIGNATURE",
     "TEE_MODEL_PREFIX",
 ]
@@ -26,6 +27,7 @@ ATTESTATION = "/tee/attestation"
 SIGNATURE = "/tee/signature"
 #: At the top level only.
 HEALTH = "/health"
+READY = "/ready"
 
 #: Models that accept E2EE (and plain TEE use without its headers).
 E2EE_MODEL_PREFIX = "e2ee-"

@@ -15,6 +15,7 @@ route                      what                                  API key
 ``GET /tee/attestation``   attestation report                    open
 ``GET /tee/signature``     response signature                    required*
 ``GET /health``            liveness (top level only)             open
+``GET /ready``             readiness: engines, evidence, store   open
 =========================  ====================================  ============
 
 \\* only when the configuration lists API keys.
@@ -252,7 +253,16 @@ def create_app(
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__, "tee": config.tee})
 
-    table: list[BaseRoute] = [Route(routes.HEALTH, health, methods=["GET"])]
+    async def ready(request: Request) -> Response:
+        from .readiness import readiness
+
+        ok, body = await readiness(node)
+        return json_response(body, status=200 if ok else 503, headers={"Cache-Control": "no-store"})
+
+    table: list[BaseRoute] = [
+        Route(routes.HEALTH, health, methods=["GET"]),
+        Route(routes.READY, ready, methods=["GET"]),
+    ]
     for prefix in PREFIXES:
         table += [
             Route(prefix + routes.MODELS, list_models, methods=["GET"]),

@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
 from .errors import SERVER_ERROR, HTTPError, missing_parameter, model_not_found
 from .node import Node
@@ -101,7 +102,7 @@ async def attestation_report(
     try:
         quote = await evidence.quote(expected)
         nvidia = await evidence.nvidia_payload(nonce)
-    except (RuntimeError, OSError) as exc:
+    except (NetworkError, OSError) as exc:
         log.error("attestation: the evidence source failed: %s", exc)
         raise evidence_error("the TEE evidence source failed") from None
     problem = self_check(quote, expected, nvidia, nonce, evidence.event_log())

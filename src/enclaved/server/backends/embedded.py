@@ -462,6 +462,13 @@ class EmbeddedBackend:
             ) from failure
         log.info("self-test passed: one token in %.0f ms", (time.monotonic() - started) * 1000)
 
+    async def ready(self) -> None:
+        """Readiness (``/ready``): the model is loaded and passed its self-test."""
+        if self._llama is None:
+            raise BackendError(
+                "the embedded model is not loaded", status=503, code="model_unavailable"
+            )
+
     async def close(self) -> None:
         """Stop every generation, free the model, end the worker thread."""
         for job in list(self._jobs):

@@ -178,6 +178,11 @@ class UpstreamBackend:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BackendError("upstream engine sent a malformed model list") from exc
 
+    async def ready(self) -> None:
+        """Readiness (``/ready``): the engine answers its model list and serves this model."""
+        if self.model_name not in await self.list_models():
+            raise BackendError("the upstream engine does not serve the configured model")
+
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body = dict(request.params)
         body["model"] = self.model_name
