@@ -296,7 +296,7 @@ def _flip_ciphertext_of_second_chunk(i: int, doc: dict[str, Any]) -> bool:
     if i != 1:
         return False
     c = doc["choices"][0]["delta"]["content"]
-    k = len(c) // 2  # inside the AES-GCM ciphertext
+    k = 2 * (65 + 12) + 1  # inside the AES-GCM ciphertext (after the key and the IV)
     doc["choices"][0]["delta"]["content"] = c[:k] + ("0" if c[k] != "0" else "1") + c[k + 1 :]
     return True
 
@@ -364,6 +364,15 @@ def test_changed_request_ciphertext_is_detected(
     m.attack.request_body = lambda body: body.replace(
         b'"stream":true', b'"stream":true,"seed":7', 1
     )
+    # The node binds its response key to the request it received: the client
+    # refuses the answer before reading it (streamed or not).
+    for stream in (False, True):
+        pieces, error = run(sdk(real_server, url), stream=stream)
+        assert isinstance(error, VerificationError) and str(error) == BINDING_FAILED
+        assert pieces == []
+    # Without the binding (a node without the extension), the request hash in
+    # the response signature catches it, at the end.
+    m.attack.strip_response_headers = BINDING_HEADERS
     pieces, error = run(sdk(real_server, url), stream=False)
     assert isinstance(error, VerificationError) and "signature.request_sha256" in str(error)
     assert pieces == []

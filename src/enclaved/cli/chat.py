@@ -94,6 +94,7 @@ def add_parsers(subparsers: Any) -> None:
         help="response signature check: full (signer and the hashes of the exact bytes, default), "
         "address (signer only, for gateways that rewrite bodies), off",
     )
+    common.add_stream_binding_arg(p)
     common.add_connection_args(p)
     p.set_defaults(func=run_chat)
 
@@ -129,6 +130,7 @@ def _make_client(args: argparse.Namespace) -> Any:
         policy=common.policy(args),
         verify_signatures=_SIGNATURE_MODES[args.signatures],
         timeout=args.timeout,
+        **common.stream_binding_kwargs(args),
         max_retries=0,
     )
 
@@ -260,8 +262,14 @@ class _Session:
 
         sig = last_signature(self.client)
         if sig is not None:
+            how = (
+                "every chunk authenticated as it arrived"
+                if sig.stream_authenticated
+                else ("checked at the end")
+            )
             print(
-                f"signature: ok, {sig.request_id} signed by {sig.recovered_address}", file=self.err
+                f"signature: ok, {sig.request_id} signed by {sig.recovered_address} ({how})",
+                file=self.err,
             )
 
 

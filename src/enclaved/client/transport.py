@@ -233,6 +233,7 @@ class EnclavedTransport(_CoreViews, httpx.BaseTransport):
         keypair_factory: Callable[[], KeyPair] = KeyPair.generate,
         signature_attempts: int = SIGNATURE_ATTEMPTS,
         signature_retry_delay: float = SIGNATURE_RETRY_DELAY,
+        require_stream_binding: bool = False,
     ) -> None:
         self._inner = inner if inner is not None else httpx.HTTPTransport()
         self._sleep = sleep
@@ -246,6 +247,7 @@ class EnclavedTransport(_CoreViews, httpx.BaseTransport):
             keypair_factory=keypair_factory,
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
+            require_stream_binding=require_stream_binding,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -353,6 +355,7 @@ class AsyncEnclavedTransport(_CoreViews, httpx.AsyncBaseTransport):
         keypair_factory: Callable[[], KeyPair] = KeyPair.generate,
         signature_attempts: int = SIGNATURE_ATTEMPTS,
         signature_retry_delay: float = SIGNATURE_RETRY_DELAY,
+        require_stream_binding: bool = False,
     ) -> None:
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
         self._sleep = sleep
@@ -366,6 +369,7 @@ class AsyncEnclavedTransport(_CoreViews, httpx.AsyncBaseTransport):
             keypair_factory=keypair_factory,
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
+            require_stream_binding=require_stream_binding,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
