@@ -13,9 +13,12 @@ Before the answer it prints (to stderr) what was verified::
 then streams the answer to stdout as it is decrypted, and after it checks
 the response signature. Any failed check ends the command with a one-line
 message naming the check, and a non-zero exit code (see
-:mod:`enclaved.cli._client_common`). A signature failure can only be found
-once the streamed answer is complete: the command then says that the text
-above was NOT verified, and exits 2. ``--no-stream`` prints the answer only
+:mod:`enclaved.cli._client_common`). From a node that binds its response
+key to the request every chunk is authenticated before it is printed;
+from one that does not, a signature failure can only be found once the
+streamed answer is complete: the command then says that the text above
+was NOT verified, and exits 2 (``--require-stream-binding`` refuses such
+a node instead). ``--no-stream`` prints the answer only
 after everything, signature included, was verified.
 
 Answers are at most ``--max-tokens`` long (default
