@@ -541,15 +541,24 @@ def test_a_mitm_sealing_its_own_text_never_shows_a_byte(
     assert FORGED.encode() not in b"".join(events)  # at most the role chunk, no text
 
 
-def test_a_mitm_sealing_its_own_text_async(real_server: RealServer, mitm: tuple[Mitm, str]) -> None:
+@pytest.mark.parametrize("downgrade", [False, True], ids=["bound", "stripped+required"])
+def test_a_mitm_sealing_its_own_text_async(
+    real_server: RealServer, mitm: tuple[Mitm, str], downgrade: bool
+) -> None:
     import asyncio
 
     m, url = mitm
     _forging(m)
+    if downgrade:
+        m.attack.strip_response_headers = BINDING_HEADERS
 
     async def main() -> tuple[list[str], BaseException | None]:
         client = enclaved.AsyncOpenAI(
-            base_url=url, api_key="unused", trust_root=real_server.dev_root, max_retries=0
+            base_url=url,
+            api_key="unused",
+            trust_root=real_server.dev_root,
+            max_retries=0,
+            require_stream_binding=downgrade,
         )
         pieces: list[str] = []
         try:
@@ -563,7 +572,8 @@ def test_a_mitm_sealing_its_own_text_async(real_server: RealServer, mitm: tuple[
         return pieces, None
 
     pieces, error = asyncio.run(main())
-    assert isinstance(error, VerificationError) and str(error) == UNBOUND_CHUNK
+    assert isinstance(error, VerificationError)
+    assert (str(error) == UNBOUND_CHUNK) != downgrade
     assert pieces == []
 
 
