@@ -1,5 +1,7 @@
 """Steps 6-8 for a streamed answer: engine -> rewrite + seal -> SSE -> sign.
 
+The status line carries, under E2EE with one key per response, the node's
+signature binding that key to the request (:func:`~.rewrite.binding_headers`).
 Every backend chunk is rebuilt by :class:`~.rewrite.ChunkWriter`, serialized
 once, hashed and written. Up to the first token each chunk is written the
 moment it arrives; after it, the chunks that arrived while the previous
