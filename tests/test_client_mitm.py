@@ -553,7 +553,7 @@ def test_a_mitm_sealing_its_own_text_async(
         m.attack.strip_response_headers = BINDING_HEADERS
 
     async def main() -> tuple[list[str], BaseException | None]:
-        client = enclaved.AsyncOpenAI(
+        client: Any = enclaved.AsyncOpenAI(
             base_url=url,
             api_key="unused",
             trust_root=real_server.dev_root,

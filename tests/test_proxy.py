@@ -293,7 +293,7 @@ def test_proxy_with_require_stream_binding(real_server: RealServer, node: FakeNo
     )
     with running_server(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="local", max_retries=0)
-        out = client.chat.completions.create(model=REAL_E2EE, messages=MESSAGES, stream=True)  # type: ignore[call-overload]
+        out = client.chat.completions.create(model=REAL_E2EE, messages=MESSAGES, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in out if c.choices) == FAKE_ANSWER
     transport = AsyncEnclavedTransport(
         httpx.MockTransport(node),
