@@ -49,7 +49,9 @@ Reported per mode and C:
   the first decoded token, under that load; and, before the loads, the
   *idle* TTFT: ``--idle-requests`` single 4-token requests per mode, one at a
   time, 20 ms apart, interleaved across the modes (for E2EE also the
-  client's own share: session key, sealing, opening the first delta); and
+  client's own share: session key, sealing, checking the node's binding of
+  its response key when it sends one - docs/server.md -, opening the first
+  delta; ``bound_requests`` counts the answers that carried a binding); and
   the *engine hop*:
   the engine's TTFT from the bench process through enclaved's own engine
   client (``node``: ``UpstreamBackend`` over ``engine_http``), through httpx
@@ -112,6 +114,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import hashlib
 import math
 import multiprocessing
 import os
@@ -143,6 +146,9 @@ from _common import (
 )
 
 PROMPT = "Write a long story about benchmarks."
+#: The headers of an authenticated E2EE answer, as RawHttp keys them.
+_RESPONSE_KEY = b"x-enclaved-e2ee-response-key"
+_BINDING_SIGNATURE = b"x-enclaved-e2ee-binding-signature"
 MODES = ("upstream", "tee", "e2ee")
 
 
@@ -176,8 +182,11 @@ class RawHttp:
             self.writer.close()
             self.reader = self.writer = None
 
-    async def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, AsyncIterator[bytes]]:
-        """Send the request; the status and an iterator over the body's bytes."""
+    async def post(
+        self, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[bytes, bytes], AsyncIterator[bytes]]:
+        """Send the request; the status, the headers (lowercased) and an iterator
+        over the body's bytes."""
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -192,8 +201,8 @@ class RawHttp:
         if fields.get(b"connection") == b"close":
             self.writer.close()  # after this answer
         if fields.get(b"transfer-encoding") == b"chunked":
-            return status, self._chunked()
-        return status, self._sized(int(fields.get(b"content-length", b"0")))
+            return status, fields, self._chunked()
+        return status, fields, self._sized(int(fields.get(b"content-length", b"0")))
 
     async def _sized(self, n: int) -> AsyncIterator[bytes]:
         assert self.reader is not None
@@ -251,7 +260,9 @@ class HttpxHttp:
     async def close(self) -> None:
         pass
 
-    async def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, AsyncIterator[bytes]]:
+    async def post(
+        self, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[bytes, bytes], AsyncIterator[bytes]]:
         request = self.client.build_request(
             "POST", self.url, content=body, headers={**self.headers, **headers}
         )
@@ -264,7 +275,8 @@ class HttpxHttp:
             finally:
                 await response.aclose()
 
-        return response.status_code, body_iter()
+        fields = {k.lower(): v.lower() for k, v in response.headers.raw}
+        return response.status_code, fields, body_iter()
 
 
 async def _one_stream(
@@ -303,12 +315,27 @@ async def _one_stream(
         }
     )
     first = True
-    status, pieces = await http.post(body, headers)
+    status, fields, pieces = await http.post(body, headers)
     if status != 200:
         answer = b"".join([p async for p in pieces])
         out["errors"] += 1
         out["last_error"] = f"HTTP {status}: {answer[:200]!r}"
         return
+    if e2ee is not None:
+        # What the SDK does before reading an answer: the node's binding of
+        # its response key to this request (docs/server.md), when it sent one.
+        key, signature = fields.get(_RESPONSE_KEY), fields.get(_BINDING_SIGNATURE)
+        if key is not None or signature is not None:
+            checked = perf()
+            e2ee["check_binding"](
+                key.decode() if key is not None else None,
+                signature.decode() if signature is not None else None,
+                request_sha256=hashlib.sha256(body).hexdigest(),
+                client_public_key=headers["X-Venice-TEE-Client-Pub-Key"],
+                expected_address=e2ee["address"],
+            )
+            crypto_s += perf() - checked
+            out["bound"] += 1
     buf = b""
     done = False
     async for raw in pieces:
@@ -369,7 +396,8 @@ def _e2ee_session(spec: dict[str, Any]) -> dict[str, Any] | None:
     if spec["mode"] != "e2ee":
         return None
     from enclaved.client._attest import PROMPT_SEALERS
-    from enclaved.crypto import KeyPair, Opener
+    from enclaved.client._signature import check_binding
+    from enclaved.crypto import KeyPair, Opener, address_from_public_key
     from enclaved.crypto.reserve import prompt_sealers
 
     sealers = prompt_sealers(bytes.fromhex(spec["model_key_hex"]), PROMPT_SEALERS)
@@ -378,6 +406,8 @@ def _e2ee_session(spec: dict[str, Any]) -> dict[str, Any] | None:
         "keypair": KeyPair.generate,
         "sealers": sealers,
         "opener": Opener,
+        "check_binding": check_binding,
+        "address": address_from_public_key(spec["model_key_hex"]),
         "headers": {
             "X-Venice-TEE-Model-Pub-Key": spec["model_key_text"],
             "X-Venice-TEE-Signing-Algo": "ecdsa",
@@ -439,6 +469,8 @@ def _empty() -> dict[str, Any]:
         "tokens": 0,
         "tokens_all": 0,
         "requests": 0,
+        #: Answers whose response-key binding the client checked (docs/server.md).
+        "bound": 0,
         "errors": 0,
         "ttft": [],
         "client_crypto": [],
@@ -604,7 +636,7 @@ class Load:
         parts = [f.result() for f in futures]
         merged = _empty()
         for p in parts:
-            for k in ("tokens", "tokens_all", "requests", "errors", "client_cpu_s"):
+            for k in ("tokens", "tokens_all", "requests", "bound", "errors", "client_cpu_s"):
                 merged[k] += p[k]
             merged["ttft"] += p["ttft"]
             merged["last_error"] = merged["last_error"] or p["last_error"]
@@ -636,6 +668,7 @@ def _cell(parts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         "tokens_per_s_rounds": [round(r, 1) for r in rates],
         "ttft_ms": summary_ms(ttft),
         "requests": sum(p["requests"] for p in parts),
+        "bound_requests": sum(p.get("bound", 0) for p in parts),
         "errors": errors,
         "settle_s_max": max(p.get("settle_s", 0.0) for p in parts),
         # CPU per token (warm-up and tail included), by process: noise-resistant.

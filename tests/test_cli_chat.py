@@ -68,6 +68,19 @@ def test_one_shot_prints_verified_then_the_answer(real_server: RealServer, mode:
     assert "SIMULATED TEE" in out
     assert out.index(FAKE_ANSWER) > verified
     assert "signature: ok" in out
+    assert "(every chunk authenticated as it arrived)" in out
+
+
+def test_require_stream_binding_flag(real_server: RealServer) -> None:
+    """An enclaved node binds its response key: the flag changes nothing visible."""
+    code, out = run_merged(chat_args(real_server, "hello there", "--require-stream-binding"))
+    assert code == 0 and FAKE_ANSWER in out
+    assert "(every chunk authenticated as it arrived)" in out
+    # With --signatures address the binding cannot be checked: refused at once, exit 5.
+    code, out = run_merged(
+        chat_args(real_server, "hi", "--require-stream-binding", "--signatures", "address")
+    )
+    assert code == 5 and "require_stream_binding" in out
 
 
 def test_prompt_from_stdin(

@@ -30,14 +30,18 @@ from starlette.routing import Route
 
 import enclaved
 from enclaved.attestation import InsecurePolicyWarning
-from enclaved.client import EnclavedTransport
-from enclaved.crypto import KeyPair, eip191_sign, sha256_hex
+from enclaved.client import EnclavedTransport, last_signature
+from enclaved.client._signature import BINDING_FAILED
+from enclaved.client._stream import UNBOUND_CHUNK
+from enclaved.crypto import KeyPair, binding_text, eip191_sign, seal, sha256_hex
 from enclaved.errors import APIError, DecryptionError, Error, VerificationError
+from enclaved.protocol.headers import BINDING_HEADERS, CLIENT_KEY, RESPONSE_KEY
 
 __all__ = ["real_server"]
 
 MESSAGES = [{"role": "user", "content": "the attacker must not read this"}]
 _DROP = ("host", "content-length", "transfer-encoding", "content-encoding", "connection")
+_BINDING = tuple(h.lower() for h in BINDING_HEADERS)
 
 Rewrite = Callable[[bytes], bytes]
 
@@ -54,6 +58,14 @@ class Attack:
     strip_request_headers: tuple[str, ...] = ()
     #: Serve this attestation body instead of the real one (a replay).
     replay_attestation: bytes | None = None
+    #: Removes these headers from the chat answer (a downgrade).
+    strip_response_headers: tuple[str, ...] = ()
+    #: Sets these headers on the chat answer (computed from the attack, once the request is seen).
+    response_headers: Callable[[Attack], dict[str, str]] | None = None
+    #: The chat request's headers as the client sent them (the session key is in one).
+    chat_request_headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The binding headers of each chat answer, as the node sent them.
+    bindings: list[dict[str, str]] = dataclasses.field(default_factory=list)
     #: What went through.
     chat_requests: int = 0
     attestations: list[bytes] = dataclasses.field(default_factory=list)
@@ -79,6 +91,7 @@ class Mitm:
             headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
             if route == "chat":
                 attack.chat_requests += 1
+                attack.chat_request_headers = dict(request.headers)
                 if attack.request_body is not None:
                     body = attack.request_body(body)
                 for name in attack.strip_request_headers:
@@ -100,6 +113,12 @@ class Mitm:
             if rewrite is not None and upstream.status_code == 200:
                 content = rewrite(content)
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
+            if route == "chat":
+                attack.bindings.append({k: out_headers[k] for k in _BINDING if k in out_headers})
+                for name in attack.strip_response_headers:
+                    out_headers.pop(name.lower(), None)
+                if attack.response_headers is not None:
+                    out_headers.update(attack.response_headers(attack))
             return Response(content, status_code=upstream.status_code, headers=out_headers)
 
         return Starlette(routes=[Route("/{path:path}", relay, methods=["GET", "POST"])])
@@ -120,9 +139,9 @@ def _fresh_attack(mitm: tuple[Mitm, str]) -> Iterator[None]:
         yield
 
 
-def sdk(real_server: RealServer, url: str) -> Any:
+def sdk(real_server: RealServer, url: str, **kw: Any) -> Any:
     return enclaved.OpenAI(
-        base_url=url, api_key="unused", trust_root=real_server.dev_root, max_retries=0
+        base_url=url, api_key="unused", trust_root=real_server.dev_root, max_retries=0, **kw
     )
 
 
@@ -147,10 +166,12 @@ def run(
     return pieces, None
 
 
-def raw_events(real_server: RealServer, url: str) -> tuple[list[bytes], BaseException | None]:
+def raw_events(
+    real_server: RealServer, url: str, **kw: Any
+) -> tuple[list[bytes], BaseException | None]:
     """The raw transport, streaming: the SSE bytes handed to the caller, and the error."""
     got: list[bytes] = []
-    transport = EnclavedTransport(trust_root=real_server.dev_root)
+    transport = EnclavedTransport(trust_root=real_server.dev_root, **kw)
     try:
         with httpx.Client(transport=transport) as http:
             body = {"model": E2EE_MODEL, "messages": MESSAGES, "stream": True}
@@ -296,7 +317,7 @@ def _flip_ciphertext_of_second_chunk(i: int, doc: dict[str, Any]) -> bool:
     if i != 1:
         return False
     c = doc["choices"][0]["delta"]["content"]
-    k = len(c) // 2  # inside the AES-GCM ciphertext
+    k = 2 * (65 + 12) + 1  # inside the AES-GCM ciphertext (after the key and the IV)
     doc["choices"][0]["delta"]["content"] = c[:k] + ("0" if c[k] != "0" else "1") + c[k + 1 :]
     return True
 
@@ -364,6 +385,15 @@ def test_changed_request_ciphertext_is_detected(
     m.attack.request_body = lambda body: body.replace(
         b'"stream":true', b'"stream":true,"seed":7', 1
     )
+    # The node binds its response key to the request it received: the client
+    # refuses the answer before reading it (streamed or not).
+    for stream in (False, True):
+        pieces, error = run(sdk(real_server, url), stream=stream)
+        assert isinstance(error, VerificationError) and str(error) == BINDING_FAILED
+        assert pieces == []
+    # Without the binding (a node without the extension), the request hash in
+    # the response signature catches it, at the end.
+    m.attack.strip_response_headers = BINDING_HEADERS
     pieces, error = run(sdk(real_server, url), stream=False)
     assert isinstance(error, VerificationError) and "signature.request_sha256" in str(error)
     assert pieces == []
@@ -444,3 +474,226 @@ def test_own_text_in_a_clear_field_is_refused_at_that_event(
     events, error = raw_events(real_server, url)
     assert isinstance(error, APIError)
     assert not any(b"LEAK" in e or b"[DONE]" in e for e in events)
+
+
+# -- authenticated E2EE streams (docs/server.md, "Authenticated E2EE streams") --------------
+
+FORGED = "FORGED-BY-MITM"
+
+
+def _seal_own_text(attack: Attack) -> Rewrite:
+    """The attack of issue 14: every content envelope replaced by the attacker's own
+    text, sealed to the session key the client sent in a request header."""
+
+    def rewrite(body: bytes) -> bytes:
+        client_key = bytes.fromhex(attack.chat_request_headers[CLIENT_KEY.lower()])
+
+        def change(i: int, doc: dict[str, Any]) -> bool:
+            doc["choices"][0]["delta"]["content"] = seal(FORGED, client_key)
+            return False  # every chunk
+
+        out = []
+        for event in body.split(b"\n\n"):
+            if event.startswith(b"data: {"):
+                doc = json.loads(event[6:])
+                delta = (doc.get("choices") or [{}])[0].get("delta") or {}
+                if delta.get("content"):
+                    change(0, doc)
+                    event = b"data: " + json.dumps(doc, separators=(",", ":")).encode()
+            out.append(event)
+        return b"\n\n".join(out)
+
+    return rewrite
+
+
+def _forging(m: Mitm) -> None:
+    m.attack.responses["chat"] = _seal_own_text(m.attack)
+
+
+def test_honest_streams_are_authenticated_from_their_first_byte(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
+    m, url = mitm
+    client = sdk(real_server, url)
+    for stream in (True, False):
+        pieces, error = run(client, stream=stream)
+        assert error is None and "".join(pieces) == FAKE_ANSWER
+        sig = last_signature(client)
+        assert sig is not None and sig.ok and sig.stream_authenticated is True
+    binding = m.attack.bindings[-1]
+    assert set(binding) == set(_BINDING)
+    assert len(binding[RESPONSE_KEY.lower()]) == 130
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_mitm_sealing_its_own_text_never_shows_a_byte(
+    real_server: RealServer, mitm: tuple[Mitm, str], stream: bool
+) -> None:
+    """Issue 14, 3: a streaming enclaved.OpenAI caller received FORGED-BY-MITM, then an
+    error at the end. Now the first forged chunk is refused before it is yielded."""
+    m, url = mitm
+    _forging(m)
+    pieces, error = run(sdk(real_server, url), stream=stream)
+    assert isinstance(error, VerificationError) and str(error) == UNBOUND_CHUNK
+    assert pieces == []
+    events, error = raw_events(real_server, url)
+    assert isinstance(error, VerificationError)
+    assert FORGED.encode() not in b"".join(events)  # at most the role chunk, no text
+
+
+@pytest.mark.parametrize("downgrade", [False, True], ids=["bound", "stripped+required"])
+def test_a_mitm_sealing_its_own_text_async(
+    real_server: RealServer, mitm: tuple[Mitm, str], downgrade: bool
+) -> None:
+    import asyncio
+
+    m, url = mitm
+    _forging(m)
+    if downgrade:
+        m.attack.strip_response_headers = BINDING_HEADERS
+
+    async def main() -> tuple[list[str], BaseException | None]:
+        client: Any = enclaved.AsyncOpenAI(
+            base_url=url,
+            api_key="unused",
+            trust_root=real_server.dev_root,
+            max_retries=0,
+            require_stream_binding=downgrade,
+        )
+        pieces: list[str] = []
+        try:
+            stream = await client.chat.completions.create(
+                model=E2EE_MODEL, messages=MESSAGES, stream=True
+            )
+            async for chunk in stream:
+                pieces.extend(c.delta.content for c in chunk.choices if c.delta.content)
+        except Error as exc:
+            return pieces, exc
+        return pieces, None
+
+    pieces, error = asyncio.run(main())
+    assert isinstance(error, VerificationError)
+    assert (str(error) == UNBOUND_CHUNK) != downgrade
+    assert pieces == []
+
+
+def test_a_mitm_that_also_binds_its_own_key_is_refused(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
+    """The attacker's response key, bound by the attacker's signature: not the attested key."""
+    m, url = mitm
+    _forging(m)
+
+    def own_binding(attack: Attack) -> dict[str, str]:
+        client_key = attack.chat_request_headers[CLIENT_KEY.lower()]
+        text = binding_text(sha256_hex(b"whatever"), client_key, ATTACKER.public_key_hex)
+        return {
+            RESPONSE_KEY: ATTACKER.public_key_hex,
+            "X-Enclaved-E2EE-Binding-Signature": eip191_sign(ATTACKER, text),
+        }
+
+    m.attack.response_headers = own_binding
+    for stream in (True, False):
+        pieces, error = run(sdk(real_server, url), stream=stream)
+        assert isinstance(error, VerificationError) and str(error) == BINDING_FAILED
+        assert pieces == []
+
+
+def test_a_binding_replayed_from_another_request_is_refused(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
+    """The node's genuine binding of an earlier answer covers another body and session key."""
+    m, url = mitm
+    assert run(sdk(real_server, url), stream=True)[1] is None
+    earlier = m.attack.bindings[-1]
+    _forging(m)
+    m.attack.response_headers = lambda attack: earlier
+    pieces, error = run(sdk(real_server, url), stream=True)
+    assert isinstance(error, VerificationError) and str(error) == BINDING_FAILED
+    assert pieces == []
+
+
+def test_one_binding_header_alone_is_refused(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
+    m, url = mitm
+    m.attack.strip_response_headers = (RESPONSE_KEY,)
+    pieces, error = run(sdk(real_server, url), stream=True)
+    assert isinstance(error, VerificationError) and str(error) == BINDING_FAILED
+    assert pieces == []
+
+
+def test_a_replayed_chunk_is_refused_before_it_is_shown(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
+    """An envelope under the right key, sent twice: the copy is refused."""
+    m, url = mitm
+
+    def repeat_first_token(body: bytes) -> bytes:
+        events = body.split(b"\n\n")
+        for n, event in enumerate(events):
+            if b'"content":"' in event and b'"content":""' not in event:
+                events.insert(n + 1, event)
+                break
+        return b"\n\n".join(events)
+
+    m.attack.responses["chat"] = repeat_first_token
+    pieces, error = run(sdk(real_server, url), stream=True)
+    assert isinstance(error, VerificationError) and str(error) == UNBOUND_CHUNK
+    assert pieces == [FAKE_ANSWER.split(" tok1")[0]]  # the genuine first token, once
+
+
+def test_stripped_binding_headers_downgrade_to_the_end_of_stream_check(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
+    """A node without the extension (the production service), or a MITM that strips it:
+    today's behaviour, and ``stream_authenticated`` says so."""
+    m, url = mitm
+    m.attack.strip_response_headers = BINDING_HEADERS
+    client = sdk(real_server, url)
+    pieces, error = run(client, stream=True)
+    assert error is None and "".join(pieces) == FAKE_ANSWER
+    sig = last_signature(client)
+    assert sig is not None and sig.ok and sig.stream_authenticated is False
+    # ... where a forged text is only caught at the end (as before the extension).
+    _forging(m)
+    pieces, error = run(sdk(real_server, url), stream=True)
+    assert isinstance(error, VerificationError) and "signature.response_sha256" in str(error)
+    assert pieces and all(p == FORGED for p in pieces)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_require_stream_binding_refuses_the_downgrade(
+    real_server: RealServer, mitm: tuple[Mitm, str], stream: bool
+) -> None:
+    m, url = mitm
+    m.attack.strip_response_headers = BINDING_HEADERS
+    _forging(m)
+    client = sdk(real_server, url, require_stream_binding=True)
+    pieces, error = run(client, stream=stream)
+    assert isinstance(error, VerificationError) and "require_stream_binding" in str(error)
+    assert pieces == []
+    events, error = raw_events(real_server, url, require_stream_binding=True)
+    assert isinstance(error, VerificationError) and events == []  # refused before reading
+    # With the binding, the same client works.
+    m.attack = Attack()
+    pieces, error = run(client, stream=stream)
+    assert error is None and "".join(pieces) == FAKE_ANSWER
+
+
+def test_require_stream_binding_refuses_tee_streams_and_relaxed_signatures(
+    real_server: RealServer, mitm: tuple[Mitm, str]
+) -> None:
+    """A tee-* stream has no response key to bind; 'address' cannot check the request hash."""
+    m, url = mitm
+    pieces, error = run(
+        sdk(real_server, url, require_stream_binding=True), stream=True, model=TEE_MODEL
+    )
+    assert isinstance(error, enclaved.ConfigError) and pieces == []
+    assert m.attack.chat_requests == 0
+    pieces, error = run(
+        sdk(real_server, url, require_stream_binding=True), stream=False, model=TEE_MODEL
+    )
+    assert error is None and "".join(pieces) == FAKE_ANSWER  # verified before it is returned
+    with pytest.raises(enclaved.ConfigError, match="require_stream_binding"):
+        sdk(real_server, url, require_stream_binding=True, verify_signatures="address")

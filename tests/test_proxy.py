@@ -283,3 +283,28 @@ def test_proxy_never_sends_the_conversation_history_in_plaintext(
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "enclaved_refused"
     assert len(node.seen) == 1
+
+
+def test_proxy_with_require_stream_binding(real_server: RealServer, node: FakeNode) -> None:
+    """An enclaved node binds its response key: served. A node without the binding
+    (the fake one here, the production service today): refused, as an OpenAI error."""
+    app = create_proxy_app(
+        real_server.base_url, trust_root=real_server.dev_root, require_stream_binding=True
+    )
+    with running_server(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="local", max_retries=0)
+        out = client.chat.completions.create(model=REAL_E2EE, messages=MESSAGES, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in out if c.choices) == FAKE_ANSWER
+    transport = AsyncEnclavedTransport(
+        httpx.MockTransport(node),
+        verifier=BindingVerifier(),
+        require_e2ee=True,
+        require_stream_binding=True,
+    )
+    with running_server(create_proxy_app("http://node.test/v1", transport=transport)) as url:
+        body = {"model": E2EE_MODEL, "messages": MESSAGES, "stream": True}
+        r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "verification_failed" and "require_stream_binding" in err["message"]
+    assert all(word not in r.text for word in ANSWER)

@@ -46,6 +46,7 @@ def limited_node(config: ServerConfig, **app_kwargs: Any) -> Iterator[Node]:
             access_log=False,
             http=limited_http_protocol(config.transport),
             timeout_graceful_shutdown=config.graceful_shutdown_seconds,  # type: ignore[arg-type]
+            timeout_keep_alive=config.transport.keep_alive_timeout_seconds,  # type: ignore[arg-type]
         )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

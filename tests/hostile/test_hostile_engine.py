@@ -117,3 +117,50 @@ def test_sigterm_while_the_engine_hangs_ends_streams_with_an_error_and_done(
     assert events[0]["choices"][0]["delta"]["content"] == "hi"
     assert events[-2]["error"]["code"] == "shutting_down"
     assert events[-1] == "[DONE]"
+
+
+def test_sigterm_while_the_engine_hangs_ends_a_non_streamed_answer_with_the_error_document(
+    tmp_path: Path,
+) -> None:
+    """A non-streamed answer has nothing on the wire yet: it gets the 503
+    ``shutting_down`` document, not a cut connection."""
+    got: list[httpx.Response] = []
+
+    def ask(url: str) -> None:
+        body = {**BODY, "stream": False}
+        got.append(httpx.post(url + "/api/v1/chat/completions", json=body, timeout=10))
+
+    with engine(token_then_hang) as base:
+        config = engine_config(tmp_path, base, graceful_shutdown_seconds=0.5)
+        with limited_node(config) as node:
+            reader = threading.Thread(target=ask, args=(node.url,))
+            reader.start()
+            time.sleep(0.5)  # the engine sent a token, then hangs
+            node.server.should_exit = True  # what SIGTERM does (uvicorn's handle_exit)
+            reader.join(10)
+    (r,) = got
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "shutting_down"
+    assert r.headers["x-venice-tee"] == "true"
+
+
+def test_the_keep_alive_timeout_is_configurable(tmp_path: Path) -> None:
+    """An idle keep-alive connection is closed after ``keep_alive_timeout_seconds``."""
+    import socket
+
+    with engine(silent) as base:
+        config = engine_config(tmp_path, base, transport={"keep_alive_timeout_seconds": 0.3})
+        assert config.transport.keep_alive_timeout_seconds == 0.3
+        with limited_node(config) as node, socket.create_connection(("127.0.0.1", node.port)) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(5)
+            start = time.monotonic()
+            data = b""
+            while True:
+                part = s.recv(65536)
+                if not part:
+                    break
+                data += part
+            took = time.monotonic() - start
+    assert data.startswith(b"HTTP/1.1 ")
+    assert 0.2 < took < 3.0  # closed by the node after 0.3 s idle, not 5 s

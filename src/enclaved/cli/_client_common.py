@@ -76,6 +76,22 @@ def add_trust_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", metavar="TOML", help="attestation policy file (default: strict)")
 
 
+def add_stream_binding_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--require-stream-binding",
+        action="store_true",
+        help="refuse an e2ee-* answer whose node did not bind its response key to the request, "
+        "so that no text is shown before it is authenticated (the production service does not "
+        "send the binding yet), and any tee-* stream",
+    )
+
+
+def stream_binding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``require_stream_binding=True`` when the flag is set; nothing otherwise
+    (a test's client factory need not know the option)."""
+    return {"require_stream_binding": True} if args.require_stream_binding else {}
+
+
 def base_url(args: argparse.Namespace) -> str:
     return str(args.base_url or os.environ.get("ENCLAVED_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
 

@@ -13,9 +13,12 @@ Before the answer it prints (to stderr) what was verified::
 then streams the answer to stdout as it is decrypted, and after it checks
 the response signature. Any failed check ends the command with a one-line
 message naming the check, and a non-zero exit code (see
-:mod:`enclaved.cli._client_common`). A signature failure can only be found
-once the streamed answer is complete: the command then says that the text
-above was NOT verified, and exits 2. ``--no-stream`` prints the answer only
+:mod:`enclaved.cli._client_common`). From a node that binds its response
+key to the request every chunk is authenticated before it is printed;
+from one that does not, a signature failure can only be found once the
+streamed answer is complete: the command then says that the text above
+was NOT verified, and exits 2 (``--require-stream-binding`` refuses such
+a node instead). ``--no-stream`` prints the answer only
 after everything, signature included, was verified.
 
 Answers are at most ``--max-tokens`` long (default
@@ -94,6 +97,7 @@ def add_parsers(subparsers: Any) -> None:
         help="response signature check: full (signer and the hashes of the exact bytes, default), "
         "address (signer only, for gateways that rewrite bodies), off",
     )
+    common.add_stream_binding_arg(p)
     common.add_connection_args(p)
     p.set_defaults(func=run_chat)
 
@@ -129,6 +133,7 @@ def _make_client(args: argparse.Namespace) -> Any:
         policy=common.policy(args),
         verify_signatures=_SIGNATURE_MODES[args.signatures],
         timeout=args.timeout,
+        **common.stream_binding_kwargs(args),
         max_retries=0,
     )
 
@@ -260,8 +265,14 @@ class _Session:
 
         sig = last_signature(self.client)
         if sig is not None:
+            how = (
+                "every chunk authenticated as it arrived"
+                if sig.stream_authenticated
+                else ("checked at the end")
+            )
             print(
-                f"signature: ok, {sig.request_id} signed by {sig.recovered_address}", file=self.err
+                f"signature: ok, {sig.request_id} signed by {sig.recovered_address} ({how})",
+                file=self.err,
             )
 
 

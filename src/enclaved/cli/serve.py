@@ -315,6 +315,7 @@ def run_serve(args: argparse.Namespace) -> int:
         # Then uvicorn cancels what still runs, and each stream ends with an
         # error event and [DONE] (server/chat/stream.py), not a cut connection.
         timeout_graceful_shutdown=config.graceful_shutdown_seconds,
+        timeout_keep_alive=config.transport.keep_alive_timeout_seconds,
     )
 
     class Server(uvicorn.Server):

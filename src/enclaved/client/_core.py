@@ -38,7 +38,13 @@ import httpx
 
 from ..crypto import KeyPair, sha256_hex
 from ..errors import APIError, ConfigError, StaleAttestationError, VerificationError
-from ..protocol.headers import VERIFIED_ADDRESS, VERIFIED_HARDWARE
+from ..protocol.headers import (
+    BINDING_SIGNATURE,
+    CLIENT_KEY,
+    RESPONSE_KEY,
+    VERIFIED_ADDRESS,
+    VERIFIED_HARDWARE,
+)
 from ._attest import (
     AttestationCache,
     AttestedNode,
@@ -48,7 +54,12 @@ from ._attest import (
     parse_attestation,
 )
 from ._exchange import ChatPlan, Exchange, is_stale, plan_request
-from ._signature import SignatureCheck, check_signature_document, raise_for_signature
+from ._signature import (
+    SignatureCheck,
+    check_binding,
+    check_signature_document,
+    raise_for_signature,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..attestation.document import AttestationReport
@@ -174,6 +185,7 @@ class ClientCore:
         keypair_factory: Callable[[], KeyPair],
         signature_attempts: int,
         signature_retry_delay: float,
+        require_stream_binding: bool = False,
     ) -> None:
         self.verifier = verifier
         self.cache = AttestationCache(attestation_ttl, clock=clock)
@@ -182,6 +194,12 @@ class ClientCore:
         self.verify_signatures = verify_signatures
         _warn_signature_mode(verify_signatures)
         self.require_e2ee = require_e2ee
+        if require_stream_binding and verify_signatures is not True:
+            raise ConfigError(
+                "require_stream_binding needs verify_signatures=True: the binding covers the "
+                "hash of the exact request bytes"
+            )
+        self.require_stream_binding = require_stream_binding
         self.clock = clock
         self.random = random
         self.keypair_factory = keypair_factory
@@ -239,6 +257,14 @@ class ClientCore:
     def respond(self, exchange: Exchange, upstream: httpx.Response) -> Steps[httpx.Response]:
         """Steps 4-6 for a 200 answer."""
         decoder = exchange.decoder
+        try:
+            self.check_binding(exchange, upstream)
+        except VerificationError:
+            yield Close(upstream)
+            self.cache.invalidate(
+                exchange.plan.cache_key, exchange.plan.model, exchange.node.signing_key
+            )
+            raise
         if decoder is None:
             # A non-streaming TEE answer: read it whole, check it, hand it on.
             body = yield Read(upstream)
@@ -303,7 +329,43 @@ class ClientCore:
     # -- judgements (pure) ---------------------------------------------------
 
     def plan(self, request: httpx.Request) -> ChatPlan | None:
-        return plan_request(request, require_e2ee=self.require_e2ee)
+        plan = plan_request(request, require_e2ee=self.require_e2ee)
+        if plan is not None and self.require_stream_binding and plan.wants_stream and not plan.e2ee:
+            raise ConfigError(
+                f"require_stream_binding: a stream of {plan.model!r} (not e2ee-*) has no response "
+                "key to bind, so its text could only be checked at its end; ask for an e2ee-* "
+                "model or a non-streaming completion"
+            )
+        return plan
+
+    def check_binding(self, exchange: Exchange, upstream: httpx.Response) -> None:
+        """Step 4a, before any byte of an E2EE answer is read: the node's binding
+        of its response key to this request (docs/server.md, "Authenticated E2EE
+        streams"). Verified, the decoder refuses every chunk under another key.
+
+        Checked only with ``verify_signatures=True`` (the binding covers the
+        hash of the exact request bytes, which a gateway allowed by
+        ``"address"`` may rewrite). Without the headers - a node without the
+        extension, the production service - the answer is only authenticated
+        by its signature at the end, unless ``require_stream_binding``.
+        """
+        decoder = exchange.decoder
+        if decoder is None or not exchange.plan.e2ee or self.verify_signatures is not True:
+            return
+        key = check_binding(
+            upstream.headers.get(RESPONSE_KEY),
+            upstream.headers.get(BINDING_SIGNATURE),
+            request_sha256=exchange.request_sha256,
+            client_public_key=exchange.request.headers[CLIENT_KEY],
+            expected_address=exchange.node.signing_address,
+        )
+        if key is not None:
+            decoder.pin_response_key(key)
+        elif self.require_stream_binding:
+            raise VerificationError(
+                "require_stream_binding: the node did not bind its response key to this request "
+                "(no X-Enclaved-E2EE-Response-Key): refused before reading the answer"
+            )
 
     def cached(self, plan: ChatPlan) -> AttestedNode | None:
         return self.cache.get(plan.cache_key, plan.model)
@@ -355,6 +417,10 @@ class ClientCore:
             expected_address=exchange.node.signing_address,
             request_sha256=exchange.request_sha256 if hashes else None,
             response_sha256=response_sha256 if hashes else None,
+        )
+        decoder = exchange.decoder
+        result = dataclasses.replace(
+            result, stream_authenticated=decoder is not None and decoder.authenticated
         )
         self.last_signature = result
         if not result.ok:

@@ -36,7 +36,8 @@ import re
 from typing import Any
 
 from ..attestation.checks import Check, Verdict
-from ..crypto import eip191_recover_address
+from ..crypto import binding_text, eip191_recover_address
+from ..crypto._primitives import parse_public_key
 from ..errors import CryptoError, VerificationError
 
 _SHA256_HEX = re.compile(r"\A[0-9a-fA-F]{64}\Z")
@@ -54,6 +55,12 @@ class SignatureCheck:
     #: The attested address it had to match.
     expected_address: str
     verdict: Verdict
+    #: Whether the stream was authenticated as it arrived: the node bound its
+    #: response key to this request (docs/server.md, "Authenticated E2EE
+    #: streams") and every chunk was checked against it before it was shown.
+    #: ``False``: only this end-of-answer signature vouches for the text
+    #: (a node without the extension, ``e2ee_key_per_chunk``, a ``tee-*`` model).
+    stream_authenticated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -137,6 +144,53 @@ def check_signature_document(
     return SignatureCheck(request_id, text, signature, recovered, expected_address, verdict)
 
 
+#: The one message for a response-key binding that does not verify, whatever is wrong.
+BINDING_FAILED = (
+    "response key binding: not a signature by the attested key over this request, "
+    "our session key and the response key"
+)
+
+
+def check_binding(
+    response_key: str | None,
+    signature: str | None,
+    *,
+    request_sha256: str,
+    client_public_key: str,
+    expected_address: str,
+) -> str | None:
+    """The response key an E2EE answer's binding headers vouch for, or ``None`` without them.
+
+    ``response_key`` / ``signature``: the ``X-Enclaved-E2EE-Response-Key`` and
+    ``X-Enclaved-E2EE-Binding-Signature`` values. The signed text is rebuilt
+    from our own request hash and session key (never from anything the
+    answer says about them), and must recover to the *attested* address.
+    Anything wrong - one header without the other, a malformed key, a
+    signature by another key or over another request - raises the same
+    :class:`VerificationError`.
+    """
+    if response_key is None and signature is None:
+        return None
+    if response_key is None or signature is None:
+        raise VerificationError(BINDING_FAILED)
+    key = response_key.strip().lower()
+    if not _RESPONSE_KEY.match(key):
+        raise VerificationError(BINDING_FAILED)
+    try:
+        parse_public_key(bytes.fromhex(key))
+        recovered = eip191_recover_address(
+            binding_text(request_sha256, client_public_key, key), signature.strip()
+        )
+    except CryptoError:
+        raise VerificationError(BINDING_FAILED) from None
+    if not hmac.compare_digest(recovered.lower(), expected_address.lower()):
+        raise VerificationError(BINDING_FAILED)
+    return key
+
+
+_RESPONSE_KEY = re.compile(r"\A04[0-9a-f]{128}\Z")
+
+
 def _hash_row(cid: str, what: str, signed: str, ours: str | None) -> Check:
     if ours is None:
         return Check.skipped(cid, f"the {what} bytes are not at hand: not compared", enforced=False)
@@ -158,4 +212,10 @@ def raise_for_signature(result: SignatureCheck) -> None:
     )
 
 
-__all__ = ["SignatureCheck", "check_signature_document", "raise_for_signature"]
+__all__ = [
+    "BINDING_FAILED",
+    "SignatureCheck",
+    "check_binding",
+    "check_signature_document",
+    "raise_for_signature",
+]

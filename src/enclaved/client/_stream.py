@@ -16,6 +16,13 @@ came off the network and returns, event by event, what the caller may see:
    clear (``delta.role``, ``choices[].index``, ``finish_reason``, an error's
    ``type``) must hold the values :mod:`enclaved.protocol.clear_fields` allows, else
    :class:`~enclaved.errors.APIError` (code ``invalid_stream``);
+   When the node bound the response's ephemeral key to this request
+   (:meth:`ResponseDecoder.pin_response_key`, after the transport checked
+   the binding's signature), an envelope under any other key, or one seen
+   before in this stream, raises :class:`~enclaved.errors.VerificationError`
+   before it is opened: a man in the middle can seal text to the session
+   key (its public half travels in a request header), not under the key
+   the attested node signed;
 5. ``data: [DONE]`` is *not* passed on: the transport emits it only after
    the response signature has been checked, so a caller that sees
    ``[DONE]`` saw a verified answer. A stream that ends without it raises
@@ -33,7 +40,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..crypto import Opener, looks_like_envelope
-from ..errors import APIError, DecryptionError, NetworkError
+from ..crypto.envelope import IV_LEN, PUB_LEN
+from ..errors import APIError, DecryptionError, NetworkError, VerificationError
 from ..protocol.assemble import CompletionAssembler
 from ..protocol.clear_fields import choice_problem
 from ..protocol.errors import ERROR_TYPES
@@ -68,6 +76,19 @@ class ResponseDecoder:
         #: The completion id (``id`` of the chunks): the signature's ``request_id``.
         self.completion_id: str | None = None
         self._assembler = CompletionAssembler(keep_empty_reasoning=True) if assemble else None
+        #: The signed response key (130 lowercase hex), once pinned.
+        self._response_key: str | None = None
+        #: The IVs of the envelopes opened so far (a replayed envelope is refused).
+        self._ivs: set[str] = set()
+
+    def pin_response_key(self, response_key_hex: str) -> None:
+        """Accept only envelopes under this ephemeral key (its binding was checked)."""
+        self._response_key = response_key_hex.lower()
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether every envelope is checked against a signed response key as it arrives."""
+        return self._response_key is not None
 
     # -- feeding --------------------------------------------------------------
 
@@ -201,6 +222,8 @@ class ResponseDecoder:
                         continue
                     if not isinstance(value, str) or not looks_like_envelope(value):
                         raise DecryptionError()  # plaintext where ciphertext is expected
+                    if self._response_key is not None:
+                        self._check_bound(value)
                     assert self._opener is not None
                     delta[key] = self._open(value)
                 elif key == "role":
@@ -209,6 +232,21 @@ class ResponseDecoder:
                     # tool_calls, refusal, function_call...: not part of E2EE,
                     # so they could only be plaintext. Refuse rather than show.
                     raise DecryptionError()
+
+    def _check_bound(self, envelope: str) -> None:
+        """An envelope of an authenticated stream: under the signed key, and new."""
+        assert self._response_key is not None
+        eph = envelope[:_KEY_HEX].lower()
+        iv = envelope[_KEY_HEX:_IV_END].lower()
+        if eph != self._response_key or iv in self._ivs:
+            raise VerificationError(UNBOUND_CHUNK)
+        self._ivs.add(iv)
+
+
+#: The one message for an envelope the node's binding does not cover.
+UNBOUND_CHUNK = "a response chunk is not sealed under the response key the attested node signed"
+_KEY_HEX = 2 * PUB_LEN
+_IV_END = _KEY_HEX + 2 * IV_LEN
 
 
 def _malformed(field: str) -> APIError:
@@ -238,4 +276,4 @@ def _stream_error(chunk: dict[str, Any], *, e2ee: bool = False) -> APIError:
     return APIError(text, status=200, body=chunk)
 
 
-__all__ = ["DONE_EVENT", "TEXT_FIELDS", "ResponseDecoder"]
+__all__ = ["DONE_EVENT", "TEXT_FIELDS", "UNBOUND_CHUNK", "ResponseDecoder"]

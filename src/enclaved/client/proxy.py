@@ -139,6 +139,7 @@ def create_proxy_app(
     trust_root: str | os.PathLike[str] | None = None,
     api_key: str | None = None,
     allow_plaintext_models: bool = False,
+    require_stream_binding: bool = False,
     transport: AsyncEnclavedTransport | None = None,
     timeout: float = 600.0,
 ) -> Starlette:
@@ -147,7 +148,9 @@ def create_proxy_app(
     ``upstream`` is the API root of the real service (``.../v1`` or
     ``.../api/v1``). ``api_key``, when given, is sent upstream on every
     request (local callers may then send any placeholder key); without it
-    the caller's own ``Authorization`` is forwarded. ``transport`` replaces the
+    the caller's own ``Authorization`` is forwarded. ``require_stream_binding``:
+    refuse answers whose node did not bind its response key to the request
+    (see :class:`~.transport.EnclavedTransport`). ``transport`` replaces the
     enclaved transport (tests); otherwise one is built from ``policy`` /
     ``trust_root`` and shared by every request, so attestations are cached
     across them.
@@ -157,7 +160,10 @@ def create_proxy_app(
         raise ConfigError(f"--upstream must be an http(s) URL, got {upstream!r}")
     if transport is None:
         transport = AsyncEnclavedTransport(
-            policy=policy, trust_root=trust_root, require_e2ee=not allow_plaintext_models
+            policy=policy,
+            trust_root=trust_root,
+            require_e2ee=not allow_plaintext_models,
+            require_stream_binding=require_stream_binding,
         )
     client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout, connect=10.0))
 

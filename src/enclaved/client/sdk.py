@@ -60,6 +60,7 @@ def OpenAI(
     trust_root: str | os.PathLike[str] | None = None,
     attestation_ttl: float = DEFAULT_ATTESTATION_TTL,
     verify_signatures: SignatureMode = True,
+    require_stream_binding: bool = False,
     transport: httpx.BaseTransport | None = None,
     verifier: Any = None,
     **openai_kwargs: Any,
@@ -72,7 +73,11 @@ def OpenAI(
     (``<data_dir>/dev-root-ca.pem``); it proves nothing about hardware.
     ``attestation_ttl`` is how long a verified attestation is reused
     (seconds). ``verify_signatures``: ``True`` (address and hashes),
-    ``"address"`` (address only) or ``False``.
+    ``"address"`` (address only) or ``False``. ``require_stream_binding``:
+    refuse an ``e2ee-*`` answer whose node did not bind its response key to
+    the request (so that no byte is shown before it is authenticated; the
+    production service does not send the binding yet), and any ``tee-*``
+    stream.
     ``transport`` is the inner transport that does the network I/O (default
     :class:`httpx.HTTPTransport`); ``verifier`` replaces the attestation
     verifier altogether (tests; exclusive with ``policy`` / ``trust_root``). ``api_key`` defaults to
@@ -88,6 +93,7 @@ def OpenAI(
         trust_root=trust_root,
         attestation_ttl=attestation_ttl,
         verify_signatures=verify_signatures,
+        require_stream_binding=require_stream_binding,
         verifier=verifier,
     )
     return openai.OpenAI(
@@ -104,6 +110,7 @@ def AsyncOpenAI(
     trust_root: str | os.PathLike[str] | None = None,
     attestation_ttl: float = DEFAULT_ATTESTATION_TTL,
     verify_signatures: SignatureMode = True,
+    require_stream_binding: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
     verifier: Any = None,
     **openai_kwargs: Any,
@@ -117,6 +124,7 @@ def AsyncOpenAI(
         trust_root=trust_root,
         attestation_ttl=attestation_ttl,
         verify_signatures=verify_signatures,
+        require_stream_binding=require_stream_binding,
         verifier=verifier,
     )
     return openai.AsyncOpenAI(

@@ -26,7 +26,16 @@ on any other route is refused: nothing there would be checked):
    chat route and from the attestation route alike: handing it on would
    let a ``203`` carrying a plaintext completion, or a redirect followed
    to a route that is not checked, skip every step below.
-4. **Decrypt** the stream event by event as it arrives, failing closed
+4. **Check the response key's binding** (``e2ee-*``, before any byte of
+   the body is read): with the ``X-Enclaved-E2EE-Response-Key`` and
+   ``X-Enclaved-E2EE-Binding-Signature`` headers (docs/server.md,
+   "Authenticated E2EE streams") the attested key must have signed our
+   request hash, our session key and that response key, else
+   :class:`~enclaved.errors.VerificationError`; from then on every envelope
+   must be under that key (and new), else ``VerificationError`` before it
+   is shown. Without the headers the stream is authenticated by step 5
+   only - or refused, with ``require_stream_binding``.
+   **Decrypt** the stream event by event as it arrives, failing closed
    (:mod:`._stream`): a delta that is not an envelope to our key raises
    :class:`~enclaved.errors.DecryptionError`, an ``error`` event raises
    :class:`~enclaved.errors.APIError`, a stream without ``[DONE]`` raises
@@ -40,11 +49,15 @@ on any other route is refused: nothing there would be checked):
 
 Streaming and signatures: a streaming caller receives each decrypted event
 as soon as it arrives, and the signature can only be checked after the last
-one. So a stream whose signature fails has already shown its text, and
-raises :class:`~enclaved.errors.VerificationError` at the end, *instead of*
-the final ``data: [DONE]``. Callers that must not show unverified text ask
-for a non-streaming completion (verified before it is returned) or wait
-for the end of the stream. ``verify_signatures=False`` skips step 5;
+one; a failed one raises :class:`~enclaved.errors.VerificationError` at the
+end, *instead of* the final ``data: [DONE]``. With the binding of step 4
+every event shown was authenticated as the node's before it was shown
+(``last_signature.stream_authenticated``); without it (a node without the
+extension, ``e2ee_key_per_chunk``, ``tee-*`` models) a stream whose
+signature fails has already shown its text: callers that must not show
+unverified text set ``require_stream_binding=True``, ask for a
+non-streaming completion (verified before it is returned) or wait for the
+end of the stream. ``verify_signatures=False`` skips step 5;
 ``verify_signatures="address"`` checks only that the signature recovers to
 the attested address (for a gateway that rewrites bodies on the way, so that
 the node signed bytes the client never saw: the hash rows are then skipped).
@@ -233,6 +246,7 @@ class EnclavedTransport(_CoreViews, httpx.BaseTransport):
         keypair_factory: Callable[[], KeyPair] = KeyPair.generate,
         signature_attempts: int = SIGNATURE_ATTEMPTS,
         signature_retry_delay: float = SIGNATURE_RETRY_DELAY,
+        require_stream_binding: bool = False,
     ) -> None:
         self._inner = inner if inner is not None else httpx.HTTPTransport()
         self._sleep = sleep
@@ -246,6 +260,7 @@ class EnclavedTransport(_CoreViews, httpx.BaseTransport):
             keypair_factory=keypair_factory,
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
+            require_stream_binding=require_stream_binding,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -353,6 +368,7 @@ class AsyncEnclavedTransport(_CoreViews, httpx.AsyncBaseTransport):
         keypair_factory: Callable[[], KeyPair] = KeyPair.generate,
         signature_attempts: int = SIGNATURE_ATTEMPTS,
         signature_retry_delay: float = SIGNATURE_RETRY_DELAY,
+        require_stream_binding: bool = False,
     ) -> None:
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
         self._sleep = sleep
@@ -366,6 +382,7 @@ class AsyncEnclavedTransport(_CoreViews, httpx.AsyncBaseTransport):
             keypair_factory=keypair_factory,
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
+            require_stream_binding=require_stream_binding,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -9,7 +9,13 @@
 from ._primitives import keccak256, sha256_hex
 from .envelope import MIN_HEX_LEN, Opener, Sealer, looks_like_envelope, seal
 from .keys import KeyPair, NodeKey, address_from_public_key, normalize_public_key
-from .signing import eip191_hash, eip191_recover_address, eip191_sign, signature_text
+from .signing import (
+    binding_text,
+    eip191_hash,
+    eip191_recover_address,
+    eip191_sign,
+    signature_text,
+)
 
 __all__ = [
     "MIN_HEX_LEN",
@@ -18,6 +24,7 @@ __all__ = [
     "Opener",
     "Sealer",
     "address_from_public_key",
+    "binding_text",
     "eip191_hash",
     "eip191_recover_address",
     "eip191_sign",

@@ -82,6 +82,12 @@ class Sealer:
         secret, public = new_ephemeral(self._random)
         return public, _derive(secret, self._recipient)
 
+    @property
+    def public_key(self) -> bytes | None:
+        """The response's ephemeral public key (65 bytes), or ``None`` with ``per_chunk``
+        (a fresh one in every envelope)."""
+        return self._prefix or None
+
     def seal(self, plaintext: bytes | str) -> str:
         """One envelope, lowercase hex."""
         if isinstance(plaintext, str):

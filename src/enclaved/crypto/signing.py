@@ -1,4 +1,5 @@
-"""EIP-191 ``personal_sign`` over the response-signature text (PROTOCOL.md, "Response signatures")."""
+"""EIP-191 ``personal_sign`` over the response-signature text (PROTOCOL.md, "Response signatures"),
+and over the E2EE response-key binding (docs/server.md, "Authenticated E2EE streams")."""
 
 from __future__ import annotations
 
@@ -52,3 +53,27 @@ def eip191_recover_address(message: bytes | str, signature: str) -> str:
 def signature_text(request_body: bytes, response_body: bytes) -> str:
     """``sha256_hex(request bytes) + ":" + sha256_hex(response bytes)``."""
     return sha256_hex(request_body) + ":" + sha256_hex(response_body)
+
+
+#: The first field of :func:`binding_text`: what the signature is about, and its version.
+BINDING_DOMAIN = "enclaved-e2ee-binding/1"
+
+
+def binding_text(request_sha256: str, client_public_key: str, response_public_key: str) -> str:
+    """The text a node signs to bind a response's ephemeral key to one request::
+
+        "enclaved-e2ee-binding/1:" + sha256_hex(request body) + ":"
+            + client public key + ":" + response public key
+
+    Hashes and keys are lowercase hex; keys are the 130-character uncompressed
+    form (``04`` + x + y), the client's as it sent it in
+    ``X-Venice-TEE-Client-Pub-Key`` (lowercased). 350 ASCII bytes. It cannot
+    be taken for a response-signature text (whose last two fields are
+    64-hex hashes), nor the reverse (it starts with the domain).
+    """
+    request, client, response = (
+        request_sha256.lower(),
+        client_public_key.lower(),
+        response_public_key.lower(),
+    )
+    return f"{BINDING_DOMAIN}:{request}:{client}:{response}"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 __all__ = [
     "ALGO",
+    "BINDING_HEADERS",
+    "BINDING_SIGNATURE",
     "CLIENT_KEY",
     "E2EE_HEADERS",
     "ECDSA",
     "MODEL_KEY",
     "PROVIDER",
+    "RESPONSE_KEY",
     "TEE",
     "TEE_PROVIDER",
     "TEE_RESPONSE_HEADERS",
@@ -30,6 +33,14 @@ MODEL_KEY = "X-Venice-TEE-Model-Pub-Key"
 ALGO = "X-Venice-TEE-Signing-Algo"
 E2EE_HEADERS = (CLIENT_KEY, MODEL_KEY, ALGO)
 ECDSA = "ecdsa"
+
+#: Response headers of an authenticated E2EE stream (enclaved's extension, docs/server.md
+#: "Authenticated E2EE streams"): the response's ephemeral public key, 130 lowercase hex
+#: characters ``04...``, and the node's EIP-191 signature (``0x`` + 130 hex) over
+#: :func:`enclaved.crypto.binding_text`. Both or neither.
+RESPONSE_KEY = "X-Enclaved-E2EE-Response-Key"
+BINDING_SIGNATURE = "X-Enclaved-E2EE-Binding-Signature"
+BINDING_HEADERS = (RESPONSE_KEY, BINDING_SIGNATURE)
 
 #: Response headers on TEE models.
 TEE = "X-Venice-TEE"

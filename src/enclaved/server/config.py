@@ -398,6 +398,12 @@ class _Loader:
                 low=1,
                 high=1_000_000,
             ),
+            keep_alive_timeout_seconds=self._seconds(
+                raw,
+                "keep_alive_timeout_seconds",
+                "transport.keep_alive_timeout_seconds",
+                d.keep_alive_timeout_seconds,
+            ),
         )
 
     def _timeouts(self, raw: Mapping[str, Any], base: Timeouts, where: str) -> Timeouts:

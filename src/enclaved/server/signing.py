@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ..crypto import KeyPair, eip191_sign, sha256_hex
+from ..crypto import KeyPair, binding_text, eip191_sign, sha256_hex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,3 +102,13 @@ class ResponseSigner:
             request_id=request_id,
             model=model,
         )
+
+    def bind(
+        self, *, request_body: bytes, client_public_key: bytes, response_public_key: bytes
+    ) -> str:
+        """The signature binding a response's ephemeral key to its request
+        (:func:`~enclaved.crypto.binding_text`; docs/server.md, "Authenticated E2EE streams")."""
+        text = binding_text(
+            sha256_hex(request_body), client_public_key.hex(), response_public_key.hex()
+        )
+        return eip191_sign(self._key, text)

@@ -77,6 +77,9 @@ class TransportLimits:
     header_timeout_seconds: float = 10.0
     #: Open client connections, at most; one more is answered 503 and closed.
     max_connections: int = 1024
+    #: Seconds an idle keep-alive connection is kept open after a response
+    #: (uvicorn's ``timeout_keep_alive``).
+    keep_alive_timeout_seconds: float = 5.0
 
 
 def _refusal(status: int, reason: str, message: str, code: str) -> bytes:

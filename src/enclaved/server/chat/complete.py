@@ -7,6 +7,8 @@ and sent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +18,7 @@ import orjson
 from ...protocol.assemble import CompletionAssembler
 from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW as TEE_HEADERS
 from ..backends.base import BackendError
-from ..errors import internal_error
+from ..errors import internal_error, shutting_down
 from ..node import Node
 from ..signing import ResponseHasher
 from .asgi import Connection, Send, send_error, send_json
@@ -31,7 +33,24 @@ log = logging.getLogger("enclaved.server")
 
 
 async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) -> None:
-    """Steps 6-8 for a non-streamed answer: collect, sign, send."""
+    """Steps 6-8 for a non-streamed answer: collect, sign, send.
+
+    Cancelled from outside - the server's graceful shutdown period ran out
+    (SIGTERM while the engine is slow or hangs) - the client gets the 503
+    ``shutting_down`` error document, not a cut connection.
+    """
+    try:
+        await _respond(node, prepared, send, conn)
+    except asyncio.CancelledError:
+        if not conn.cancelled and not conn.disconnected:
+            log.warning("answer ended by the node's shutdown")
+            # A client that is gone, or a response already started: nothing to add.
+            with contextlib.suppress(Exception):
+                await send_error(send, shutting_down(), TEE_HEADERS)
+        raise
+
+
+async def _respond(node: Node, prepared: Prepared, send: Send, conn: Connection) -> None:
     writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), None)
     stream: AsyncIterator[dict[str, Any]] | None = None
     collector = CompletionAssembler(only_index=0)

@@ -21,7 +21,9 @@ Request side, in this order (the chat pipeline calls the steps):
 Response side: :func:`new_sealer` makes one :class:`~enclaved.crypto.Sealer`
 per response (one ephemeral key per response by default, a fresh IV per
 chunk); the pipeline seals every non-empty ``delta.content`` and
-``delta.reasoning_content`` with it.
+``delta.reasoning_content`` with it, and signs that key's binding to the
+request into the response headers (:func:`.rewrite.binding_headers`;
+docs/server.md, "Authenticated E2EE streams").
 
 Nothing here logs, and no message contains content.
 """

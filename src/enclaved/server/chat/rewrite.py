@@ -20,13 +20,21 @@ import orjson
 from ...crypto import Sealer
 from ...protocol import sse
 from ...protocol.clear_fields import ASSISTANT, choice_problem
+from ...protocol.headers import BINDING_SIGNATURE, RESPONSE_KEY
 from ..backends.base import BackendError
 from ..node import Node
 from . import e2ee
 from .batching import text_piece
 from .validate import Prepared
 
-__all__ = ["ChunkWriter", "carries_text", "new_completion_id", "response_sealer", "role_only"]
+__all__ = [
+    "ChunkWriter",
+    "binding_headers",
+    "carries_text",
+    "new_completion_id",
+    "response_sealer",
+    "role_only",
+]
 
 
 def new_completion_id() -> str:
@@ -40,6 +48,35 @@ def response_sealer(node: Node, prepared: Prepared) -> Sealer | None:
     if prepared.e2ee is None:
         return None
     return e2ee.new_sealer(prepared.e2ee, per_chunk=node.config.e2ee_key_per_chunk)
+
+
+def binding_headers(
+    node: Node, prepared: Prepared, sealer: Sealer | None
+) -> list[tuple[bytes, bytes]]:
+    """The response headers that bind this response's ephemeral key to its
+    request (docs/server.md, "Authenticated E2EE streams"), as ASGI pairs.
+
+    None for plain TEE use, nor with ``e2ee_key_per_chunk`` (no one response
+    key to bind: such a stream is authenticated only at its end, as before).
+    """
+    if sealer is None or prepared.e2ee is None:
+        return []
+    response_key = sealer.public_key
+    if response_key is None:
+        return []
+    signature = node.signer.bind(
+        request_body=prepared.body,
+        client_public_key=prepared.e2ee.client_public_key,
+        response_public_key=response_key,
+    )
+    return [
+        (_RESPONSE_KEY, response_key.hex().encode()),
+        (_BINDING_SIGNATURE, signature.encode()),
+    ]
+
+
+_RESPONSE_KEY = RESPONSE_KEY.lower().encode()
+_BINDING_SIGNATURE = BINDING_SIGNATURE.lower().encode()
 
 
 class ChunkWriter:

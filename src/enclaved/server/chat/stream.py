@@ -1,5 +1,7 @@
 """Steps 6-8 for a streamed answer: engine -> rewrite + seal -> SSE -> sign.
 
+The status line carries, under E2EE with one key per response, the node's
+signature binding that key to the request (:func:`~.rewrite.binding_headers`).
 Every backend chunk is rebuilt by :class:`~.rewrite.ChunkWriter`, serialized
 once, hashed and written. Up to the first token each chunk is written the
 moment it arrives; after it, the chunks that arrived while the previous
@@ -30,7 +32,14 @@ from ..signing import ResponseHasher
 from .asgi import Connection, Send, send_error
 from .batching import ChunkPump
 from .engine import aclose, backend_http_error, first_chunk
-from .rewrite import ChunkWriter, carries_text, new_completion_id, response_sealer, role_only
+from .rewrite import (
+    ChunkWriter,
+    binding_headers,
+    carries_text,
+    new_completion_id,
+    response_sealer,
+    role_only,
+)
 from .sign import forget, sign
 from .validate import Prepared
 
@@ -134,6 +143,7 @@ class _Stream:
     __slots__ = (
         "conn",
         "hasher",
+        "headers",
         "held",
         "node",
         "prepared",
@@ -157,12 +167,9 @@ class _Stream:
         self.send = send
         self.conn = conn
         self.stream = stream
-        self.writer = ChunkWriter(
-            new_completion_id(),
-            prepared.model.id,
-            int(node.clock()),
-            response_sealer(node, prepared),
-        )
+        sealer = response_sealer(node, prepared)
+        self.writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), sealer)
+        self.headers = SSE_HEADERS + binding_headers(node, prepared, sealer)
         self.hasher = ResponseHasher()
         self.started = False
         #: Role chunks not written yet (see :meth:`first_tokens`).
@@ -176,7 +183,7 @@ class _Stream:
         # process costs ~0.1 ms on a virtual machine).
         if not self.started:
             self.started = True
-            await self.send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await self.send({"type": "http.response.start", "status": 200, "headers": self.headers})
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def first_tokens(self, chunk: dict[str, Any] | None) -> bool:
