@@ -13,7 +13,9 @@ flag               environment             config key
 ``--host``         ``ENCLAVED_HOST``       ``host``
 ``--port``         ``ENCLAVED_PORT``       ``port``
 ``--data-dir``     ``ENCLAVED_DATA_DIR``   ``data_dir``
+``--tee``          ``ENCLAVED_TEE``        ``tee``
 ``--log-level``    ``ENCLAVED_LOG_LEVEL``  -
+``--log-format``   ``ENCLAVED_LOG_FORMAT`` -
 =================  ======================  ======================
 
 Logging goes to stderr and never contains prompt or completion content, API
@@ -69,6 +71,12 @@ def add_parsers(subparsers: Any) -> None:
         help="evidence source: simulated (development, the default), dstack (the guest agent of "
         "a dstack TDX CVM; the node key from its KMS), auto (dstack if its agent answers, else "
         "refuse to start) [$ENCLAVED_TEE]",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text (default) or one JSON object each, for a log pipeline; "
+        "content-free either way [$ENCLAVED_LOG_FORMAT]",
     )
     p.add_argument(
         "--log-level",
@@ -173,11 +181,41 @@ class _Once(logging.Filter):
         return True
 
 
-def _setup_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, and ``exception`` (its type only) when one is attached.
+
+    The messages are the node's own, as content-free as the text format; an
+    exception's text and traceback are left out (a message may quote input).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+
+        import orjson
+
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exception"] = record.exc_info[0].__name__
+        return orjson.dumps(entry).decode()
+
+
+def _setup_logging(level: str, log_format: str = "text") -> None:
     import warnings
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -266,7 +304,14 @@ def run_serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError, ValueError):  # a stderr with no file descriptor
         faulthandler.enable()
     level = args.log_level or os.environ.get("ENCLAVED_LOG_LEVEL") or "info"
-    _setup_logging(level)
+    log_format = args.log_format or os.environ.get("ENCLAVED_LOG_FORMAT") or "text"
+    if log_format not in ("text", "json"):
+        print(
+            f"enclaved serve: ENCLAVED_LOG_FORMAT: {log_format!r} is not text or json",
+            file=sys.stderr,
+        )
+        return 2
+    _setup_logging(level, log_format)
     log = logging.getLogger("enclaved.serve")
     try:
         config = load_config(args)
@@ -283,16 +328,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..crypto import KeyPair
     from ..server.app import create_app, start_backends
     from ..server.backends.base import BackendError
     from ..server.transport import limited_http_protocol
 
     log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
     _raise_open_file_limit(log)
-    key = KeyPair.generate()  # in memory only: never written, never logged
     try:
-        app = create_app(config, node_key=key)
+        # The node key: from the KMS where the evidence source has one (dstack),
+        # else made now; in memory only, never written, never logged.
+        app = create_app(config)
     except Error as exc:
         sock.close()
         print(f"enclaved serve: {exc}", file=sys.stderr)
