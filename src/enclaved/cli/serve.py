@@ -342,6 +342,19 @@ def run_serve(args: argparse.Namespace) -> int:
         sock.close()
         print(f"enclaved serve: {exc}", file=sys.stderr)
         return 2
+    metrics = app.state.node.metrics
+    if metrics is not None:
+        where = config.metrics
+        try:
+            metrics.serve(where.host, where.port)
+        except OSError as exc:
+            sock.close()
+            print(
+                f"enclaved serve: metrics: {bind_error(where.host, where.port, exc)}",
+                file=sys.stderr,
+            )
+            return 1
+        log.info("metrics on http://%s:%d/metrics", where.host, where.port)
 
     uv_config = uvicorn.Config(
         app,

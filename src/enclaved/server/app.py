@@ -68,6 +68,8 @@ from .errors import (
     missing_parameter,
     model_not_found,
 )
+from .metrics import ATTESTATION as ATTESTATION_ROUTE
+from .metrics import Metrics
 from .node import Node
 from .signing import ResponseSigner
 from .store import open_store
@@ -178,6 +180,7 @@ def create_app(
         signer=ResponseSigner(key),
         api_keys=ApiKeys(config.api_key_hashes),
         clock=clock,
+        metrics=Metrics([m.id for m in config.models]) if config.metrics.enabled else None,
     )
     created = int(clock())
     chat = ChatCompletions(node)
@@ -216,7 +219,18 @@ def create_app(
 
     async def attestation(request: Request) -> Response:
         q = request.query_params
-        doc = await attestation_report(node, q.get("model"), q.get("nonce"), verify=verify)
+        started, status = time.monotonic(), 500
+        try:
+            doc = await attestation_report(node, q.get("model"), q.get("nonce"), verify=verify)
+            status = 200
+        except HTTPError as exc:
+            status = exc.status
+            raise
+        finally:
+            if node.metrics is not None:
+                node.metrics.request(
+                    ATTESTATION_ROUTE, q.get("model"), status, time.monotonic() - started
+                )
         return json_response(doc, headers={**TEE_HEADERS, "Cache-Control": "no-store"})
 
     async def signature(request: Request) -> Response:
@@ -234,6 +248,8 @@ def create_app(
                 record = await asyncio.wait_for(node.store.get(request_id), STORE_TIMEOUT_SECONDS)
             except (NetworkError, TimeoutError) as exc:
                 log.error("signature store unavailable: %s", type(exc).__name__)
+                if node.metrics is not None:
+                    node.metrics.store_errors.inc()
                 raise HTTPError(
                     503,
                     "Signature store unavailable, retry later",

@@ -113,6 +113,17 @@ class StoreConfig:
     ttl_seconds: int = 7 * 24 * 3600
 
 
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (``[metrics]``): off by default; on their own listener."""
+
+    enabled: bool = False
+    #: The metrics listener; loopback by default (every API route is public,
+    #: the metrics are for the operator's scraper).
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where a node keeps its state when nothing says otherwise.
 
@@ -158,6 +169,8 @@ class ServerConfig:
     graceful_shutdown_seconds: float = 10.0
     #: Request-line and header sizes, header deadlines, the connection cap.
     transport: TransportLimits = dataclasses.field(default_factory=TransportLimits)
+    #: Prometheus metrics (off by default).
+    metrics: MetricsConfig = MetricsConfig()
 
     # -- constructors -------------------------------------------------------
 
@@ -250,6 +263,7 @@ class _Loader:
             "transport",
             "engine",
             "graceful_shutdown_seconds",
+            "metrics",
         }
     )
     _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
@@ -354,6 +368,18 @@ class _Loader:
                 data, "graceful_shutdown_seconds", "graceful_shutdown_seconds", 10.0
             ),
             transport=self._transport(data.get("transport", {})),
+            metrics=self._metrics(data.get("metrics", {})),
+        )
+
+    def _metrics(self, raw: Any) -> MetricsConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError("metrics: must be a table")
+        self._unknown(raw, frozenset({"enabled", "host", "port"}), "metrics")
+        d = MetricsConfig()
+        return MetricsConfig(
+            enabled=self._bool(raw, "enabled", "metrics.enabled", d.enabled),
+            host=self._str(raw, "host", "metrics.host", d.host),
+            port=self._int(raw, "port", "metrics.port", d.port, low=1, high=65535),
         )
 
     def _transport(self, raw: Any) -> TransportLimits:

@@ -15,6 +15,7 @@ from ..evidence.base import EvidenceSource
 from .auth import ApiKeys
 from .backends.base import Backend
 from .config import ModelConfig, ServerConfig
+from .metrics import Metrics
 from .signing import ResponseSigner
 from .store.base import SignatureStore
 
@@ -32,6 +33,8 @@ class Node:
     api_keys: ApiKeys
     #: Seconds since the epoch (``time.time``); injected by tests.
     clock: Callable[[], float]
+    #: Prometheus metrics, when ``[metrics] enabled``.
+    metrics: Metrics | None = None
 
     def model(self, model_id: str) -> ModelConfig | None:
         return self.config.model(model_id)

@@ -13,13 +13,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 from starlette.datastructures import Headers
 
 from ..errors import HTTPError
 from ..node import Node
 from . import complete, stream
-from .asgi import Connection, Receive, Scope, Send, read_body, send_error
+from .asgi import Connection, Message, Receive, Scope, Send, read_body, send_error
 from .validate import PREPARE_INLINE_BYTES, Prepared, prepare
 
 __all__ = ["ChatCompletions"]
@@ -32,6 +34,39 @@ class ChatCompletions:
         self.node = node
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.node.metrics is None:
+            await self._serve(scope, receive, send, None)
+            return
+        # Metrics: the status and the first body byte, seen on the way out.
+        started = time.monotonic()
+        seen: dict[str, Any] = {"status": 500, "first": None}
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif seen["first"] is None and message.get("body"):
+                seen["first"] = time.monotonic()
+            await send(message)
+
+        holder: list[Prepared] = []
+        try:
+            await self._serve(scope, receive, observed, holder)
+        finally:
+            prepared = holder[0] if holder else None
+            first = seen["first"]
+            self.node.metrics.chat(
+                model=prepared.model.id if prepared else None,
+                e2ee=bool(prepared and prepared.e2ee),
+                status=seen["status"],
+                ttft=None if first is None else first - started,
+                duration=time.monotonic() - started,
+                usage=prepared.usage if prepared else None,
+                engine_error=prepared.engine_error if prepared else None,
+            )
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, holder: list[Prepared] | None
+    ) -> None:
         headers = Headers(scope=scope)
         try:
             # 1. Authenticate before reading anything else.
@@ -62,6 +97,8 @@ class ChatCompletions:
         except HTTPError as exc:
             await send_error(send, exc)
             return
+        if holder is not None:
+            holder.append(prepared)
 
         # The completion runs in this task (a task of its own would cost the
         # first token a turn of the event loop); a watcher task cancels it
