@@ -21,9 +21,7 @@ metric                                    type       labels
 ``enclaved_engine_errors_total``          counter    code
 ========================================  =========  ==============================
 
-One registry per node (several nodes can run in one process). With
-``--workers`` each worker process has its own registry and listener port
-(``port + worker index``): scrape them all.
+One registry per node (several nodes can run in one process).
 """
 
 from __future__ import annotations
