@@ -6,17 +6,18 @@ and serves PROTOCOL.md on ``--host``/``--port``.
 
 Precedence: command-line flag > environment variable > config file > default.
 
-=================  ======================  ======================
-flag               environment             config key
-=================  ======================  ======================
-``--config``       ``ENCLAVED_CONFIG``     (the file itself)
-``--host``         ``ENCLAVED_HOST``       ``host``
-``--port``         ``ENCLAVED_PORT``       ``port``
-``--data-dir``     ``ENCLAVED_DATA_DIR``   ``data_dir``
-``--tee``          ``ENCLAVED_TEE``        ``tee``
-``--log-level``    ``ENCLAVED_LOG_LEVEL``  -
-``--log-format``   ``ENCLAVED_LOG_FORMAT`` -
-=================  ======================  ======================
+===================  ==========================  =================
+flag                 environment                 config key
+===================  ==========================  =================
+``--config``         ``ENCLAVED_CONFIG``         (the file itself)
+``--host``           ``ENCLAVED_HOST``           ``host``
+``--port``           ``ENCLAVED_PORT``           ``port``
+``--data-dir``       ``ENCLAVED_DATA_DIR``       ``data_dir``
+``--tee``            ``ENCLAVED_TEE``            ``tee``
+``--node-key-file``  ``ENCLAVED_NODE_KEY_FILE``  ``node_key_file``
+``--log-level``      ``ENCLAVED_LOG_LEVEL``      -
+``--log-format``     ``ENCLAVED_LOG_FORMAT``     -
+===================  ==========================  =================
 
 Logging goes to stderr and never contains prompt or completion content, API
 keys, ``Authorization`` headers, E2EE keys or the node key; the access log
@@ -71,6 +72,12 @@ def add_parsers(subparsers: Any) -> None:
         help="evidence source: simulated (development, the default), dstack (the guest agent of "
         "a dstack TDX CVM; the node key from its KMS), auto (dstack if its agent answers, else "
         "refuse to start) [$ENCLAVED_TEE]",
+    )
+    p.add_argument(
+        "--node-key-file",
+        metavar="FILE",
+        help="the node key (64 hex characters, mode 0600), shared by the replicas of one "
+        "deployment; default: the KMS's key on dstack, else a new key [$ENCLAVED_NODE_KEY_FILE]",
     )
     p.add_argument(
         "--log-format",
@@ -147,6 +154,9 @@ def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> 
             raise ConfigError(
                 f"ENCLAVED_PORT: {env['ENCLAVED_PORT']!r} is not a port number"
             ) from None
+    key_file = args.node_key_file or env.get("ENCLAVED_NODE_KEY_FILE")
+    if key_file:
+        changes["node_key_file"] = Path(key_file).expanduser().resolve()
     tee = args.tee or env.get("ENCLAVED_TEE")
     if tee:
         from ..server.config import TEE_MODES

@@ -39,6 +39,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -133,11 +134,40 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
 
 
 def node_key_for(evidence: EvidenceSource) -> KeyPair:
-    """The node key: derived by the KMS where the evidence source has one
-    (dstack: every replica of the app holds the same key, a restart keeps
-    it), else made now, in memory only."""
+    """The node key when no key file is configured (``node_key_file``: see
+    :func:`load_node_key`): derived by the KMS where the evidence source has
+    one (dstack: every replica of the app holds the same key, a restart keeps
+    it); else made now, in memory only."""
     derive = getattr(evidence, "kms_node_key", None)
     return derive() if callable(derive) else KeyPair.generate()
+
+
+def load_node_key(path: Path) -> KeyPair:
+    """The node key of a key file: 64 hex characters (a secp256k1 private
+    key), readable by its owner only. A file others may read is refused: the
+    key is the node's identity to every client."""
+    from ..errors import ConfigError, InvalidKeyError
+
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"node_key_file {path}: readable by others (mode {mode & 0o777:o}); "
+                f"chmod 600 {path}"
+            )
+        text = path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise ConfigError(f"node_key_file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        text = ""
+    try:
+        if len(text) != 64:
+            raise ValueError
+        return KeyPair(bytes.fromhex(text))
+    except (ValueError, InvalidKeyError):
+        raise ConfigError(
+            f"node_key_file {path}: not a secp256k1 private key (64 hex characters)"
+        ) from None
 
 
 def create_app(
@@ -168,6 +198,8 @@ def create_app(
     if store is None:
         store = open_store(config, clock=clock)
         owned.append(store)
+    if node_key is None and config.node_key_file is not None:
+        node_key = load_node_key(config.node_key_file)  # before anything else is made
     if evidence is None:
         evidence = build_evidence(config, now=clock())
     key = node_key or node_key_for(evidence)

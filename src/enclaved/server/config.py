@@ -171,6 +171,9 @@ class ServerConfig:
     transport: TransportLimits = dataclasses.field(default_factory=TransportLimits)
     #: Prometheus metrics (off by default).
     metrics: MetricsConfig = MetricsConfig()
+    #: The node key from a file (replicas of one deployment without a KMS):
+    #: 64 hex characters, mode 0600. ``None``: the KMS's key, else a new one.
+    node_key_file: Path | None = None
 
     # -- constructors -------------------------------------------------------
 
@@ -264,6 +267,7 @@ class _Loader:
             "engine",
             "graceful_shutdown_seconds",
             "metrics",
+            "node_key_file",
         }
     )
     _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
@@ -369,7 +373,13 @@ class _Loader:
             ),
             transport=self._transport(data.get("transport", {})),
             metrics=self._metrics(data.get("metrics", {})),
+            node_key_file=self._optional_path(data, "node_key_file"),
         )
+
+    def _optional_path(self, data: Mapping[str, Any], key: str) -> Path | None:
+        if data.get(key) is None:
+            return None
+        return self._path(self._str(data, key, key, ""))
 
     def _metrics(self, raw: Any) -> MetricsConfig:
         if not isinstance(raw, dict):
