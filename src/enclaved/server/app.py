@@ -72,6 +72,7 @@ from .errors import (
 from .metrics import ATTESTATION as ATTESTATION_ROUTE
 from .metrics import Metrics
 from .node import Node
+from .ratelimit import RateLimiter
 from .signing import ResponseSigner
 from .store import open_store
 from .store.base import SignatureStore
@@ -130,6 +131,22 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
 
     return SimulatedEvidence.load_or_create(
         config.data_dir, now=now, models=[m.id for m in config.models]
+    )
+
+
+def build_rate_limiter(config: ServerConfig, clock: Callable[[], float]) -> RateLimiter:
+    """The rate limiter of ``[rate_limits]``: counters in Redis when the
+    signature store is Redis (replicas share the budget), else in memory."""
+    from .ratelimit import Limits, MemoryCounter, RateLimiter, RedisCounter
+
+    rl = config.rate_limits
+    store = config.signatures
+    counter: Any = (
+        RedisCounter(store.url) if store.kind == "redis" and store.url else MemoryCounter()
+    )
+    per_key = {digest: Limits(r, t) for digest, r, t in rl.keys}
+    return RateLimiter(
+        Limits(rl.requests_per_minute, rl.tokens_per_minute), per_key, counter, clock
     )
 
 
@@ -213,6 +230,7 @@ def create_app(
         api_keys=ApiKeys(config.api_key_hashes),
         clock=clock,
         metrics=Metrics([m.id for m in config.models]) if config.metrics.enabled else None,
+        rate_limiter=build_rate_limiter(config, clock) if config.rate_limits.enabled else None,
     )
     created = int(clock())
     chat = ChatCompletions(node)
