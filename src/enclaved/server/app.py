@@ -177,14 +177,13 @@ def load_node_key(path: Path) -> KeyPair:
         raise ConfigError(f"node_key_file {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
         text = ""
+    bad = ConfigError(f"node_key_file {path}: not a secp256k1 private key (64 hex characters)")
+    if len(text) != 64:
+        raise bad
     try:
-        if len(text) != 64:
-            raise ValueError
         return KeyPair(bytes.fromhex(text))
-    except (ValueError, InvalidKeyError):
-        raise ConfigError(
-            f"node_key_file {path}: not a secp256k1 private key (64 hex characters)"
-        ) from None
+    except (ValueError, InvalidKeyError):  # not hex; zero or not below the group order
+        raise bad from None
 
 
 def create_app(

@@ -191,6 +191,8 @@ class ServerConfig:
     metrics: MetricsConfig = MetricsConfig()
     #: Per-API-key rate limits (off by default).
     rate_limits: RateLimitConfig = RateLimitConfig()
+    #: Processes serving the port as one node (``enclaved serve --workers``).
+    workers: int = 1
     #: The node key from a file (replicas of one deployment without a KMS):
     #: 64 hex characters, mode 0600. ``None``: the KMS's key, else a new one.
     node_key_file: Path | None = None
@@ -289,6 +291,7 @@ class _Loader:
             "metrics",
             "node_key_file",
             "rate_limits",
+            "workers",
         }
     )
     _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
@@ -396,6 +399,7 @@ class _Loader:
             metrics=self._metrics(data.get("metrics", {})),
             node_key_file=self._optional_path(data, "node_key_file"),
             rate_limits=self._rate_limits(data.get("rate_limits", {})),
+            workers=self._int(data, "workers", "workers", 1, low=1, high=256),
         )
 
     def _rate_limits(self, raw: Any) -> RateLimitConfig:
