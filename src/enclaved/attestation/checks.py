@@ -90,6 +90,7 @@ class CheckId(enum.StrEnum):
     NEARCLOUD_CM_ACTIONS_HASH = "nearcloud.compose_manager.actions_hash"
     NEARCLOUD_CM_ACTIONS = "nearcloud.compose_manager.actions"
     NEARCLOUD_CM_SAME_TD = "nearcloud.compose_manager.same_td"
+    CHUTES_NONCE_ECHO = "chutes.nonce_echo"
     CHUTES_E2E_KEY_NONCE = "chutes.report_data.e2e_key_nonce"
     CHUTES_CERTIFICATE = "chutes.report_data.certificate"
     CHUTES_E2E_KEY = "chutes.e2e_key"

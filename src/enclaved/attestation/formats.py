@@ -107,9 +107,7 @@ class DocumentVerdict:
         return {
             "format": self.format,
             "ok": self.ok,
-            "components": [
-                {"component": c.name, **c.verdict.to_dict()} for c in self.components
-            ],
+            "components": [{"component": c.name, **c.verdict.to_dict()} for c in self.components],
         }
 
     def table(self) -> str:
@@ -444,7 +442,7 @@ class _ChutesBinder:
 
     def echo(self, report: AttestationReport, nonce: bytes | None) -> Check:
         return Check.skipped(
-            CheckId.REPORT_NONCE,
+            CheckId.CHUTES_NONCE_ECHO,
             "Chutes evidence echoes no nonce: the nonce is checked through REPORTDATA "
             "(chutes.report_data.e2e_key_nonce)",
             enforced=False,
@@ -548,8 +546,7 @@ def _b64(value: Any, where: str) -> bytes:
 
 
 _CHUTES_NO_LOG = (
-    "Chutes evidence carries no event log: RTMRs cannot be replayed and the "
-    "compose is not bound"
+    "Chutes evidence carries no event log: RTMRs cannot be replayed and the compose is not bound"
 )
 
 
@@ -586,23 +583,23 @@ def _chutes(doc: Mapping[str, Any]) -> list[tuple[str, AttestationReport, Binder
             nvidia_payload=payload,
             raw=ev,
         )
-        parts.append(
-            (f"instance[{iid}]", report, _ChutesBinder(keys.get(iid), cert), _post_chutes)
-        )
+        parts.append((f"instance[{iid}]", report, _ChutesBinder(keys.get(iid), cert), _post_chutes))
     return parts
 
 
 def _post_chutes(v: AttestationVerdict) -> None:
     for c in list(v.checks):
-        if c.id in (
-            CheckId.EVENTLOG_REPLAY,
-            CheckId.EVENTLOG_RTMR3_DIGESTS,
-            CheckId.MEASUREMENTS_COMPOSE_HASH,
-            CheckId.MEASUREMENTS_MRCONFIGID,
-        ) and c.status is Status.SKIPPED:
+        if (
+            c.id
+            in (
+                CheckId.EVENTLOG_REPLAY,
+                CheckId.EVENTLOG_RTMR3_DIGESTS,
+                CheckId.MEASUREMENTS_COMPOSE_HASH,
+                CheckId.MEASUREMENTS_MRCONFIGID,
+            )
+            and c.status is Status.SKIPPED
+        ):
             _replace_row(v, c.id, dataclasses.replace(c, reason=f"{_CHUTES_NO_LOG} ({c.reason})"))
-        if c.id == CheckId.BINDING_SIGNING_KEY:
-            pass
         if c.id == CheckId.NVIDIA_PAYLOAD_NONCE and c.status is Status.PASS:
             _replace_row(
                 v,
