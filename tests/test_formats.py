@@ -405,3 +405,18 @@ def test_cli_attest_nearcloud_fetches_the_report(
     assert seen and seen[0].startswith("https://cloud-api.near.ai/v1/attestation/report?")
     assert f"nonce={nonce_of(NEARCLOUD).hex()}" in seen[0]
     assert code == 4 and json.loads(out)["format"] == "nearcloud"
+
+
+def test_malformed_documents_are_parse_errors() -> None:
+    from enclaved.errors import EvidenceParseError
+
+    d = doc(NEARCLOUD)
+    del d["model_attestations"][0]["compose_manager_attestation"]["actions_hash"]
+    with pytest.raises(EvidenceParseError):
+        verify(NEARCLOUD, d)
+    d = doc(CHUTES)
+    d["evidence"][0]["quote"] = "not base64!"
+    with pytest.raises(EvidenceParseError):
+        verify(CHUTES, d)
+    with pytest.raises(EvidenceParseError):
+        verify(NEARCLOUD, doc(NEARCLOUD) | {"model_attestations": []})

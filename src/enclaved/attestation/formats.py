@@ -143,7 +143,13 @@ def verify_document(
     fmt = format or detect_format(d)
     if fmt not in FORMATS:
         raise EvidenceParseError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    parts = _components(fmt, d)
+    try:
+        parts = _components(fmt, d)
+    except (KeyError, TypeError, AttributeError) as exc:
+        # A field missing or of the wrong type: garbage, not forged evidence.
+        raise EvidenceParseError(
+            f"{fmt} document: malformed ({type(exc).__name__}: {exc})"
+        ) from exc
     out = DocumentVerdict(format=fmt)
     for name, report, binder, post in parts:
         fetched: Fetched | None = verifier.fetch(report) if fetch else None

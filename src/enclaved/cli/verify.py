@@ -431,7 +431,7 @@ def _verify_document(
         warnings.simplefilter("always", InsecurePolicyWarning)
         try:
             verdict = verify_document(verifier, doc, nonce=nonce, format=fmt)
-        except (EvidenceParseError, KeyError, TypeError) as exc:
+        except EvidenceParseError as exc:
             raise _fail(EXIT_PARSE, f"malformed evidence: {exc}") from exc
         except (NetworkError, APIError) as exc:
             raise _fail(EXIT_NETWORK, f"network: {exc}") from exc
