@@ -292,7 +292,9 @@ def _check_gateway_tls(doc: Mapping[str, Any], report: AttestationReport) -> Che
             f"{report.tls_cert_fingerprint.hex()}",
         )
     return Check.passed(
-        cid, "SHA-256(SubjectPublicKeyInfo) of the served leaf = the bound tls_cert_fingerprint"
+        cid,
+        "SHA-256(SubjectPublicKeyInfo) of the document's tls_certificate leaf = the bound "
+        "tls_cert_fingerprint (that it is the certificate of your connection is not checked here)",
     )
 
 
