@@ -420,3 +420,52 @@ def test_malformed_documents_are_parse_errors() -> None:
         verify(CHUTES, d)
     with pytest.raises(EvidenceParseError):
         verify(NEARCLOUD, doc(NEARCLOUD) | {"model_attestations": []})
+
+
+def test_cli_attest_chutes_fetches_instances_and_evidence(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from enclaved.cli import verify as cli_verify
+
+    chute = "e51e818e-fa63-570d-9f68-49d7d1b4d12f"
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        n = 1 if request.url.path.startswith("/e2e/instances/") else 2
+        return httpx.Response(200, content=body(CHUTES, n).read_bytes())
+
+    monkeypatch.setattr(
+        cli_verify,
+        "http_client_factory",
+        lambda **kw: httpx.Client(transport=httpx.MockTransport(handler), **kw),
+    )
+    monkeypatch.setattr(cli_verify, "new_nonce", lambda: nonce_of(CHUTES))
+    monkeypatch.setattr(cli_verify, "clock", lambda: at(CHUTES))
+    code, out = _cli(
+        [
+            "attest",
+            "--provider",
+            "chutes",
+            "--base-url",
+            "https://api.chutes.ai",
+            "--model",
+            chute,
+            "--collateral",
+            str(CHUTES / "responses"),
+            "--json",
+        ],
+        capsys,
+    )
+    assert seen == [
+        f"https://api.chutes.ai/e2e/instances/{chute}",
+        f"https://api.chutes.ai/chutes/{chute}/evidence?nonce={nonce_of(CHUTES).hex()}",
+    ]
+    result = json.loads(out)
+    assert code == 2 and result["format"] == "chutes"
+    passed = {
+        c["id"] for comp in result["components"] for c in comp["checks"] if c["status"] == "pass"
+    }
+    assert "chutes.report_data.e2e_key_nonce" in passed
