@@ -234,3 +234,75 @@ def test_enclaved_serve_tee_dstack_uses_the_agent_and_the_kms_key(
     # On dstack the node trusts Intel's root only: the stand-in's quote does not verify.
     assert doc["verified"] is False
     assert "SIMULATED" not in err
+
+
+# -- GPUs (NVML) -------------------------------------------------------------------
+
+
+def _venice_payload() -> str:
+    from conftest import CAPTURES
+
+    body = next(CAPTURES.glob("venice_*/responses/0001_*.body")).read_bytes()
+    import json
+
+    payload: str = json.loads(body)["nvidia_payload"]
+    return payload
+
+
+def test_gpu_evidence_is_assembled_as_production_carries_it(
+    tmp_path: Path, tdx: SimulatedTdx
+) -> None:
+    import json
+
+    from nvml_standin import standin
+
+    from enclaved.evidence.nvidia_gpus import NvmlGpus
+
+    captured = _venice_payload()
+    nvml, signed_nonce = standin(captured)
+    gpus = NvmlGpus(nvml)
+    gpus.start()
+    with running_agent(tmp_path, tdx, SimulatedDeployment()) as agent:
+        evidence = _evidence(agent, tdx)
+        evidence.gpus = gpus
+        with running_server(_serve(tmp_path, evidence)) as url:
+            ok = httpx.get(
+                f"{url}/v1/tee/attestation",
+                params={"model": E2EE_MODEL, "nonce": signed_nonce.hex()},
+            )
+            stale = httpx.get(
+                f"{url}/v1/tee/attestation", params={"model": E2EE_MODEL, "nonce": NONCE}
+            )
+    served = json.loads(ok.json()["nvidia_payload"])
+    want = json.loads(captured)
+    assert served["nonce"] == signed_nonce.hex() and served["arch"] == "HOPPER"
+    assert [(e["arch"], e["certificate"], e["evidence"]) for e in served["evidence_list"]] == [
+        (e["arch"], e["certificate"], e["evidence"]) for e in want["evidence_list"]
+    ]
+    assert list(served) == ["nonce", "evidence_list", "arch"]
+    # GPU reports over another nonce than the request's are never served.
+    assert stale.status_code == 500 and stale.json()["error"]["code"] == "evidence_error"
+    assert len(nvml.calls) == 2 * len(want["evidence_list"])  # one GPU at a time, each asked
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"count": 0}, "no NVIDIA GPU found"),
+        ({"cc_feature": 0}, "not in confidential-computing mode"),
+        ({"ready": 0}, "ready state is not set"),
+    ],
+)
+def test_gpus_that_cannot_attest_stop_the_start(knobs: dict[str, int], message: str) -> None:
+    from nvml_standin import standin
+
+    from enclaved.evidence.nvidia_gpus import NvmlGpus
+
+    nvml, _ = standin(_venice_payload(), **knobs)
+    with pytest.raises(ConfigError, match=message):
+        NvmlGpus(nvml).start()
+
+
+def test_gpus_need_a_hardware_tee(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a hardware TEE"):
+        build_evidence(fake_config(tmp_path, gpus=True))

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..crypto import KeyPair
 from ..errors import ConfigError, NetworkError
+from .nvidia_gpus import NvmlGpus
 
 #: Where the guest agent listens on a dstack CVM (dstack-sdk's first choice).
 DEFAULT_SOCKET = "/var/run/dstack.sock"
@@ -93,8 +94,11 @@ class DstackEvidence:
         *,
         trust_root_pem: bytes | None = None,
         collateral: Callable[[dt.datetime], Any] | None = None,
+        gpus: NvmlGpus | None = None,
     ) -> None:
         self._client = client
+        #: The node's GPUs (``gpus = true``), started; ``None``: no GPU evidence.
+        self.gpus = gpus
         self.trust_root_pem = trust_root_pem
         self._collateral = collateral
         #: Where the node key came from: ``"generated"`` at start, or
@@ -104,7 +108,9 @@ class DstackEvidence:
         self._event_log: list[dict[str, Any]] = list(self._info["tcb_info"].get("event_log") or [])
 
     @classmethod
-    def connect(cls, where: str | None = None, *, timeout: float = 10.0) -> DstackEvidence:
+    def connect(
+        cls, where: str | None = None, *, timeout: float = 10.0, gpus: NvmlGpus | None = None
+    ) -> DstackEvidence:
         """The guest agent at ``where`` (default: :func:`endpoint`), asked for ``Info`` now.
 
         Raises :class:`~enclaved.errors.ConfigError` when no agent answers: a
@@ -112,7 +118,7 @@ class DstackEvidence:
         """
         client = _client(where, timeout)
         try:
-            return cls(client)
+            return cls(client, gpus=gpus)
         except NetworkError as exc:
             raise ConfigError(f"tee = dstack: {exc}") from exc
 
@@ -145,10 +151,11 @@ class DstackEvidence:
         return quote
 
     async def nvidia_payload(self, nonce: bytes) -> str | None:
-        # GPU evidence (NVML) is not collected yet: a dstack node reports no
-        # GPUs, and a client requiring GPUs (the strict policy's NVIDIA rows)
-        # refuses it. Never a fabricated payload.
-        return None
+        # Without ``gpus = true`` there is no GPU evidence, and a client whose
+        # policy requires GPUs refuses the node. Never a fabricated payload.
+        if self.gpus is None:
+            return None
+        return await asyncio.to_thread(self.gpus.payload, nonce)
 
     def event_log(self) -> list[dict[str, Any]]:
         return list(self._event_log)

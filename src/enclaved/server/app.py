@@ -126,7 +126,15 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
     if tee == "dstack":
         from ..evidence.dstack import DstackEvidence
 
-        return DstackEvidence.connect()
+        gpus = None
+        if config.gpus:
+            from ..evidence.nvidia_gpus import NvmlGpus
+
+            gpus = NvmlGpus()
+            gpus.start()
+        return DstackEvidence.connect(gpus=gpus)
+    if config.gpus:
+        raise ConfigError('gpus = true needs a hardware TEE (tee = "dstack")')
     from ..evidence.simulated_source import SimulatedEvidence
 
     return SimulatedEvidence.load_or_create(

@@ -165,7 +165,6 @@ def self_check(
     checks whose failure means the evidence is not ours to serve.
     """
     import hmac
-    import json
 
     from ..attestation import eventlog
     from ..attestation.tdx.parse import parse_quote
@@ -178,12 +177,13 @@ def self_check(
     if not hmac.compare_digest(parsed.report_data, expected_report_data):
         return "the quote's REPORTDATA is not the one asked for"
     if nvidia_payload is not None:
+        from ..attestation.nvidia.parse import parse_nvidia_payload
+
         try:
-            gpu = json.loads(nvidia_payload)
-            sent = str(gpu.get("nonce", "")).lower()
-        except (ValueError, AttributeError):
-            return "the GPU evidence is not JSON"
-        if sent != nonce.hex():
+            gpus = parse_nvidia_payload(nvidia_payload)
+        except EvidenceParseError as exc:
+            return f"the GPU evidence does not parse: {exc}"
+        if gpus.nonce != nonce or any(g.spdm.request.nonce != nonce for g in gpus.gpus):
             return "the GPU evidence is for another nonce"
     try:
         entries = eventlog.parse_event_log(event_log)

@@ -193,6 +193,9 @@ class ServerConfig:
     rate_limits: RateLimitConfig = RateLimitConfig()
     #: Processes serving the port as one node (``enclaved serve --workers``).
     workers: int = 1
+    #: Attest the node's NVIDIA GPUs (NVML); with ``tee = "dstack"``. A node
+    #: with ``gpus = true`` and no GPU in CC mode refuses to start.
+    gpus: bool = False
     #: The node key from a file (replicas of one deployment without a KMS):
     #: 64 hex characters, mode 0600. ``None``: the KMS's key, else a new one.
     node_key_file: Path | None = None
@@ -292,6 +295,7 @@ class _Loader:
             "node_key_file",
             "rate_limits",
             "workers",
+            "gpus",
         }
     )
     _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
@@ -400,6 +404,7 @@ class _Loader:
             node_key_file=self._optional_path(data, "node_key_file"),
             rate_limits=self._rate_limits(data.get("rate_limits", {})),
             workers=self._int(data, "workers", "workers", 1, low=1, high=256),
+            gpus=self._bool(data, "gpus", "gpus", False),
         )
 
     def _rate_limits(self, raw: Any) -> RateLimitConfig:
