@@ -70,10 +70,10 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument(
         "--tee",
-        choices=["simulated", "dstack", "auto"],
+        choices=["simulated", "dstack", "configfs", "auto"],
         help="evidence source: simulated (development, the default), dstack (the guest agent of "
-        "a dstack TDX CVM; the node key from its KMS), auto (dstack if its agent answers, else "
-        "refuse to start) [$ENCLAVED_TEE]",
+        "a dstack TDX CVM; the node key from its KMS), configfs (the kernel's configfs-tsm of a "
+        "plain TDX VM), auto (dstack, else configfs, else refuse to start) [$ENCLAVED_TEE]",
     )
     p.add_argument(
         "--workers",

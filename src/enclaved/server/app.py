@@ -115,14 +115,28 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
     tee = config.tee
     if tee == "auto":
         from ..evidence import dstack
+        from ..evidence.configfs_tsm import ConfigfsTsm
 
-        if not dstack.agent_answers():
-            raise ConfigError(
-                f"tee = auto: no TEE evidence source answers (no dstack guest agent at "
-                f"{dstack.endpoint()}); on a development machine ask for the simulated TEE "
-                "with --tee simulated"
-            )
-        tee = "dstack"
+        if dstack.agent_answers():
+            tee = "dstack"
+        else:
+            try:
+                ConfigfsTsm().check()
+                tee = "configfs"
+            except ConfigError:
+                raise ConfigError(
+                    f"tee = auto: no TEE evidence source answers (no dstack guest agent at "
+                    f"{dstack.endpoint()}, no TDX configfs-tsm); on a development machine ask "
+                    "for the simulated TEE with --tee simulated"
+                ) from None
+    if tee == "configfs":
+        if config.gpus:
+            raise ConfigError('gpus = true: only with tee = "dstack" for now')
+        from ..evidence.configfs_tsm import ConfigfsEvidence, ConfigfsTsm
+
+        tsm = ConfigfsTsm()
+        tsm.check()
+        return ConfigfsEvidence(tsm)
     if tee == "dstack":
         from ..evidence.dstack import DstackEvidence
 

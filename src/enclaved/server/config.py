@@ -32,7 +32,7 @@ from .transport import TransportLimits
 #: The models of the default configuration: one SmolLM2-135M, served both
 #: ways, on the embedded llama.cpp backend.
 #: The evidence sources (``tee =``): see :attr:`ServerConfig.tee`.
-TEE_MODES = ("simulated", "dstack", "auto")
+TEE_MODES = ("simulated", "dstack", "configfs", "auto")
 DEFAULT_MODEL_IDS = ("e2ee-smollm2-135m", "tee-smollm2-135m")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -175,8 +175,9 @@ class ServerConfig:
     #: Seal every response chunk with a fresh ephemeral key instead of one per response.
     e2ee_key_per_chunk: bool = False
     #: Where attestation evidence comes from: ``"simulated"`` (development),
-    #: ``"dstack"`` (the dstack guest agent of a TDX CVM), or ``"auto"``
-    #: (dstack when its agent answers, else refuse to start).
+    #: ``"dstack"`` (the dstack guest agent of a TDX CVM), ``"configfs"`` (the
+    #: kernel's configfs-tsm of a plain TDX VM), or ``"auto"`` (dstack when its
+    #: agent answers, else configfs-tsm when its provider is TDX, else refuse).
     tee: str = "simulated"
     #: Largest accepted request body, in bytes (413 above it).
     max_request_bytes: int = 8 * 1024 * 1024
