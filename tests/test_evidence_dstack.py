@@ -185,7 +185,7 @@ def test_tee_auto_picks_dstack_when_its_agent_answers(
 
 
 def test_an_unknown_tee_mode_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="one of: simulated, dstack, auto"):
+    with pytest.raises(ConfigError, match="one of: simulated, dstack, configfs, auto"):
         fake_config(tmp_path, tee="sev")
 
 
