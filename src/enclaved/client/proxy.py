@@ -70,6 +70,7 @@ from ..errors import (
 from ..protocol.headers import TEE, TEE_PROVIDER
 from ..protocol.routes import API_PREFIXES, CHAT, MODELS
 from ..protocol.sse import event as sse_event
+from ..web import web_routes
 from .transport import HEADER_ADDRESS, HEADER_HARDWARE, AsyncEnclavedTransport
 
 logger = logging.getLogger("enclaved.client.proxy")
@@ -241,6 +242,7 @@ def create_proxy_app(
             Route(prefix + MODELS + "/{model_id:path}", models, methods=["GET"]),
             Route(prefix + CHAT, chat, methods=["POST"]),
         ]
+    routes += web_routes("proxy")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

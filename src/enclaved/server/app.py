@@ -16,6 +16,7 @@ route                      what                                  API key
 ``GET /tee/signature``     response signature                    required*
 ``GET /health``            liveness (top level only)             open
 ``GET /ready``             readiness: engines, evidence, store   open
+``GET /``                  the chat page (``enclaved.web``)      open
 =========================  ====================================  ============
 
 \\* only when the configuration lists API keys.
@@ -70,6 +71,7 @@ from .errors import (
 )
 from .node import Node
 from .signing import ResponseSigner
+from ..web import web_routes
 from .store import open_store
 from .store.base import SignatureStore
 
@@ -262,6 +264,7 @@ def create_app(
     table: list[BaseRoute] = [
         Route(routes.HEALTH, health, methods=["GET"]),
         Route(routes.READY, ready, methods=["GET"]),
+        *web_routes("node"),
     ]
     for prefix in PREFIXES:
         table += [
