@@ -56,6 +56,7 @@ from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
 from ..protocol import routes
 from ..protocol.headers import TEE_RESPONSE_HEADERS
+from ..web import web_routes
 from .attestation import VerifyFn, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
@@ -71,7 +72,6 @@ from .errors import (
 )
 from .node import Node
 from .signing import ResponseSigner
-from ..web import web_routes
 from .store import open_store
 from .store.base import SignatureStore
 

@@ -37,6 +37,7 @@ ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "crypto.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
 }
 #: The page's placeholder for who serves it.
 _MODE_MARK = 'data-mode="node"'
@@ -47,7 +48,7 @@ def _read(name: str) -> bytes:
 
 
 def web_routes(mode: Literal["node", "proxy"] = "node") -> list[BaseRoute]:
-    """``GET /`` (the page) and ``GET /assets/<name>`` (its four files)."""
+    """``GET /`` (the page) and ``GET /assets/<name>`` (its files)."""
     page = _read("index.html").replace(_MODE_MARK.encode(), f'data-mode="{mode}"'.encode())
     assets = {name: (_read(name), media) for name, media in ASSETS.items()}
 

@@ -35,9 +35,9 @@
   const hex = (b) => C.bytesToHex(b);
   const eqBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
   const privacyOf = (m) => {
-    const p = (m && m.model_spec && m.model_spec.privacy) || '';
-    if (m && m.id.startsWith('e2ee-')) return 'e2ee';
-    if (p === 'teeOnly' || p === 'tee' || (m && m.id.startsWith('tee-'))) return 'tee';
+    const caps = (m && m.model_spec && m.model_spec.capabilities) || {};
+    if (caps.supportsE2EE === true && m.id.startsWith('e2ee-')) return 'e2ee';
+    if (caps.supportsTeeAttestation === true) return 'tee';
     return 'none';
   };
 
@@ -166,15 +166,18 @@
     // What this page cannot check itself (Intel's and NVIDIA's certificate
     // chains, TCB status): shown as the node's own verdict, labelled so.
     const sv = doc.server_verification || {};
-    const nodeRows = [['info', `node says verified: ${doc.verified === true ? 'yes' : 'no'}`]];
-    for (const [k, v] of Object.entries(sv)) {
-      if (v === null || v === undefined) continue;
-      if (typeof v === 'object' && 'valid' in v) {
-        nodeRows.push([v.valid ? 'ok' : 'bad', `${k}${v.reason || v.message ? ': ' + (v.reason || v.message) : ''}`]);
-      } else if (typeof v !== 'object') {
-        nodeRows.push(['info', `${k}: ${v}`]);
-      }
-    }
+    const tdx = sv.tdx || {};
+    const yes = (v) => (v === true ? 'ok' : 'bad');
+    const nodeRows = [
+      [yes(doc.verified), `the node's verifier passed: ${doc.verified === true ? 'yes' : 'no'}`],
+      [yes(tdx.signatureValid), 'quote signature (ECDSA, attestation key)'],
+      [yes(tdx.certificateChainValid), 'PCK certificate chain'],
+      [yes(tdx.rootCaPinned), 'chain ends at the pinned root CA'],
+      ['info', `TCB status: ${tdx.tcbStatus || 'unknown'}`],
+      [sv.eventLog && sv.eventLog.replayed ? 'ok' : 'bad', 'event log replays to the RTMRs'],
+      [sv.nvidia ? yes(sv.nvidia.valid) : 'info', sv.nvidia ? 'NVIDIA GPU attestation' : 'NVIDIA GPU attestation: none'],
+      ...(sv.relaxations || []).map((r) => ['bad', `relaxed: ${r}`]),
+    ];
     renderChecks($('node-checks'), nodeRows);
     return { model: model.id, address, signingKey, signingKeyHex: hex(signingKey) };
   }

@@ -1,0 +1,236 @@
+"""The chat page at ``GET /``, driven in a real headless Chromium (Playwright).
+
+A node with a fake engine (real key, real simulated TEE, real signature
+store) on a real socket; the browser loads the page, attests, seals the
+prompt, opens the streamed answer and checks the signature itself. Every
+request body the page sends is captured to show that no prompt or answer
+of an ``e2ee-*`` chat leaves the browser in clear.
+
+Screenshots land in the test's tmp dir (``ENCLAVED_SCREENSHOTS`` names a
+folder to copy them to).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
+from server_fakes import E2EE_MODEL, TEE_MODEL, FakeBackend, NodeHandle, fake_node
+
+from enclaved.web import CSP
+
+CHROMIUM = os.environ.get("ENCLAVED_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PROMPT = "my private question about the Zanzibar merger"
+PIECES = (
+    "Confidential ",
+    "**Quokka** answer\n\n",
+    "- one\n- two\n\n",
+    "<img src=x onerror=window.pwned=1>",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeHandle]:
+    with fake_node(tmp_path, backend=FakeBackend(PIECES, delay=0.05)) as n:
+        yield n
+
+
+class Watched:
+    """A page with every request body and every console error recorded."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.bodies: list[tuple[str, bytes]] = []
+        self.errors: list[str] = []
+        page.on("request", self._request)
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("response", lambda r: r.status >= 400 and self.errors.append(f"{r.status} {r.url}"))
+
+    def _request(self, request: Request) -> None:
+        self.bodies.append((request.url, request.post_data_buffer or b""))
+
+
+@pytest.fixture
+def watched(browser: Browser) -> Iterator[Watched]:
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    try:
+        yield Watched(context.new_page())
+    finally:
+        context.close()
+
+
+def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    folder = os.environ.get("ENCLAVED_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(folder) / path.name)
+    assert path.stat().st_size > 1000
+    return path
+
+
+def open_page(w: Watched, node: NodeHandle) -> Any:
+    response = w.page.goto(node.url + "/")
+    assert response is not None and response.status == 200
+    w.page.wait_for_selector("body[data-ready=true]")
+    return response
+
+
+def ask(page: Page, prompt: str) -> None:
+    page.fill("#prompt", prompt)
+    page.press("#prompt", "Enter")  # the keyboard alone sends
+
+
+def test_the_page_ships_with_a_strict_csp(node: NodeHandle) -> None:
+    page = httpx.get(node.url + "/")
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"] == CSP
+    assert "'unsafe-inline'" not in CSP and "http" not in CSP
+    assert "<script>" not in page.text and "http" not in page.text.split("<body")[0]
+    for name in ("app.js", "app.css", "crypto.js"):
+        asset = httpx.get(f"{node.url}/assets/{name}")
+        assert asset.status_code == 200 and asset.headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(node.url + "/assets/../app.py").status_code == 404
+
+
+def test_e2ee_chat_in_the_browser(node: NodeHandle, watched: Watched, tmp_path: Path) -> None:
+    page = watched.page
+    open_page(watched, node)
+    assert page.input_value("#model") == E2EE_MODEL
+    assert "e2ee" in page.inner_text("#privacy")
+
+    ask(page, PROMPT)
+    page.wait_for_selector("#messages li.assistant [data-test=signed]", timeout=20_000)
+    answer = page.locator("#messages li.assistant").first
+    text = answer.inner_text()
+    assert "Confidential" in text and "Quokka answer" in text
+    # Markdown rendered, model HTML shown as text, never run.
+    assert answer.locator("strong").inner_text() == "Quokka"
+    assert answer.locator("ul li").count() == 2
+    assert "<img src=x onerror=window.pwned=1>" in text
+    assert page.locator("#messages img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    # The marks: response key bound to the attested key, decrypted here, signed.
+    for test in ("bound", "e2ee", "signed"):
+        assert answer.locator(f"[data-test={test}]").count() == 1
+    # The proof, checked by the page: all green, and the simulated TEE in red.
+    checks = page.locator("#checks li")
+    assert checks.filter(has_text="nonce is echoed in REPORTDATA").get_attribute("class") == "ok"
+    assert checks.filter(has_text="REPORTDATA binds the signing address").count() == 1
+    assert checks.filter(has_text="belongs to that address").count() == 1
+    assert checks.filter(has_text="debug off").count() == 1
+    assert page.locator("#checks li.bad").count() == 0
+    address = node.key.address.lower()
+    assert address in page.inner_text("#measurements")
+    assert "MRTD" in page.inner_text("#measurements")
+    banner = page.locator("#tee-banner")
+    assert "SIMULATED" in banner.inner_text() and "simulated" in (
+        banner.get_attribute("class") or ""
+    )
+    assert "relaxed" in page.inner_text("#node-checks")  # the node's own word, labelled
+    assert "not by this page" in page.inner_text("#node-title")
+
+    # The node got the prompt; nothing in clear left the browser.
+    assert node.backend.requests, "the node saw no request"
+    sent = b"".join(body for _, body in watched.bodies)
+    chats = [body for url, body in watched.bodies if url.endswith("/chat/completions")]
+    assert len(chats) == 1 and b'"content":"04' in chats[0]
+    for secret in (PROMPT, "Zanzibar", "Confidential", "Quokka"):
+        assert secret.encode() not in sent
+    assert watched.errors == []  # no CSP violation, no script error
+    screenshot(page, tmp_path, "e2ee-chat")
+
+    # A second turn works (history re-sealed) and New chat clears.
+    ask(page, "and again")
+    page.wait_for_selector("#messages li.assistant:nth-of-type(4) [data-test=signed]")
+    page.click("#new-chat")
+    assert page.locator("#messages li").count() == 0
+
+
+def _tamper(route: Route) -> None:
+    response = route.fetch()
+    body = response.body().decode()
+    match = re.search(r'"content":"(04[0-9a-f]{184,})"', body)
+    assert match, "no envelope to tamper with"
+    env = match.group(1)
+    i = 2 * 80  # a byte of ciphertext, after the key and the IV
+    flipped = env[:i] + ("0" if env[i] != "0" else "1") + env[i + 1 :]
+    route.fulfill(response=response, body=body.replace(env, flipped, 1).encode())
+
+
+def test_a_tampered_chunk_is_refused(node: NodeHandle, watched: Watched, tmp_path: Path) -> None:
+    page = watched.page
+    page.route("**/v1/chat/completions", _tamper)
+    open_page(watched, node)
+    ask(page, PROMPT)
+    page.wait_for_selector("#messages [data-test=refused]", timeout=20_000)
+    error = page.inner_text("#error")
+    assert "Verification failed" in error and "decrypt" in error
+    assert "Confidential" not in page.inner_text("#messages")  # nothing of it stays on screen
+    assert page.locator("#messages [data-test=signed]").count() == 0
+    assert page.is_disabled("#send")  # the chat stops
+    screenshot(page, tmp_path, "tampered")
+    page.click("#new-chat")  # a new chat attests again
+    assert not page.is_disabled("#send")
+
+
+def test_a_tee_model_works_too(node: NodeHandle, watched: Watched) -> None:
+    page = watched.page
+    open_page(watched, node)
+    page.select_option("#model", TEE_MODEL)
+    assert "tee" in page.inner_text("#privacy")
+    ask(page, "hello tee")
+    page.wait_for_selector("#messages li.assistant [data-test=signed]", timeout=20_000)
+    assert "Quokka" in page.inner_text("#messages li.assistant")
+    assert page.locator("#messages [data-test=e2ee]").count() == 0  # not claimed
+    assert page.locator("#checks li.ok").count() >= 4
+    assert watched.errors == []
+
+
+def test_stop_and_phone_width(tmp_path: Path, browser: Browser) -> None:
+    slow = FakeBackend(["word "] * 200, delay=0.05)
+    with fake_node(tmp_path, backend=slow) as n:
+        context = browser.new_context(viewport={"width": 390, "height": 844})
+        try:
+            w = Watched(context.new_page())
+            open_page(w, n)
+            page = w.page
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            ask(page, "go on")
+            page.wait_for_selector("#messages li.assistant:has-text('word')")
+            page.press("#prompt", "Escape")
+            page.wait_for_selector("#messages [data-test=stopped]")
+            assert not page.is_disabled("#send")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            screenshot(page, tmp_path, "phone")
+        finally:
+            context.close()
