@@ -234,3 +234,22 @@ def test_stop_and_phone_width(tmp_path: Path, browser: Browser) -> None:
             screenshot(page, tmp_path, "phone")
         finally:
             context.close()
+
+
+def test_the_readme_node_serves_the_page(user_node: Any, watched: Watched, tmp_path: Path) -> None:
+    """The README's first command, a real embedded model: open the page and chat."""
+    page = watched.page
+    response = page.goto(f"http://127.0.0.1:{user_node.port}/")
+    assert response is not None and response.headers["content-security-policy"] == CSP
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.input_value("#model") == "e2ee-smollm2-135m"
+    ask(page, "Say hi in three words")
+    page.wait_for_selector("#messages li.assistant [data-test=signed]", timeout=180_000)
+    answer = page.locator("#messages li.assistant .body").inner_text().strip()
+    assert answer
+    assert page.locator("#checks li.bad").count() == 0
+    assert "SIMULATED" in page.inner_text("#tee-banner")
+    sent = b"".join(body for _, body in watched.bodies)
+    assert b"three words" not in sent and answer[:20].encode() not in sent
+    assert watched.errors == []
+    screenshot(page, tmp_path, "readme-node")
