@@ -253,3 +253,28 @@ def test_the_readme_node_serves_the_page(user_node: Any, watched: Watched, tmp_p
     assert b"three words" not in sent and answer[:20].encode() not in sent
     assert watched.errors == []
     screenshot(page, tmp_path, "readme-node")
+
+
+def test_the_proxy_serves_the_page(tmp_path: Path, watched: Watched) -> None:
+    """``enclaved proxy``: the same page; the proxy attests, seals and checks."""
+    import warnings
+
+    from conftest import running_server
+
+    from enclaved.attestation.policy import InsecurePolicyWarning
+    from enclaved.client.proxy import create_proxy_app
+
+    with fake_node(tmp_path / "node", backend=FakeBackend(PIECES)) as n:
+        proxy = create_proxy_app(n.api, trust_root=tmp_path / "node" / "dev-root-ca.pem")
+        with warnings.catch_warnings(), running_server(proxy) as url:
+            warnings.simplefilter("ignore", InsecurePolicyWarning)
+            page = watched.page
+            response = page.goto(url + "/")
+            assert response is not None and response.headers["content-security-policy"] == CSP
+            page.wait_for_selector("body[data-mode=proxy][data-ready=true]")
+            assert "your enclaved proxy" in page.inner_text("#node-title")
+            ask(page, PROMPT)
+            page.wait_for_selector("#messages li.assistant [data-test=signed]", timeout=20_000)
+            assert "Quokka" in page.inner_text("#messages li.assistant")
+            assert "by your enclaved proxy" in page.inner_text("#messages li.assistant .who")
+            assert watched.errors == []
