@@ -21,7 +21,16 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Error,
+    Page,
+    Request,
+    Response,
+    Route,
+    sync_playwright,
+)
 from server_fakes import E2EE_MODEL, TEE_MODEL, FakeBackend, NodeHandle, fake_node
 
 from enclaved.web import CSP
@@ -70,9 +79,20 @@ class Watched:
         self.bodies: list[tuple[str, bytes]] = []
         self.errors: list[str] = []
         page.on("request", self._request)
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("response", lambda r: r.status >= 400 and self.errors.append(f"{r.status} {r.url}"))
+        page.on("console", self._console)
+        page.on("pageerror", self._page_error)
+        page.on("response", self._response)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def _page_error(self, error: Error) -> None:
+        self.errors.append(str(error))
+
+    def _response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.errors.append(f"{response.status} {response.url}")
 
     def _request(self, request: Request) -> None:
         self.bodies.append((request.url, request.post_data_buffer or b""))

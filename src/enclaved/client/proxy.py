@@ -55,7 +55,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import (
@@ -235,7 +235,7 @@ def create_proxy_app(
         detail = exc.detail if isinstance(exc, HTTPException) else "internal proxy error"
         return _json(status, error_document(str(detail), type="invalid_request_error", code=None))
 
-    routes = []
+    routes: list[BaseRoute] = []
     for prefix in PREFIXES:
         routes += [
             Route(prefix + MODELS, models, methods=["GET"]),
