@@ -196,7 +196,7 @@ def test_e2ee_chat_in_the_browser(node: NodeHandle, watched: Watched, tmp_path: 
     assert page.locator("#messages li").count() == 0
 
 
-def _tamper(route: Route) -> None:
+def _flip_a_ciphertext_byte(route: Route) -> None:
     response = route.fetch()
     body = response.body().decode()
     match = re.search(r'"content":"(04[0-9a-f]{184,})"', body)
@@ -207,20 +207,71 @@ def _tamper(route: Route) -> None:
     route.fulfill(response=response, body=body.replace(env, flipped, 1).encode())
 
 
-def test_a_tampered_chunk_is_refused(node: NodeHandle, watched: Watched, tmp_path: Path) -> None:
+def _forge_the_binding(route: Route) -> None:
+    response = route.fetch()
+    headers = dict(response.headers)
+    sig = headers["x-enclaved-e2ee-binding-signature"]
+    headers["x-enclaved-e2ee-binding-signature"] = (
+        sig[:10] + ("0" if sig[10] != "0" else "1") + sig[11:]
+    )
+    route.fulfill(response=response, headers=headers)
+
+
+def _change_a_clear_field(route: Route) -> None:
+    # The clear fields decrypt nothing; only the signature over the bytes catches this.
+    response = route.fetch()
+    body = response.body().replace(b'"finish_reason":"stop"', b'"finish_reason":"length"', 1)
+    assert body != response.body()
+    route.fulfill(response=response, body=body)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "says"),
+    [
+        (_flip_a_ciphertext_byte, "failed to decrypt"),
+        (_forge_the_binding, "response key binding"),
+        (_change_a_clear_field, "signature: the node signed other bytes"),
+    ],
+)
+def test_a_tampered_answer_is_refused(
+    node: NodeHandle, watched: Watched, tmp_path: Path, tamper: Any, says: str
+) -> None:
     page = watched.page
-    page.route("**/v1/chat/completions", _tamper)
+    page.route("**/v1/chat/completions", tamper)
     open_page(watched, node)
     ask(page, PROMPT)
     page.wait_for_selector("#messages [data-test=refused]", timeout=20_000)
     error = page.inner_text("#error")
-    assert "Verification failed" in error and "decrypt" in error
+    assert "Verification failed" in error and says in error
     assert "Confidential" not in page.inner_text("#messages")  # nothing of it stays on screen
     assert page.locator("#messages [data-test=signed]").count() == 0
     assert page.is_disabled("#send")  # the chat stops
     screenshot(page, tmp_path, "tampered")
     page.click("#new-chat")  # a new chat attests again
     assert not page.is_disabled("#send")
+
+
+def test_a_stale_key_is_attested_again_once(node: NodeHandle, watched: Watched) -> None:
+    page = watched.page
+    stale = {"left": 1}
+
+    def first_is_421(route: Route) -> None:
+        if stale["left"]:
+            stale["left"] -= 1
+            route.fulfill(
+                status=421,
+                content_type="application/json",
+                body=b'{"error":{"message":"The encryption key is no longer valid.","code":"x"}}',
+            )
+        else:
+            route.continue_()
+
+    page.route("**/v1/chat/completions", first_is_421)
+    open_page(watched, node)
+    ask(page, PROMPT)
+    page.wait_for_selector("#messages li.assistant [data-test=signed]", timeout=20_000)
+    attestations = [u for u, _ in watched.bodies if "/tee/attestation" in u]
+    assert len(attestations) == 2 and page.inner_text("#error") == ""
 
 
 def test_a_tee_model_works_too(node: NodeHandle, watched: Watched) -> None:
