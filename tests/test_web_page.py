@@ -189,9 +189,13 @@ def test_e2ee_chat_in_the_browser(node: NodeHandle, watched: Watched, tmp_path: 
     assert watched.errors == []  # no CSP violation, no script error
     screenshot(page, tmp_path, "e2ee-chat")
 
-    # A second turn works (history re-sealed) and New chat clears.
+    # A second turn works, and the first answer is not sent back in clear.
     ask(page, "and again")
     page.wait_for_selector("#messages li.assistant:nth-of-type(4) [data-test=signed]")
+    chats = [body for url, body in watched.bodies if url.endswith("/chat/completions")]
+    assert len(chats) == 2 and b"Quokka" not in chats[1] and b"again" not in chats[1]
+    seen = node.backend.requests[-1].messages
+    assert "Assistant: Confidential **Quokka** answer" in str(seen[0]["content"])
     page.click("#new-chat")
     assert page.locator("#messages li").count() == 0
 

@@ -224,6 +224,22 @@
     };
   }
 
+  /**
+   * E2EE seals only user and system contents: earlier turns go into one
+   * system message (enclaved chat's and the proxy's format), so no earlier
+   * answer leaves the browser in clear.
+   */
+  function foldHistory(history) {
+    if (!history.some((m) => m.role === 'assistant' && m.content)) return history;
+    const last = history.length - 1; // the new user message
+    const transcript = history.slice(0, last).map(
+      (m) => `${m.role === 'assistant' ? 'Assistant' : 'User'}: ${m.content}`);
+    return [
+      { role: 'system', content: 'The conversation so far:\n' + transcript.join('\n') },
+      history[last],
+    ];
+  }
+
   // -- Markdown, safely: DOM nodes with textContent only ----------------------
 
   function inline(parent, text) {
@@ -396,7 +412,7 @@
         if (MODE === 'node' && privacy === 'e2ee') {
           session = C.newKeyPair();
           messages = [];
-          for (const m of state.history) {
+          for (const m of foldHistory(state.history)) {
             messages.push(m.role === 'user' || m.role === 'system'
               ? { role: m.role, content: await seal(m.content, att.signingKey) } : m);
           }
