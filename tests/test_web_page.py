@@ -12,6 +12,7 @@ folder to copy them to).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from playwright.sync_api import (
 )
 from server_fakes import E2EE_MODEL, TEE_MODEL, FakeBackend, NodeHandle, fake_node
 
+from enclaved.crypto import KeyPair
 from enclaved.web import CSP
 
 CHROMIUM = os.environ.get("ENCLAVED_CHROMIUM", "/usr/bin/chromium")
@@ -353,3 +355,46 @@ def test_the_proxy_serves_the_page(tmp_path: Path, watched: Watched) -> None:
             assert "Quokka" in page.inner_text("#messages li.assistant")
             assert "by your enclaved proxy" in page.inner_text("#messages li.assistant .who")
             assert watched.errors == []
+
+
+def _swap_key(doc: dict[str, Any]) -> None:
+    # A man in the middle offers its own E2EE key with the node's evidence.
+    doc["signing_key"] = doc["signing_public_key"] = KeyPair.generate().public_key_hex
+
+
+def _set_debug(doc: dict[str, Any]) -> None:
+    quote = bytearray(bytes.fromhex(doc["intel_quote"]))
+    quote[48 + 120] |= 1  # TD_ATTRIBUTES.DEBUG of a v4 quote
+    doc["intel_quote"] = quote.hex()
+
+
+def _replay_old_nonce(doc: dict[str, Any]) -> None:
+    quote = bytearray(bytes.fromhex(doc["intel_quote"]))
+    quote[48 + 520 + 40] ^= 0xFF  # a byte of the nonce in REPORTDATA
+    doc["intel_quote"] = quote.hex()
+
+
+@pytest.mark.parametrize(
+    ("forge", "says"),
+    [
+        (_swap_key, "E2EE key belongs to the signing address: no"),
+        (_set_debug, "debug mode is ON"),
+        (_replay_old_nonce, "nonce echoed in REPORTDATA: no"),
+    ],
+)
+def test_a_bad_attestation_stops_the_chat_before_any_prompt(
+    node: NodeHandle, watched: Watched, forge: Any, says: str
+) -> None:
+    def forged(route: Route) -> None:
+        response = route.fetch()
+        doc = json.loads(response.body())
+        forge(doc)
+        route.fulfill(response=response, body=json.dumps(doc).encode())
+
+    page = watched.page
+    page.route("**/v1/tee/attestation*", forged)
+    open_page(watched, node)
+    page.wait_for_selector("#checks li.bad")
+    assert says in page.inner_text("#checks li.bad")
+    assert says in page.inner_text("#error") and page.is_disabled("#send")
+    assert not [u for u, _ in watched.bodies if u.endswith("/chat/completions")]

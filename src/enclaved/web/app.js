@@ -25,7 +25,7 @@
     models: [],
     model: null,
     history: [], // {role, content} in the clear, in this tab only
-    attestation: null, // per model: {model, address, signingKey, hardware}
+    attesting: null, // {model, promise of {model, address, signingKey, signingKeyHex}}
     abort: null,
     blocked: false,
   };
@@ -85,6 +85,7 @@
     const resp = await fetch(url, { cache: 'no-store' });
     if (!resp.ok) throw new CheckFailed(`attestation: the node answered ${resp.status}`);
     const doc = await resp.json();
+    if (state.model !== model) throw new CheckFailed('another model was picked meanwhile');
     const rows = [];
     const fail = (what) => {
       rows.push(['bad', what]);
@@ -180,6 +181,24 @@
     ];
     renderChecks($('node-checks'), nodeRows);
     return { model: model.id, address, signingKey, signingKeyHex: hex(signingKey) };
+  }
+
+  /** The model's attestation: one per chat, started as soon as the chat is. */
+  function attested(model) {
+    if (!state.attesting || state.attesting.model !== model.id) {
+      const promise = attest(model);
+      promise.catch(() => {});
+      state.attesting = { model: model.id, promise };
+    }
+    return state.attesting.promise;
+  }
+
+  function refuse(e) {
+    state.blocked = true;
+    state.attesting = null;
+    setBusy(false);
+    const what = e instanceof CheckFailed ? e.message : (e && e.message) || String(e);
+    showError(`Verification failed, chat stopped: ${what}. Start a new chat to attest again.`);
   }
 
   // -- E2EE ------------------------------------------------------------------
@@ -400,12 +419,10 @@
     setBusy(true);
     let text = '';
     try {
-      if (MODE === 'node' && privacy !== 'none' && (!state.attestation || state.attestation.model !== model.id)) {
-        state.attestation = await attest(model);
-      }
+      let att = null;
+      if (MODE === 'node' && privacy !== 'none') att = await attested(model);
       let retried = false;
       for (;;) {
-        const att = state.attestation;
         const headers = { 'Content-Type': 'application/json' };
         let messages = state.history;
         let session = null;
@@ -427,7 +444,8 @@
         if (resp.status === 421 && session && !retried) {
           // The node's key changed: attest again, once, without a word.
           retried = true;
-          state.attestation = await attest(model);
+          state.attesting = null;
+          att = await attested(model);
           continue;
         }
         if (!resp.ok) {
@@ -501,7 +519,7 @@
         answer.set('');
         answer.mark('bad', 'refused ✗', 'refused');
         state.blocked = true;
-        state.attestation = null;
+        state.attesting = null;
         showError(`Verification failed, chat stopped: ${e.message}. Start a new chat to attest again.`);
       } else {
         answer.mark('bad', 'error', 'error');
@@ -524,11 +542,15 @@
     if (state.abort) state.abort.abort();
     state.history = [];
     state.blocked = false;
-    state.attestation = null;
+    state.attesting = null;
     $('messages').replaceChildren();
     showError('');
     setBusy(false);
     $('prompt').focus();
+    if (MODE === 'node' && state.model && privacyOf(state.model) !== 'none') {
+      const model = state.model;
+      attested(model).catch((e) => state.model === model && refuse(e));
+    }
   }
 
   function selectModel() {
