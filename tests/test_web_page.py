@@ -170,6 +170,7 @@ def test_e2ee_chat_in_the_browser(node: NodeHandle, watched: Watched, tmp_path: 
     assert checks.filter(has_text="REPORTDATA binds the signing address").count() == 1
     assert checks.filter(has_text="belongs to that address").count() == 1
     assert checks.filter(has_text="debug off").count() == 1
+    assert checks.filter(has_text="signed by its attestation key").count() == 1
     assert page.locator("#checks li.bad").count() == 0
     address = node.key.address.lower()
     assert address in page.inner_text("#measurements")
@@ -374,9 +375,16 @@ def _replay_old_nonce(doc: dict[str, Any]) -> None:
     doc["intel_quote"] = quote.hex()
 
 
+def _change_mrtd(doc: dict[str, Any]) -> None:
+    quote = bytearray(bytes.fromhex(doc["intel_quote"]))
+    quote[48 + 136] ^= 0xFF  # the first byte of MRTD: other code than was measured
+    doc["intel_quote"] = quote.hex()
+
+
 @pytest.mark.parametrize(
     ("forge", "says"),
     [
+        (_change_mrtd, "quote signed by its attestation key: no"),
         (_swap_key, "E2EE key belongs to the signing address: no"),
         (_set_debug, "debug mode is ON"),
         (_replay_old_nonce, "nonce echoed in REPORTDATA: no"),

@@ -64,7 +64,22 @@
     const start = version === 4 ? 48 : version === 5 ? 54 : -1;
     if (start < 0) throw new CheckFailed(`quote: unknown version ${version}`);
     const at = (off, n) => q.slice(start + off, start + off + n);
+    // The signature data (ECDSA-256-with-P-256, certification data type 6).
+    const end = start + TD.size;
+    const u16 = (i) => q[i] | (q[i + 1] << 8);
+    const u32 = (i) => (q[i] | (q[i + 1] << 8) | (q[i + 2] << 16) | (q[i + 3] << 24)) >>> 0;
+    const sig = end + 4;
+    const qe = sig + 128 + 6;
+    const authSize = q.length >= qe + 450 ? u16(qe + 448) : 0;
+    if (u32(end) < 128 + 6 + 384 + 64 + 2 + authSize || q.length < qe + 450 + authSize) {
+      throw new CheckFailed('quote: truncated signature data');
+    }
     return {
+      signedRegion: q.slice(0, end),
+      quoteSignature: q.slice(sig, sig + 64),
+      attestationKey: q.slice(sig + 64, sig + 128),
+      qeReportData: q.slice(qe + 320, qe + 384),
+      qeAuthData: q.slice(qe + 450, qe + 450 + authSize),
       version,
       debug: (at(TD.attributes, 1)[0] & 1) === 1,
       mrtd: at(TD.mrtd, 48),
@@ -77,6 +92,23 @@
 
   function renderChecks(list, rows) {
     list.replaceChildren(...rows.map(([cls, text]) => el('li', cls, text)));
+  }
+
+  /** The quote is signed by its attestation key, and the QE report commits to that key. */
+  async function quoteSignatureValid(quote) {
+    try {
+      const key = await crypto.subtle.importKey(
+        'raw', Uint8Array.of(4, ...quote.attestationKey), { name: 'ECDSA', namedCurve: 'P-256' },
+        false, ['verify']);
+      const ok = await crypto.subtle.verify(
+        { name: 'ECDSA', hash: 'SHA-256' }, key, quote.quoteSignature, quote.signedRegion);
+      const bound = new Uint8Array(64 + quote.qeAuthData.length);
+      bound.set(quote.attestationKey);
+      bound.set(quote.qeAuthData, 64);
+      return ok && C.sha256Hex(bound) === hex(quote.qeReportData.slice(0, 32));
+    } catch (e) {
+      return false;
+    }
   }
 
   async function attest(model) {
@@ -133,6 +165,8 @@
     pass('the E2EE key belongs to that address (keccak of the key)');
     if (quote.debug) fail('TD debug mode is ON: the host can read the enclave');
     pass('debug off (TD_ATTRIBUTES.DEBUG = 0)');
+    if (!(await quoteSignatureValid(quote))) fail('quote signed by its attestation key: no');
+    pass("the quote is signed by its attestation key, which the QE report commits to (the QE's PCK chain to Intel: the node's word, below)");
 
     let gpus = 0;
     if (doc.nvidia_payload) {
