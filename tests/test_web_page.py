@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import REPORT_CAPTURES
 from playwright.sync_api import (
     Browser,
     ConsoleMessage,
@@ -406,3 +407,31 @@ def test_a_bad_attestation_stops_the_chat_before_any_prompt(
     assert says in page.inner_text("#checks li.bad")
     assert says in page.inner_text("#error") and page.is_disabled("#send")
     assert not [u for u, _ in watched.bodies if u.endswith("/chat/completions")]
+
+
+@pytest.mark.parametrize("capture", REPORT_CAPTURES, ids=lambda p: p.name)
+def test_the_page_reads_real_intel_quotes(
+    capture: Path, node: NodeHandle, watched: Watched
+) -> None:
+    """Production quotes (Intel-signed): the page reads the same fields as enclaved's
+    parser, and the quote's own signature verifies in the browser; one flipped byte fails."""
+    from enclaved.attestation.tdx.parse import parse_quote
+
+    body = next((capture / "responses").glob("0001_*.body")).read_bytes()
+    text = json.loads(body)["intel_quote"]
+    raw = bytes.fromhex(text)
+    quote = parse_quote(raw)
+    open_page(watched, node)
+    seen = watched.page.evaluate("(q) => window.EnclavedPage.inspectQuote(q)", text)
+    assert seen == {
+        "version": quote.header.version,
+        "debug": quote.body.debug,
+        "mrtd": quote.mrtd.hex(),
+        "rtmrs": [r.hex() for r in quote.rtmrs],
+        "reportData": quote.report_data.hex(),
+        "signatureValid": True,
+    }
+    flipped = bytearray(raw)
+    flipped[48 + 520] ^= 1
+    changed = watched.page.evaluate("(q) => window.EnclavedPage.inspectQuote(q)", flipped.hex())
+    assert changed["signatureValid"] is False

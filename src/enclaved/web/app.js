@@ -643,5 +643,19 @@
   $('stop').addEventListener('click', () => state.abort && state.abort.abort());
   $('new-chat').addEventListener('click', newChat);
   $('model').addEventListener('change', selectModel);
+  // For the tests (and the curious): the page's own reading of a quote.
+  window.EnclavedPage = Object.freeze({
+    async inspectQuote(text) {
+      const q = parseQuote(bytesFromQuote(text));
+      return {
+        version: q.version,
+        debug: q.debug,
+        mrtd: hex(q.mrtd),
+        rtmrs: q.rtmrs.map(hex),
+        reportData: hex(q.reportData),
+        signatureValid: await quoteSignatureValid(q),
+      };
+    },
+  });
   init();
 })();
