@@ -304,6 +304,8 @@ def test_stop_and_phone_width(tmp_path: Path, browser: Browser) -> None:
             open_page(w, n)
             page = w.page
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.wait_for_selector("#checks li.ok")
+            assert page.locator("#tee-flag").is_visible()  # red, in view, above the chat
             ask(page, "go on")
             page.wait_for_selector("#messages li.assistant:has-text('word')")
             page.press("#prompt", "Escape")

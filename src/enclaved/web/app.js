@@ -127,6 +127,7 @@
     const pass = (what) => rows.push(['ok', what]);
 
     const simulated = doc.tee_hardware !== 'intel-tdx';
+    $('tee-flag').hidden = !simulated; // in the header too: in view on a phone
     const banner = $('tee-banner');
     banner.hidden = false;
     banner.className = 'banner ' + (simulated ? 'simulated' : 'hardware');
@@ -597,6 +598,7 @@
     $('measurements').replaceChildren();
     $('node-checks').replaceChildren();
     $('tee-banner').hidden = true;
+    $('tee-flag').hidden = true;
     newChat();
   }
 
