@@ -65,3 +65,18 @@ def test_the_deployment_measures(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["mrconfigid"] == "01" + out["compose_hash"] + "00" * 15
     # docs/deploy.md shows the hash of the files as committed: kept true here.
     assert out["compose_hash"] in (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+
+
+def test_gpu_smoke_says_plainly_when_there_is_no_gpu(tmp_path: Path) -> None:
+    # The one script that needs a GPU; everywhere else it stops at once, with
+    # one line and exit 2, installing nothing.
+    import os
+    import subprocess
+
+    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}  # no nvidia-smi
+    done = subprocess.run(
+        [str(REPO / "scripts" / "gpu-smoke")], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no NVIDIA GPU" in done.stderr
+    assert not (REPO / ".venv-vllm").exists()

@@ -187,3 +187,50 @@ def test_tee_auto_picks_dstack_when_its_agent_answers(
 def test_an_unknown_tee_mode_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="one of: simulated, dstack, auto"):
         fake_config(tmp_path, tee="sev")
+
+
+@pytest.mark.model
+def test_enclaved_serve_tee_dstack_uses_the_agent_and_the_kms_key(
+    tmp_path: Path, tdx: SimulatedTdx
+) -> None:
+    # The command an operator runs (deploy/dstack), against the stand-in agent.
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with running_agent(tmp_path, tdx, SimulatedDeployment()) as agent:
+        env = {**os.environ, dstack.SIMULATOR_ENV: str(agent.socket_path)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "enclaved", "serve", "--tee", "dstack", "--port", str(port)]
+            + ["--data-dir", str(tmp_path / "data")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            doc = httpx.get(
+                f"http://127.0.0.1:{port}/v1/tee/attestation",
+                params={"model": "e2ee-smollm2-135m", "nonce": NONCE},
+            ).json()
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+    kms_key = KeyPair(agent.kms_key(KMS_KEY_PATH, KMS_KEY_PURPOSE))
+    assert doc["signing_address"] == kms_key.address, err
+    assert doc["tee_hardware"] == "intel-tdx" and doc["info"]["node_key_provider"] == "dstack-kms"
+    # On dstack the node trusts Intel's root only: the stand-in's quote does not verify.
+    assert doc["verified"] is False
+    assert "SIMULATED" not in err

@@ -210,6 +210,8 @@ def _args(**kw: Any) -> argparse.Namespace:
         "data_dir": None,
         "log_level": None,
         "tee": None,
+        "node_key_file": None,
+        "workers": None,
     }
     base.update(kw)
     return argparse.Namespace(**base)

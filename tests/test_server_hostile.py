@@ -270,9 +270,10 @@ def test_a_hanging_store_costs_the_signature_not_the_answer(
 # -- `verified` is computed, not asserted --------------------------------------------------------
 
 
-def test_verified_is_false_when_the_evidence_does_not_bind_the_key(tmp_path: Path) -> None:
+def test_evidence_that_does_not_bind_the_key_is_never_served(tmp_path: Path) -> None:
     """An evidence source that quotes the wrong REPORTDATA (a bug, or a lie):
-    the node's own verifier must catch it rather than report ``verified: true``."""
+    the node checks its own evidence first and serves no report at all, rather
+    than one that says ``verified: false`` (or, worse, true)."""
     from conftest import running_server
     from server_fakes import fake_backends, fake_config
 
@@ -290,16 +291,14 @@ def test_verified_is_false_when_the_evidence_does_not_bind_the_key(tmp_path: Pat
         backends=fake_backends(),
     )
     with running_server(app) as url:
-        doc = httpx.get(
+        r = httpx.get(
             url + "/api/v1/tee/attestation",
             params={"model": E2EE_MODEL, "nonce": "ab" * 32},
             timeout=30,
-        ).json()
-    assert doc["verified"] is False
-    sv = doc["server_verification"]
-    assert sv["ok"] is False
-    assert sv["signingAddressBinding"]["bound"] is False
-    assert sv["nonceBinding"]["bound"] is False
+        )
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "evidence_error"
+    assert "intel_quote" not in r.text and "signing_address" not in r.text
 
 
 def test_a_body_that_never_arrives_whole_is_a_408_and_the_connection_closes(

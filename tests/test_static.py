@@ -37,11 +37,11 @@ def test_mypy_strict() -> None:
 
 
 def test_ruff() -> None:
-    result = _run("ruff", "check", "--no-cache", "src", "tests", "bench")
+    result = _run("ruff", "check", "--no-cache", "src", "tests", "bench", "scripts")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
-    # One layout everywhere: `ruff format src tests bench` fixes what this finds.
-    result = _run("ruff", "format", "--check", "--no-cache", "src", "tests", "bench")
+    # One layout everywhere: `ruff format src tests bench scripts` fixes what this finds.
+    result = _run("ruff", "format", "--check", "--no-cache", "src", "tests", "bench", "scripts")
     assert result.returncode == 0, result.stdout + result.stderr

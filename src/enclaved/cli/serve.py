@@ -6,15 +6,19 @@ and serves PROTOCOL.md on ``--host``/``--port``.
 
 Precedence: command-line flag > environment variable > config file > default.
 
-=================  ======================  ======================
-flag               environment             config key
-=================  ======================  ======================
-``--config``       ``ENCLAVED_CONFIG``     (the file itself)
-``--host``         ``ENCLAVED_HOST``       ``host``
-``--port``         ``ENCLAVED_PORT``       ``port``
-``--data-dir``     ``ENCLAVED_DATA_DIR``   ``data_dir``
-``--log-level``    ``ENCLAVED_LOG_LEVEL``  -
-=================  ======================  ======================
+===================  ==========================  =================
+flag                 environment                 config key
+===================  ==========================  =================
+``--config``         ``ENCLAVED_CONFIG``         (the file itself)
+``--host``           ``ENCLAVED_HOST``           ``host``
+``--port``           ``ENCLAVED_PORT``           ``port``
+``--data-dir``       ``ENCLAVED_DATA_DIR``       ``data_dir``
+``--tee``            ``ENCLAVED_TEE``            ``tee``
+``--node-key-file``  ``ENCLAVED_NODE_KEY_FILE``  ``node_key_file``
+``--workers``        ``ENCLAVED_WORKERS``        ``workers``
+``--log-level``      ``ENCLAVED_LOG_LEVEL``      -
+``--log-format``     ``ENCLAVED_LOG_FORMAT``     -
+===================  ==========================  =================
 
 Logging goes to stderr and never contains prompt or completion content, API
 keys, ``Authorization`` headers, E2EE keys or the node key; the access log
@@ -37,6 +41,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,6 +74,25 @@ def add_parsers(subparsers: Any) -> None:
         help="evidence source: simulated (development, the default), dstack (the guest agent of "
         "a dstack TDX CVM; the node key from its KMS), auto (dstack if its agent answers, else "
         "refuse to start) [$ENCLAVED_TEE]",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving the port as one node: one key, one signature store "
+        "(default 1) [$ENCLAVED_WORKERS]",
+    )
+    p.add_argument(
+        "--node-key-file",
+        metavar="FILE",
+        help="the node key (64 hex characters, mode 0600), shared by the replicas of one "
+        "deployment; default: the KMS's key on dstack, else a new key [$ENCLAVED_NODE_KEY_FILE]",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text (default) or one JSON object each, for a log pipeline; "
+        "content-free either way [$ENCLAVED_LOG_FORMAT]",
     )
     p.add_argument(
         "--log-level",
@@ -139,6 +163,17 @@ def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> 
             raise ConfigError(
                 f"ENCLAVED_PORT: {env['ENCLAVED_PORT']!r} is not a port number"
             ) from None
+    key_file = args.node_key_file or env.get("ENCLAVED_NODE_KEY_FILE")
+    if key_file:
+        changes["node_key_file"] = Path(key_file).expanduser().resolve()
+    workers = args.workers if args.workers is not None else env.get("ENCLAVED_WORKERS")
+    if workers is not None:
+        try:
+            changes["workers"] = int(workers)
+        except ValueError:
+            raise ConfigError(f"ENCLAVED_WORKERS: {workers!r} is not a number") from None
+        if not 1 <= changes["workers"] <= 256:
+            raise ConfigError(f"workers: {workers} is out of range (1-256)")
     tee = args.tee or env.get("ENCLAVED_TEE")
     if tee:
         from ..server.config import TEE_MODES
@@ -150,7 +185,10 @@ def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> 
         changes["tee"] = tee
     if not 0 <= changes.get("port", config.port) <= 65535:
         raise ConfigError(f"port {changes['port']} is out of range")
-    return config.replace(**changes) if changes else config
+    config = config.replace(**changes) if changes else config
+    if config.workers > 1 and config.metrics.enabled:
+        raise ConfigError("metrics: not available with more than one worker yet")
+    return config
 
 
 class _Once(logging.Filter):
@@ -173,11 +211,41 @@ class _Once(logging.Filter):
         return True
 
 
-def _setup_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, and ``exception`` (its type only) when one is attached.
+
+    The messages are the node's own, as content-free as the text format; an
+    exception's text and traceback are left out (a message may quote input).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+
+        import orjson
+
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exception"] = record.exc_info[0].__name__
+        return orjson.dumps(entry).decode()
+
+
+def _setup_logging(level: str, log_format: str = "text") -> None:
     import warnings
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -198,6 +266,8 @@ def _banner(config: Any, app: Any, url: str) -> str:
         f"  models:          {', '.join(m.id for m in config.models)}",
         f"  signing address: {node.key.address}",
     ]
+    if config.workers > 1:
+        lines.append(f"  workers:         {config.workers} processes, one key, one signature store")
     root_path = getattr(node.evidence, "root_path", None)
     if node.evidence.tee_hardware == "simulated":
         if root_path is not None:
@@ -259,14 +329,21 @@ def _raise_open_file_limit(log: logging.Logger) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Exit codes: 0 stopped by a signal, 1 could not start (port, model), 2 configuration."""
-    from ..errors import ConfigError, Error
+    from ..errors import ConfigError
 
     # A crash in native code (llama.cpp) would otherwise end the process with
     # no word: print the Python stack of every thread to stderr instead.
     with contextlib.suppress(OSError, ValueError):  # a stderr with no file descriptor
         faulthandler.enable()
     level = args.log_level or os.environ.get("ENCLAVED_LOG_LEVEL") or "info"
-    _setup_logging(level)
+    log_format = args.log_format or os.environ.get("ENCLAVED_LOG_FORMAT") or "text"
+    if log_format not in ("text", "json"):
+        print(
+            f"enclaved serve: ENCLAVED_LOG_FORMAT: {log_format!r} is not text or json",
+            file=sys.stderr,
+        )
+        return 2
+    _setup_logging(level, log_format)
     log = logging.getLogger("enclaved.serve")
     try:
         config = load_config(args)
@@ -281,22 +358,111 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"enclaved serve: {bind_error(config.host, config.port, exc)}", file=sys.stderr)
         return 1
 
+    log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
+    _raise_open_file_limit(log)
+    if config.workers == 1:
+        try:
+            return _run_node(config, sock, log)
+        finally:
+            sock.close()
+    return _run_workers(config, sock, log)
+
+
+def _run_workers(config: Any, sock: socket.socket, log: logging.Logger) -> int:
+    """``--workers N``: N processes accepting on one socket, as one node.
+
+    The parent makes what they must share before it forks, so a client sees
+    one node whatever process answers: the node key (made here and inherited
+    in memory, never written; or each worker loads the same key file, or
+    derives the same key from the KMS), the development root of the simulated
+    TEE, and the signature store (SQLite in WAL mode on one file, or Redis).
+    Each worker loads its own engine connection or embedded model. The parent
+    forwards SIGTERM / SIGINT and exits when they have; a worker that dies on
+    its own stops the node (exit 1), loudly, rather than serving with fewer.
+    """
+    from ..crypto import KeyPair
+
+    key = None
+    if config.node_key_file is None and config.tee == "simulated":
+        key = KeyPair.generate()  # shared by fork: memory only
+    if config.tee == "simulated":
+        from ..evidence.simulated import SimulatedTdx
+
+        SimulatedTdx.load_or_create(config.data_dir)  # one root, made before the workers race
+    children: list[int] = []
+    for index in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                code = _run_node(config, sock, log, node_key=key, banner=index == 0)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    stopping = False
+
+    def forward(sig: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    code = 0
+    while children:
+        pid, status = os.wait()
+        if pid not in children:
+            continue
+        children.remove(pid)
+        if not stopping:
+            log.error(
+                "a worker exited (status %d): stopping the node", os.waitstatus_to_exitcode(status)
+            )
+            code = 1
+            forward(signal.SIGTERM, None)
+    return code
+
+
+def _run_node(
+    config: Any,
+    sock: socket.socket,
+    log: logging.Logger,
+    *,
+    node_key: Any = None,
+    banner: bool = True,
+) -> int:
+    """One node process on ``sock``: the app, its metrics, uvicorn."""
     import uvicorn
 
-    from ..crypto import KeyPair
+    from ..errors import Error
     from ..server.app import create_app, start_backends
     from ..server.backends.base import BackendError
     from ..server.transport import limited_http_protocol
 
-    log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
-    _raise_open_file_limit(log)
-    key = KeyPair.generate()  # in memory only: never written, never logged
     try:
-        app = create_app(config, node_key=key)
+        # The node key: from the key file, or the KMS where the evidence source
+        # has one (dstack), else made now; in memory only, never written or logged.
+        app = create_app(config, node_key=node_key)
     except Error as exc:
-        sock.close()
         print(f"enclaved serve: {exc}", file=sys.stderr)
         return 2
+    metrics = app.state.node.metrics
+    if metrics is not None:
+        where = config.metrics
+        try:
+            metrics.serve(where.host, where.port)
+        except OSError as exc:
+            print(
+                f"enclaved serve: metrics: {bind_error(where.host, where.port, exc)}",
+                file=sys.stderr,
+            )
+            return 1
+        log.info("metrics on http://%s:%d/metrics", where.host, where.port)
 
     uv_config = uvicorn.Config(
         app,
@@ -345,12 +511,9 @@ def run_serve(args: argparse.Namespace) -> int:
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
-        if server.started:
+        if server.started and banner:
             print(_banner(config, app, url_of(sock)), flush=True)
         await task
         return 0 if server.started else 1
 
-    try:
-        return asyncio.run(serve())
-    finally:
-        sock.close()
+    return asyncio.run(serve())

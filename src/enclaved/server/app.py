@@ -40,6 +40,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -70,7 +71,10 @@ from .errors import (
     missing_parameter,
     model_not_found,
 )
+from .metrics import ATTESTATION as ATTESTATION_ROUTE
+from .metrics import Metrics
 from .node import Node
+from .ratelimit import RateLimiter
 from .signing import ResponseSigner
 from .store import open_store
 from .store.base import SignatureStore
@@ -132,12 +136,56 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
     )
 
 
+def build_rate_limiter(config: ServerConfig, clock: Callable[[], float]) -> RateLimiter:
+    """The rate limiter of ``[rate_limits]``: counters in Redis when the
+    signature store is Redis (replicas share the budget), else in memory."""
+    from .ratelimit import Limits, MemoryCounter, RateLimiter, RedisCounter
+
+    rl = config.rate_limits
+    store = config.signatures
+    counter: Any = (
+        RedisCounter(store.url) if store.kind == "redis" and store.url else MemoryCounter()
+    )
+    per_key = {digest: Limits(r, t) for digest, r, t in rl.keys}
+    return RateLimiter(
+        Limits(rl.requests_per_minute, rl.tokens_per_minute), per_key, counter, clock
+    )
+
+
 def node_key_for(evidence: EvidenceSource) -> KeyPair:
-    """The node key: derived by the KMS where the evidence source has one
-    (dstack: every replica of the app holds the same key, a restart keeps
-    it), else made now, in memory only."""
+    """The node key when no key file is configured (``node_key_file``: see
+    :func:`load_node_key`): derived by the KMS where the evidence source has
+    one (dstack: every replica of the app holds the same key, a restart keeps
+    it); else made now, in memory only."""
     derive = getattr(evidence, "kms_node_key", None)
     return derive() if callable(derive) else KeyPair.generate()
+
+
+def load_node_key(path: Path) -> KeyPair:
+    """The node key of a key file: 64 hex characters (a secp256k1 private
+    key), readable by its owner only. A file others may read is refused: the
+    key is the node's identity to every client."""
+    from ..errors import ConfigError, InvalidKeyError
+
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"node_key_file {path}: readable by others (mode {mode & 0o777:o}); "
+                f"chmod 600 {path}"
+            )
+        text = path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise ConfigError(f"node_key_file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        text = ""
+    bad = ConfigError(f"node_key_file {path}: not a secp256k1 private key (64 hex characters)")
+    if len(text) != 64:
+        raise bad
+    try:
+        return KeyPair(bytes.fromhex(text))
+    except (ValueError, InvalidKeyError):  # not hex; zero or not below the group order
+        raise bad from None
 
 
 def create_app(
@@ -168,6 +216,8 @@ def create_app(
     if store is None:
         store = open_store(config, clock=clock)
         owned.append(store)
+    if node_key is None and config.node_key_file is not None:
+        node_key = load_node_key(config.node_key_file)  # before anything else is made
     if evidence is None:
         evidence = build_evidence(config, now=clock())
     key = node_key or node_key_for(evidence)
@@ -180,6 +230,8 @@ def create_app(
         signer=ResponseSigner(key),
         api_keys=ApiKeys(config.api_key_hashes),
         clock=clock,
+        metrics=Metrics([m.id for m in config.models]) if config.metrics.enabled else None,
+        rate_limiter=build_rate_limiter(config, clock) if config.rate_limits.enabled else None,
     )
     created = int(clock())
     chat = ChatCompletions(node)
@@ -218,7 +270,18 @@ def create_app(
 
     async def attestation(request: Request) -> Response:
         q = request.query_params
-        doc = await attestation_report(node, q.get("model"), q.get("nonce"), verify=verify)
+        started, status = time.monotonic(), 500
+        try:
+            doc = await attestation_report(node, q.get("model"), q.get("nonce"), verify=verify)
+            status = 200
+        except HTTPError as exc:
+            status = exc.status
+            raise
+        finally:
+            if node.metrics is not None:
+                node.metrics.request(
+                    ATTESTATION_ROUTE, q.get("model"), status, time.monotonic() - started
+                )
         return json_response(doc, headers={**TEE_HEADERS, "Cache-Control": "no-store"})
 
     async def signature(request: Request) -> Response:
@@ -236,6 +299,8 @@ def create_app(
                 record = await asyncio.wait_for(node.store.get(request_id), STORE_TIMEOUT_SECONDS)
             except (NetworkError, TimeoutError) as exc:
                 log.error("signature store unavailable: %s", type(exc).__name__)
+                if node.metrics is not None:
+                    node.metrics.store_errors.inc()
                 raise HTTPError(
                     503,
                     "Signature store unavailable, retry later",

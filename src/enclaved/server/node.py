@@ -15,6 +15,8 @@ from ..evidence.base import EvidenceSource
 from .auth import ApiKeys
 from .backends.base import Backend
 from .config import ModelConfig, ServerConfig
+from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .signing import ResponseSigner
 from .store.base import SignatureStore
 
@@ -32,6 +34,10 @@ class Node:
     api_keys: ApiKeys
     #: Seconds since the epoch (``time.time``); injected by tests.
     clock: Callable[[], float]
+    #: Prometheus metrics, when ``[metrics] enabled``.
+    metrics: Metrics | None = None
+    #: Per-API-key rate limits, when ``[rate_limits]`` sets any.
+    rate_limiter: RateLimiter | None = None
 
     def model(self, model_id: str) -> ModelConfig | None:
         return self.config.model(model_id)

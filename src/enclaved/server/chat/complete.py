@@ -59,6 +59,7 @@ async def _respond(node: Node, prepared: Prepared, send: Send, conn: Connection)
         async for chunk in stream:
             collector.add_choices(writer.choices(chunk))
     except BackendError as exc:
+        prepared.engine_error = exc.code
         log.warning("backend failed (%s): %s", exc.code, exc.message)
         await send_error(send, backend_http_error(exc), TEE_HEADERS)
         return
@@ -70,6 +71,7 @@ async def _respond(node: Node, prepared: Prepared, send: Send, conn: Connection)
         if stream is not None:
             await aclose(stream)
 
+    usage = prepared.usage = writer.final_usage()
     body = orjson.dumps(
         {
             "id": writer.id,
@@ -77,7 +79,7 @@ async def _respond(node: Node, prepared: Prepared, send: Send, conn: Connection)
             "created": writer.created,
             "model": writer.model,
             "choices": [collector.choice(0)],
-            "usage": writer.final_usage(),
+            "usage": usage,
         }
     )
     conn.finishing = True

@@ -13,16 +13,48 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from typing import Any
 
 from starlette.datastructures import Headers
 
+from ...errors import NetworkError
 from ..errors import HTTPError
 from ..node import Node
+from ..ratelimit import RateLimiter, spend_later
 from . import complete, stream
-from .asgi import Connection, Receive, Scope, Send, read_body, send_error
+from .asgi import Connection, Message, Receive, Scope, Send, read_body, send_error
 from .validate import PREPARE_INLINE_BYTES, Prepared, prepare
 
 __all__ = ["ChatCompletions"]
+
+log = logging.getLogger("enclaved.server")
+
+
+async def admit(limiter: RateLimiter, caller: str) -> dict[str, str]:
+    """The caller's rate-limit headers, or a 429. Counters that cannot be
+    reached (Redis down) admit the request, with a warning: the limits guard
+    the node's capacity, and an outage of their store must not stop the fleet."""
+    try:
+        return await asyncio.wait_for(limiter.admit(caller), 5.0)
+    except (NetworkError, TimeoutError) as exc:
+        log.warning("rate limits unavailable, request admitted: %s", type(exc).__name__)
+        return {}
+
+
+def with_headers(send: Send, extra: dict[str, str]) -> Send:
+    """``send`` with ``extra`` added to the response's headers."""
+    if not extra:
+        return send
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *raw]}
+        await send(message)
+
+    return sending
 
 
 class ChatCompletions:
@@ -32,10 +64,47 @@ class ChatCompletions:
         self.node = node
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.node.metrics is None:
+            await self._serve(scope, receive, send, None)
+            return
+        # Metrics: the status and the first body byte, seen on the way out.
+        started = time.monotonic()
+        seen: dict[str, Any] = {"status": 500, "first": None}
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif seen["first"] is None and message.get("body"):
+                seen["first"] = time.monotonic()
+            await send(message)
+
+        holder: list[Prepared] = []
+        try:
+            await self._serve(scope, receive, observed, holder)
+        finally:
+            prepared = holder[0] if holder else None
+            first = seen["first"]
+            self.node.metrics.chat(
+                model=prepared.model.id if prepared else None,
+                e2ee=bool(prepared and prepared.e2ee),
+                status=seen["status"],
+                ttft=None if first is None else first - started,
+                duration=time.monotonic() - started,
+                usage=prepared.usage if prepared else None,
+                engine_error=prepared.engine_error if prepared else None,
+            )
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, holder: list[Prepared] | None
+    ) -> None:
         headers = Headers(scope=scope)
         try:
-            # 1. Authenticate before reading anything else.
-            self.node.api_keys.check(headers.get("authorization"))
+            # 1. Authenticate before reading anything else; then the caller's
+            # rate limits (their headers go out with the answer).
+            caller = self.node.api_keys.check(headers.get("authorization"))
+            limiter = self.node.rate_limiter
+            if limiter is not None:
+                send = with_headers(send, await admit(limiter, caller))
             # 2. The body, exactly as received, in bounded time: a client that
             # trickles its body must not hold a connection and a task forever.
             deadline = self.node.config.request_body_timeout_seconds
@@ -62,6 +131,8 @@ class ChatCompletions:
         except HTTPError as exc:
             await send_error(send, exc)
             return
+        if holder is not None:
+            holder.append(prepared)
 
         # The completion runs in this task (a task of its own would cost the
         # first token a turn of the event loop); a watcher task cancels it
@@ -73,6 +144,8 @@ class ChatCompletions:
         watcher = asyncio.ensure_future(conn.watch())
         try:
             await run(prepared, send, conn)
+            if limiter is not None:
+                await spend_later(limiter, caller, prepared.usage)
         except asyncio.CancelledError:
             if not conn.cancelled or task.cancelling() > 1:
                 raise  # cancelled from outside (server shutdown)

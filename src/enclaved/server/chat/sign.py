@@ -40,6 +40,8 @@ async def sign(
         await asyncio.wait_for(node.store.put(record), STORE_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - any failure, reported by type only
         log.error("signature store failed for %s: %s", completion_id, type(exc).__name__)
+        if node.metrics is not None:
+            node.metrics.store_errors.inc()
         return None
     return record
 

@@ -89,6 +89,7 @@ async def respond(node: Node, prepared: Prepared, send: Send, conn: Connection) 
             stream = prepared.backend.stream(prepared.request)
             chunk = await first_chunk(stream)
         except BackendError as exc:
+            prepared.engine_error = exc.code
             log.warning("backend failed before streaming (%s): %s", exc.code, exc.message)
             await send_error(send, backend_http_error(exc), TEE_HEADERS)
             return
@@ -262,6 +263,7 @@ class _Stream:
         """A failure after the first byte: an error event, then ``[DONE]``;
         no signature for a failed completion."""
         if isinstance(exc, BackendError):
+            self.prepared.engine_error = exc.code
             log.warning("backend failed mid-stream (%s): %s", exc.code, exc.message)
             event = error_event(exc.message, exc.code)
         else:
@@ -274,6 +276,7 @@ class _Stream:
         including ``[DONE]``, store, then write ``[DONE]``."""
         # ``held``: role chunks of a stream that ended before anything else.
         data = self.held + tail + self.writer.usage_event()
+        self.prepared.usage = self.writer.final_usage()  # for the metrics and rate limits
         update = self.hasher.update
         update(data)
         await self.write(data)

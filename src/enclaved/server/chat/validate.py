@@ -60,7 +60,7 @@ _PASS_PARAMS = (
 class Prepared:
     """A validated, decrypted chat request, ready for the backend."""
 
-    __slots__ = ("backend", "body", "e2ee", "model", "request", "stream")
+    __slots__ = ("backend", "body", "e2ee", "engine_error", "model", "request", "stream", "usage")
 
     def __init__(
         self,
@@ -77,6 +77,10 @@ class Prepared:
         self.stream = stream
         self.e2ee = e2ee_headers
         self.body = body
+        #: For the metrics: the answer's usage once it is known, and the code
+        #: of an engine failure.
+        self.usage: dict[str, int] | None = None
+        self.engine_error: str | None = None
 
 
 def prepare(node: Node, headers: Mapping[str, str], body: bytes) -> Prepared:
