@@ -55,7 +55,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import (
@@ -70,6 +70,7 @@ from ..errors import (
 from ..protocol.headers import TEE, TEE_PROVIDER
 from ..protocol.routes import API_PREFIXES, CHAT, MODELS
 from ..protocol.sse import event as sse_event
+from ..web import web_routes
 from .transport import HEADER_ADDRESS, HEADER_HARDWARE, AsyncEnclavedTransport
 
 logger = logging.getLogger("enclaved.client.proxy")
@@ -234,13 +235,14 @@ def create_proxy_app(
         detail = exc.detail if isinstance(exc, HTTPException) else "internal proxy error"
         return _json(status, error_document(str(detail), type="invalid_request_error", code=None))
 
-    routes = []
+    routes: list[BaseRoute] = []
     for prefix in PREFIXES:
         routes += [
             Route(prefix + MODELS, models, methods=["GET"]),
             Route(prefix + MODELS + "/{model_id:path}", models, methods=["GET"]),
             Route(prefix + CHAT, chat, methods=["POST"]),
         ]
+    routes += web_routes("proxy")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

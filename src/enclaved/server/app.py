@@ -16,6 +16,7 @@ route                      what                                  API key
 ``GET /tee/signature``     response signature                    required*
 ``GET /health``            liveness (top level only)             open
 ``GET /ready``             readiness: engines, evidence, store   open
+``GET /``                  the chat page (``enclaved.web``)      open
 =========================  ====================================  ============
 
 \\* only when the configuration lists API keys.
@@ -56,6 +57,7 @@ from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
 from ..protocol import routes
 from ..protocol.headers import TEE_RESPONSE_HEADERS
+from ..web import web_routes
 from .attestation import VerifyFn, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
@@ -349,6 +351,7 @@ def create_app(
     table: list[BaseRoute] = [
         Route(routes.HEALTH, health, methods=["GET"]),
         Route(routes.READY, ready, methods=["GET"]),
+        *web_routes("node"),
     ]
     for prefix in PREFIXES:
         table += [
