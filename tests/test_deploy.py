@@ -80,3 +80,12 @@ def test_gpu_smoke_says_plainly_when_there_is_no_gpu(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "no NVIDIA GPU" in done.stderr
     assert not (REPO / ".venv-vllm").exists()
+
+
+def test_the_tdx_vm_unit_runs_a_command_the_cli_accepts() -> None:
+    unit = (DEPLOY / "tdx-vm" / "enclaved.service").read_text(encoding="utf-8")
+    (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
+    argv = line.removeprefix("ExecStart=").split()
+    assert argv[0].endswith("/enclaved")
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "serve" and args.tee == "configfs"

@@ -434,7 +434,32 @@ async def start_backends(app: Starlette) -> None:
         started = time.monotonic()
         await backend.start()
         log.info("backend %s ready in %.1f s", backend.model_name, time.monotonic() - started)
+        await _engine_health(backend)
     app.state.backends_started = True
+
+
+async def _engine_health(backend: Backend) -> None:
+    """At start, say whether an upstream engine already answers for its model.
+
+    Not fatal: vLLM may still be loading its weights (minutes), and requests
+    fail with 502 until it answers; ``/ready`` tells a load balancer the same.
+    """
+    from .backends.base import BackendError
+    from .backends.upstream import UpstreamBackend
+
+    if not isinstance(backend, UpstreamBackend):
+        return
+    try:
+        await asyncio.wait_for(backend.ready(), 5.0)
+    except (BackendError, TimeoutError) as exc:
+        code = getattr(exc, "code", "timeout")
+        log.warning(
+            "engine for %s does not answer yet (%s): requests get 502 and /ready 503 until it does",
+            backend.model_name,
+            code,
+        )
+    else:
+        log.info("engine for %s answers and serves the model", backend.model_name)
 
 
 class EnclavedApp(Starlette):
