@@ -122,3 +122,23 @@ def test_replicas_share_one_budget_through_redis(tmp_path: Path) -> None:
     keys = [str(k) for k in client.keys("enclaved:rl:*")]
     assert any(hash_key(KEY_A)[:16] in k for k in keys)  # a prefix of the key's hash
     assert not any(KEY_A in k for k in keys)
+
+
+def test_the_memory_counter_forgets_old_windows() -> None:
+    import asyncio
+
+    from enclaved.server.ratelimit import MemoryCounter
+
+    async def run() -> tuple[int, int, int]:
+        counter = MemoryCounter()
+        counter.MAX_NAMES = 3
+        for window in range(3):
+            await counter.add(f"r:caller:{window}", 1, 120)
+        await counter.add("r:caller:3", 5, 120)  # the fourth name: older windows dropped
+        return (
+            await counter.get("r:caller:0"),
+            await counter.get("r:caller:3"),
+            len(counter._values),
+        )
+
+    assert asyncio.run(run()) == (0, 5, 1)

@@ -58,21 +58,24 @@ class Counter(Protocol):
 
 
 class MemoryCounter:
-    """Counters in this process (one node)."""
+    """Counters in this process (one node). Names end with their window; when
+    many have piled up, all but the current window's are dropped."""
+
+    MAX_NAMES = 100_000
 
     def __init__(self) -> None:
-        self._values: dict[str, tuple[int, int]] = {}  # name -> (value, window)
+        self._values: dict[str, int] = {}
 
     async def add(self, name: str, amount: int, ttl: int) -> int:
-        value = self._values.get(name, (0, 0))[0] + amount
-        self._values[name] = (value, ttl)
-        if len(self._values) > 100_000:  # old windows: drop them all but the live ones
-            window = name.rsplit(":", 1)[1]
-            self._values = {k: v for k, v in self._values.items() if k.endswith(":" + window)}
+        value = self._values.get(name, 0) + amount
+        self._values[name] = value
+        if len(self._values) > self.MAX_NAMES:
+            window = ":" + name.rsplit(":", 1)[1]
+            self._values = {k: v for k, v in self._values.items() if k.endswith(window)}
         return value
 
     async def get(self, name: str) -> int:
-        return self._values.get(name, (0, 0))[0]
+        return self._values.get(name, 0)
 
 
 class RedisCounter:
