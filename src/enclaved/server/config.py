@@ -124,6 +124,23 @@ class MetricsConfig:
     port: int = 9464
 
 
+#: The two revisions of ``aci/1`` (docs/server.md, "Attested Confidential Inference").
+ACI_REVISIONS = ("current", "rev-a")
+
+
+@dataclasses.dataclass(frozen=True)
+class AciConfig:
+    """``[aci]``: the Attested Confidential Inference profile this node serves."""
+
+    #: ``"current"`` (the specification of today, the default) or ``"rev-a"``
+    #: (the older revision, which npm ``venice-e2ee`` 0.5.x verifies).
+    revision: str = "current"
+    #: Seconds from the node's start to its keyset's ``not_after``.
+    keyset_lifetime_seconds: int = 7 * 24 * 3600
+    #: The keyset's ``subject`` (a dstack app-id URI, SPIFFE ID or DNS name), or none.
+    subject: str | None = None
+
+
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where a node keeps its state when nothing says otherwise.
 
@@ -174,6 +191,8 @@ class ServerConfig:
     #: The node key from a file (replicas of one deployment without a KMS):
     #: 64 hex characters, mode 0600. ``None``: the KMS's key, else a new one.
     node_key_file: Path | None = None
+    #: Attested Confidential Inference (``[aci]``).
+    aci: AciConfig = AciConfig()
 
     # -- constructors -------------------------------------------------------
 
@@ -268,6 +287,7 @@ class _Loader:
             "graceful_shutdown_seconds",
             "metrics",
             "node_key_file",
+            "aci",
         }
     )
     _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
@@ -374,6 +394,31 @@ class _Loader:
             transport=self._transport(data.get("transport", {})),
             metrics=self._metrics(data.get("metrics", {})),
             node_key_file=self._optional_path(data, "node_key_file"),
+            aci=self._aci(data.get("aci", {})),
+        )
+
+    def _aci(self, raw: Any) -> AciConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError("aci: must be a table")
+        self._unknown(raw, frozenset({"revision", "keyset_lifetime_seconds", "subject"}), "aci")
+        d = AciConfig()
+        revision = self._str(raw, "revision", "aci.revision", d.revision)
+        if revision not in ACI_REVISIONS:
+            raise ConfigError(
+                f"aci.revision: {revision!r} is not one of {', '.join(ACI_REVISIONS)}"
+            )
+        subject = raw.get("subject")
+        return AciConfig(
+            revision=revision,
+            keyset_lifetime_seconds=self._int(
+                raw,
+                "keyset_lifetime_seconds",
+                "aci.keyset_lifetime_seconds",
+                d.keyset_lifetime_seconds,
+                low=60,
+                high=366 * 24 * 3600,
+            ),
+            subject=None if subject is None else self._str(raw, "subject", "aci.subject", ""),
         )
 
     def _optional_path(self, data: Mapping[str, Any], key: str) -> Path | None:
