@@ -88,7 +88,10 @@ class ReceiptHashes:
 
     received: str
     forwarded: str | None
+    #: The response bytes as sent (ciphertext under E2EE).
     returned: str
+    #: rev-a only: the response stream before sealing, when it differs.
+    cleartext: str | None = None
 
 
 def sha256_tagged(data: bytes) -> str:
@@ -208,22 +211,43 @@ class Aci:
         served_at: float,
         hashes: ReceiptHashes,
     ) -> dict[str, Any]:
-        """One answer's receipt, signed by the receipt key."""
+        """One answer's receipt, signed by the receipt key.
+
+        rev-a numbers its events (``seq``), names the ``workload_id`` and
+        splits ``response.returned`` into ``wire_hash`` (the bytes sent) and
+        ``cleartext_hash`` (the same stream before sealing: equal for a
+        plaintext answer; ``hashes.cleartext`` for an E2EE one).
+        """
+        rev_a = self.revision == "rev-a"
+        returned: dict[str, Any] = {"type": "response.returned"}
+        if rev_a:
+            returned["cleartext_hash"] = hashes.cleartext or hashes.returned
+            returned["wire_hash"] = hashes.returned
+        else:
+            returned["body_hash"] = hashes.returned
         events: list[dict[str, Any]] = [
             {"type": "request.received", "body_hash": hashes.received}
         ]
         if hashes.forwarded is not None:
             events.append({"type": "request.forwarded", "body_hash": hashes.forwarded})
-        events.append({"type": "response.returned", "body_hash": hashes.returned})
-        document = {
+        events.append(returned)
+        if rev_a:
+            events = [{"seq": i, **e} for i, e in enumerate(events)]
+        document: dict[str, Any] = {
             "api_version": ACI_VERSION,
             "receipt_id": receipt_id,
             "chat_id": chat_id,
             "model": model,
-            "workload_keyset_digest": self.digest,
-            "endpoint": endpoint,
-            "method": "POST",
-            "served_at": int(served_at),
-            "event_log": events,
         }
+        if rev_a:
+            document["workload_id"] = self.workload_id
+        document.update(
+            {
+                "workload_keyset_digest": self.digest,
+                "endpoint": endpoint,
+                "method": "POST",
+                "served_at": int(served_at),
+                "event_log": events,
+            }
+        )
         return self.core.sign_receipt(self.revision, document, self.receipt_key, self.key_id)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 from ..crypto import KeyPair
 from ..evidence.base import EvidenceSource
+from .aci import Aci
 from .auth import ApiKeys
 from .backends.base import Backend
 from .config import ModelConfig, ServerConfig
@@ -35,6 +36,9 @@ class Node:
     clock: Callable[[], float]
     #: Prometheus metrics, when ``[metrics] enabled``.
     metrics: Metrics | None = None
+    #: Attested Confidential Inference: the keyset and the receipt signer.
+    #: ``None`` only where a test builds a node without it.
+    aci: Aci | None = None
 
     def model(self, model_id: str) -> ModelConfig | None:
         return self.config.model(model_id)

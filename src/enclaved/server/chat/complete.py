@@ -89,4 +89,7 @@ async def _respond(node: Node, prepared: Prepared, send: Send, conn: Connection)
         record = await sign(node, prepared, writer.id, hasher.hexdigest())
         if conn.disconnected:
             await forget(node, record)
-    await send_json(send, 200, body, TEE_HEADERS)
+    headers = TEE_HEADERS
+    if node.aci is not None:
+        headers = [*TEE_HEADERS, (b"x-receipt-id", writer.id.encode())]
+    await send_json(send, 200, body, headers)

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from ..errors import HTTPError
+from ..aci import api_key_digest
 from ..node import Node
 from . import complete, stream
 from .asgi import Connection, Message, Receive, Scope, Send, read_body, send_error
@@ -97,6 +98,9 @@ class ChatCompletions:
         except HTTPError as exc:
             await send_error(send, exc)
             return
+        prepared.endpoint = scope["path"]
+        if self.node.api_keys.enabled:
+            prepared.api_key_sha256 = api_key_digest(headers.get("authorization"))
         if holder is not None:
             holder.append(prepared)
 

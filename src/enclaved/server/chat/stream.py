@@ -171,6 +171,9 @@ class _Stream:
         sealer = response_sealer(node, prepared)
         self.writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), sealer)
         self.headers = SSE_HEADERS + binding_headers(node, prepared, sealer)
+        if node.aci is not None:
+            # The receipt's id is the completion's: known before the first byte.
+            self.headers = [*self.headers, (b"x-receipt-id", self.writer.id.encode())]
         self.hasher = ResponseHasher()
         self.started = False
         #: Role chunks not written yet (see :meth:`first_tokens`).
