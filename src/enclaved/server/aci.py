@@ -225,9 +225,7 @@ class Aci:
             returned["wire_hash"] = hashes.returned
         else:
             returned["body_hash"] = hashes.returned
-        events: list[dict[str, Any]] = [
-            {"type": "request.received", "body_hash": hashes.received}
-        ]
+        events: list[dict[str, Any]] = [{"type": "request.received", "body_hash": hashes.received}]
         if hashes.forwarded is not None:
             events.append({"type": "request.forwarded", "body_hash": hashes.forwarded})
         events.append(returned)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 import time
@@ -51,12 +52,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import __version__
-from ..crypto import KeyPair
+from ..crypto import Ed25519KeyPair, KeyPair
 from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
 from ..protocol import routes
 from ..protocol.headers import TEE_RESPONSE_HEADERS
-from .attestation import VerifyFn, attestation_report
+from .aci import Aci, AciCore, api_key_digest
+from .attestation import VerifyFn, aci_report, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
 from .chat import STORE_TIMEOUT_SECONDS, ChatCompletions, send_error
@@ -179,6 +181,8 @@ def create_app(
     backends: Mapping[str, Backend] | None = None,
     clock: Callable[[], float] | None = None,
     verify: VerifyFn | None = None,
+    receipt_key: Ed25519KeyPair | None = None,
+    aci_core: AciCore | None = None,
 ) -> Starlette:
     """One serving node as an ASGI app. See the module docstring.
 
@@ -203,6 +207,8 @@ def create_app(
     if evidence is None:
         evidence = build_evidence(config, now=clock())
     key = node_key or node_key_for(evidence)
+    # The receipt key is made here, in memory, like the node key: the keyset lists it.
+    aci = build_aci(config, key, receipt_key or Ed25519KeyPair.generate(), clock(), aci_core)
     node = Node(
         config=config,
         key=key,
@@ -213,6 +219,7 @@ def create_app(
         api_keys=ApiKeys(config.api_key_hashes),
         clock=clock,
         metrics=Metrics([m.id for m in config.models]) if config.metrics.enabled else None,
+        aci=aci,
     )
     created = int(clock())
     chat = ChatCompletions(node)
@@ -296,7 +303,47 @@ def create_app(
                 type=NOT_FOUND,
                 param="request_id",
             )
-        return json_response(record.to_dict(), headers=TEE_HEADERS)
+        doc = record.to_dict()
+        if record.api_key_sha256 is not None and not hmac.compare_digest(
+            record.api_key_sha256, api_key_digest(request.headers.get("authorization")) or ""
+        ):
+            doc.pop("receipt", None)  # bound to another API key (docs/server.md)
+        return json_response(doc, headers=TEE_HEADERS)
+
+    async def aci_attestation(request: Request) -> Response:
+        doc = await aci_report(node, request.query_params.get("nonce"))
+        return json_response(doc, headers={"Cache-Control": "no-store"})
+
+    async def aci_receipt(request: Request) -> Response:
+        receipt_id = request.path_params["receipt_id"]
+        auth = request.headers.get("authorization")
+        record = None
+        if node.aci is not None and _REQUEST_ID.fullmatch(receipt_id):
+            try:
+                record = await asyncio.wait_for(node.store.get(receipt_id), STORE_TIMEOUT_SECONDS)
+            except (NetworkError, TimeoutError) as exc:
+                log.error("signature store unavailable: %s", type(exc).__name__)
+                raise HTTPError(
+                    503,
+                    "Receipt store unavailable, retry later",
+                    code="store_unavailable",
+                    type=SERVER_ERROR,
+                ) from None
+        if record is not None and record.api_key_sha256 is not None:
+            # Spec §7.6: no credential, 401; another key, 404 as if absent.
+            presented = api_key_digest(auth)
+            if presented is None:
+                raise HTTPError(
+                    401,
+                    "Missing API key: send the key that made the request",
+                    code="unauthorized",
+                    type="authentication_error",
+                )
+            if not hmac.compare_digest(record.api_key_sha256, presented):
+                record = None
+        if record is None or record.receipt is None:
+            raise HTTPError(404, "Receipt not found", code="not_found", type=NOT_FOUND)
+        return json_response(record.receipt, headers={"Cache-Control": "no-store"})
 
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__, "tee": config.tee})
@@ -318,6 +365,8 @@ def create_app(
             Route(prefix + routes.CHAT, chat, methods=["POST"]),
             Route(prefix + routes.ATTESTATION, attestation, methods=["GET"]),
             Route(prefix + routes.SIGNATURE, signature, methods=["GET"]),
+            Route(prefix + routes.ACI_ATTESTATION, aci_attestation, methods=["GET"]),
+            Route(prefix + routes.ACI_RECEIPTS + "/{receipt_id}", aci_receipt, methods=["GET"]),
         ]
 
     # -- errors ------------------------------------------------------------------
@@ -362,6 +411,7 @@ def create_app(
                     await thing.close()
 
     app = EnclavedApp(
+        extra_headers=aci.headers_raw if aci is not None else [],
         direct={("POST", prefix + routes.CHAT): chat for prefix in PREFIXES},
         routes=table,
         exception_handlers={
@@ -373,6 +423,33 @@ def create_app(
     )
     app.state.node = node
     return app
+
+
+def load_aci_core() -> AciCore | None:
+    """The shared core, :mod:`enclaved.aci`, seen through :class:`AciCore`; ``None``
+    where this build has none (the node then serves no ACI)."""
+    import importlib
+
+    try:
+        module = importlib.import_module("enclaved.aci")
+    except ImportError:
+        return None
+    adapter = getattr(module, "node_core", None)
+    return adapter() if callable(adapter) else None
+
+
+def build_aci(
+    config: ServerConfig,
+    node_key: KeyPair,
+    receipt_key: Ed25519KeyPair,
+    now: float,
+    core: AciCore | None,
+) -> Aci | None:
+    core = core or load_aci_core()
+    if core is None:
+        log.warning("ACI core not available: no ACI report, headers or receipts")
+        return None
+    return Aci(config.aci, core, node_key=node_key, receipt_key=receipt_key, started_at=now)
 
 
 async def start_backends(app: Starlette) -> None:
@@ -414,10 +491,16 @@ class EnclavedApp(Starlette):
     """
 
     def __init__(
-        self, *, direct: Mapping[tuple[str, str], Callable[..., Any]], **kwargs: Any
+        self,
+        *,
+        direct: Mapping[tuple[str, str], Callable[..., Any]],
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._direct = dict(direct)
+        #: Added to every response: ``X-ACI-Version`` and ``X-ACI-Keyset-Digest``.
+        self._extra_headers = list(extra_headers or ())
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -425,11 +508,14 @@ class EnclavedApp(Starlette):
             return
         started = time.monotonic()
         status = 0
+        extra = self._extra_headers
 
         async def send_wrapper(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         endpoint = self._direct.get((scope["method"], scope["path"]))

@@ -18,8 +18,8 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from ..errors import HTTPError
 from ..aci import api_key_digest
+from ..errors import HTTPError
 from ..node import Node
 from . import complete, stream
 from .asgi import Connection, Message, Receive, Scope, Send, read_body, send_error
