@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..crypto import Ed25519KeyPair, KeyPair
+from ..protocol import headers
 from .config import AciConfig
 
 __all__ = [
@@ -158,8 +159,8 @@ class Aci:
             self.endorsement = core.endorse(self.digest, node_key)
         #: ``X-ACI-Version`` and ``X-ACI-Keyset-Digest``, as ASGI header pairs.
         self.headers_raw: list[tuple[bytes, bytes]] = [
-            (b"x-aci-version", ACI_VERSION.encode()),
-            (b"x-aci-keyset-digest", self.digest.encode()),
+            (headers.ACI_VERSION.lower().encode(), ACI_VERSION.encode()),
+            (headers.ACI_KEYSET_DIGEST.lower().encode(), self.digest.encode()),
         ]
 
     # -- the report -----------------------------------------------------------------

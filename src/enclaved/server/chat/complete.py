@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from ...protocol.assemble import CompletionAssembler
+from ...protocol.headers import RECEIPT_ID
 from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW as TEE_HEADERS
 from ..backends.base import BackendError
 from ..errors import internal_error, shutting_down
@@ -91,5 +92,5 @@ async def _respond(node: Node, prepared: Prepared, send: Send, conn: Connection)
             await forget(node, record)
     headers = TEE_HEADERS
     if node.aci is not None:
-        headers = [*TEE_HEADERS, (b"x-receipt-id", writer.id.encode())]
+        headers = [*TEE_HEADERS, (RECEIPT_ID.lower().encode(), writer.id.encode())]
     await send_json(send, 200, body, headers)
