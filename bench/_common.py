@@ -219,9 +219,20 @@ def write_config(
     return path
 
 
-def enclaved_server(config: Path, port: int, *, timeout: float = 120.0) -> Proc:
-    """``enclaved serve --config CONFIG`` (log level warning), ready once ``/health`` answers."""
-    cmd = python_cmd("-m", "enclaved", "serve", "--config", str(config), "--log-level", "warning")
+def enclaved_server(config: Path, port: int, *, timeout: float = 120.0, workers: int = 1) -> Proc:
+    """``enclaved serve --config CONFIG --workers N`` (log level warning), ready once
+    ``/health`` answers."""
+    cmd = python_cmd(
+        "-m",
+        "enclaved",
+        "serve",
+        "--config",
+        str(config),
+        "--log-level",
+        "warning",
+        "--workers",
+        str(workers),
+    )
     return Proc(
         cmd, ready_url=f"http://127.0.0.1:{port}/health", name="enclaved serve", timeout=timeout
     )

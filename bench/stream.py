@@ -754,6 +754,9 @@ def _arguments() -> tuple[argparse.Namespace, list[int], list[str]]:
         default=30,
         help="single requests per mode for the idle TTFT (default 30)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="enclaved serve --workers N (default 1)"
+    )
     parser.add_argument("--tee-model", default="tee-bench")
     parser.add_argument("--e2ee-model", default="e2ee-bench")
     parser.add_argument("--server-url", help="another server's base URL (with /v1); may use {port}")
@@ -804,7 +807,7 @@ def _start_servers(
         folder, port, upstream_url=upstream_url, upstream_models=[args.tee_model, args.e2ee_model]
     )
     if not args.no_enclaved:
-        server = enclaved_server(config, port)
+        server = enclaved_server(config, port, workers=args.workers)
         procs.append(server.__enter__())
         targets["enclaved"] = {
             "base_url": f"http://127.0.0.1:{port}/v1",

@@ -22,13 +22,16 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 #: The recorded production attestations (one folder per capture, with its manifest).
 CAPTURES = SHARED / "testdata" / "captures"
-#: The captures in the attestation-report format enclaved verifies (the one
-#: service and its inference node). NEAR AI cloud's gateway reports and
-#: Chutes' instance evidence, also in ``captures/``, are other formats that
-#: enclaved does not verify yet (issue 16): tests that go over "every
-#: capture" go over these.
+#: The captures in PROTOCOL.md's attestation-report format (the one service
+#: and its inference node): the generic tests over "every report" go over these.
 REPORT_CAPTURES = sorted(
     p for p in CAPTURES.glob("*") if p.name.startswith(("venice_", "neardirect_"))
+)
+#: The captures in the other services' formats (``attestation/formats.py``:
+#: NEAR AI cloud's gateway + model nodes, Chutes' instances), verified
+#: component by component in ``tests/test_formats.py``.
+FORMAT_CAPTURES = sorted(
+    p for p in CAPTURES.glob("*") if p.name.startswith(("nearcloud_", "chutes_"))
 )
 
 

@@ -8,6 +8,8 @@ answer's attestation and signature are verified by the client, whichever
 replica answered the chat and whichever served the signature. One replica is
 killed mid-run: what was in flight on it fails, nothing else does, and new
 requests go to the others; restarted with the same key, it serves again.
+Then every replica is restarted with a new key (a rotation): the same client
+is answered 421 for its old key, attests again and goes on.
 """
 
 from __future__ import annotations
@@ -130,6 +132,16 @@ def _haproxy_config(front: int, ports: list[int]) -> str:
     )
 
 
+def _served_by(lb: str, replica: str, timeout: float = 10.0) -> bool:
+    """Whether the balancer sends requests to ``replica`` again within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(lb + "/v1/models").headers["x-replica"] == replica:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 async def _chats(client: Any, n: int, concurrency: int) -> tuple[int, list[str]]:
     ok, errors = 0, []
     sem = asyncio.Semaphore(concurrency)
@@ -165,6 +177,11 @@ def test_three_replicas_behind_haproxy(tmp_path: Path) -> None:
     key_file.write_text(secret + "\n", encoding="ascii")
     key_file.chmod(0o600)
     address = KeyPair(bytes.fromhex(secret)).address
+    new_secret = secrets.token_hex(32)
+    new_key_file = tmp_path / "new.key"
+    new_key_file.write_text(new_secret, encoding="ascii")
+    new_key_file.chmod(0o600)
+    new_address = KeyPair(bytes.fromhex(new_secret)).address
     tdx = SimulatedTdx.load_or_create(tmp_path / "data")  # one development root for all
     front = free_port()
     fake = _fake_engine()
@@ -203,21 +220,25 @@ def test_three_replicas_behind_haproxy(tmp_path: Path) -> None:
             # 3. New requests go to the others.
             ok, errors = await _chats(client, 40, 8)
             assert (ok, errors) == (40, [])
+            # 4. The killed replica restarted with the same key serves again.
+            await asyncio.to_thread(fleet.start, 1)
+            assert await asyncio.to_thread(_served_by, lb, "n1")
+            ok, errors = await _chats(client, 30, 6)
+            assert (ok, errors) == (30, [])
+            # 5. A key rotation: every replica restarted with a new key. The
+            # same client, holding the old key, is answered 421, attests again
+            # and goes on.
+            for i in range(3):
+                fleet.kill(i)
+            for i in range(3):
+                await asyncio.to_thread(fleet.start, i, new_key_file)
+            await asyncio.to_thread(_wait_ready, lb)
+            ok, errors = await _chats(client, 30, 6)
+            assert (ok, errors) == (30, [])
             await client.close()
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InsecurePolicyWarning)
             asyncio.run(main())
-
-        # 4. The killed replica restarted with the same key serves again.
-        fleet.start(1)
-        deadline = time.monotonic() + 10
-        seen: set[str] = set()
-        while "n1" not in seen and time.monotonic() < deadline:
-            seen.add(httpx.get(lb + "/v1/models").headers["x-replica"])
-            time.sleep(0.05)
-        assert "n1" in seen
-        doc = httpx.get(
-            f"http://127.0.0.1:{fleet.ports[1]}/v1/tee/attestation", params={"model": MODEL}
-        )
-        assert doc.json()["signing_address"] == address
+        doc = httpx.get(lb + "/v1/tee/attestation", params={"model": MODEL}).json()
+        assert doc["signing_address"] == new_address != address

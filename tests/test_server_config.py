@@ -211,6 +211,7 @@ def _args(**kw: Any) -> argparse.Namespace:
         "log_level": None,
         "tee": None,
         "node_key_file": None,
+        "workers": None,
     }
     base.update(kw)
     return argparse.Namespace(**base)

@@ -83,6 +83,17 @@ class CheckId(enum.StrEnum):
     CLIENT_SIMULATED_TEE = "client.simulated_tee"
     CLIENT_MODEL = "client.model"
     CLIENT_E2EE_KEY = "client.e2ee_key"
+    # The other services' formats (formats.py; docs/verification.md).
+    NEARCLOUD_GATEWAY_TLS_CERTIFICATE = "nearcloud.gateway.tls_certificate"
+    NEARCLOUD_GATEWAY_MODEL_BINDING = "nearcloud.gateway.model_binding"
+    NEARCLOUD_MODEL_OHTTP_KEY = "nearcloud.model.ohttp_key"
+    NEARCLOUD_CM_ACTIONS_HASH = "nearcloud.compose_manager.actions_hash"
+    NEARCLOUD_CM_ACTIONS = "nearcloud.compose_manager.actions"
+    NEARCLOUD_CM_SAME_TD = "nearcloud.compose_manager.same_td"
+    CHUTES_NONCE_ECHO = "chutes.nonce_echo"
+    CHUTES_E2E_KEY_NONCE = "chutes.report_data.e2e_key_nonce"
+    CHUTES_CERTIFICATE = "chutes.report_data.certificate"
+    CHUTES_E2E_KEY = "chutes.e2e_key"
 
 
 class GpuCheck(enum.StrEnum):

@@ -83,6 +83,44 @@ class NrasSource(Protocol):
     async def afetch(self, payload: NvidiaPayload) -> NrasEvidence: ...
 
 
+class Binder(Protocol):
+    """What a service binds in REPORTDATA, and the nonce its GPUs carry.
+
+    :data:`PROTOCOL_BINDER` is PROTOCOL.md's (:mod:`.binding`); the other
+    services' are in :mod:`.formats`.
+    """
+
+    def echo(self, report: AttestationReport, nonce: bytes | None) -> Check: ...
+
+    def rows(
+        self, report: AttestationReport, report_data: bytes, nonce: bytes | None
+    ) -> list[Check]: ...
+
+    def gpu_nonce(
+        self, report: AttestationReport, report_data: bytes, nonce: bytes | None
+    ) -> bytes: ...
+
+
+class _ProtocolBinder:
+    """PROTOCOL.md's layout: :mod:`.binding`."""
+
+    def echo(self, report: AttestationReport, nonce: bytes | None) -> Check:
+        return binding.check_nonce_echo(report, nonce)
+
+    def rows(
+        self, report: AttestationReport, report_data: bytes, nonce: bytes | None
+    ) -> list[Check]:
+        return binding.check_all(report, report_data, nonce)
+
+    def gpu_nonce(
+        self, report: AttestationReport, report_data: bytes, nonce: bytes | None
+    ) -> bytes:
+        return _effective_nonce(report, report_data, nonce)
+
+
+PROTOCOL_BINDER: Binder = _ProtocolBinder()
+
+
 @dataclasses.dataclass(frozen=True)
 class Fetched:
     """What the services said about one report: the inputs :meth:`Verifier.verify` needs
@@ -272,6 +310,7 @@ class Verifier:
         now: datetime | None = None,
         fetched: Fetched | None = None,
         warn: bool = True,
+        binder: Binder | None = None,
     ) -> AttestationVerdict:
         """Check ``report`` against the ``nonce`` the client sent (``None``: freshness unchecked).
 
@@ -284,6 +323,10 @@ class Verifier:
         issued. Raises :class:`~enclaved.errors.EvidenceParseError` for a
         quote or GPU payload that does not parse, and ``ValueError`` for a
         nonce that is not 32 bytes or a naive clock (caller bugs, not evidence).
+
+        ``binder`` replaces PROTOCOL.md's REPORTDATA layout (the nonce echo,
+        the identity, nonce and key rows, and the nonce the GPUs must carry)
+        with another service's (:mod:`.formats`); every other row is the same.
         """
         from .nvidia import gpu_facts, no_payload_check, parse_nvidia_payload, verify_gpus
         from .nvidia.nras import verify_nras_answer
@@ -307,7 +350,8 @@ class Verifier:
         rows: list[Check] = []
 
         # 1. The document.
-        rows.append(binding.check_nonce_echo(report, nonce))
+        bind: Binder = binder if binder is not None else PROTOCOL_BINDER
+        rows.append(bind.echo(report, nonce))
         rows.append(binding.check_verified_flag(report))
 
         # 2. TDX. A quote that does not parse raises EvidenceParseError.
@@ -332,7 +376,7 @@ class Verifier:
         rows.extend(policy.check_td_attributes(quote.td_attributes))
 
         # 4-5. REPORTDATA binding and the signing key.
-        rows.extend(binding.check_all(report, quote.report_data, nonce))
+        rows.extend(bind.rows(report, quote.report_data, nonce))
 
         # 6. Event log, runtime facts, measurements.
         replay = eventlog.check_replay(report.event_log, quote.rtmrs)
@@ -367,7 +411,7 @@ class Verifier:
         )
 
         # 7. NVIDIA, for the same nonce as the quote.
-        gpu_nonce = _effective_nonce(report, quote.report_data, nonce)
+        gpu_nonce = bind.gpu_nonce(report, quote.report_data, nonce)
         payload = None
         if report.nvidia_payload is None:
             rows.append(no_payload_check())

@@ -15,6 +15,7 @@ flag                 environment                 config key
 ``--data-dir``       ``ENCLAVED_DATA_DIR``       ``data_dir``
 ``--tee``            ``ENCLAVED_TEE``            ``tee``
 ``--node-key-file``  ``ENCLAVED_NODE_KEY_FILE``  ``node_key_file``
+``--workers``        ``ENCLAVED_WORKERS``        ``workers``
 ``--log-level``      ``ENCLAVED_LOG_LEVEL``      -
 ``--log-format``     ``ENCLAVED_LOG_FORMAT``     -
 ===================  ==========================  =================
@@ -40,6 +41,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,13 @@ def add_parsers(subparsers: Any) -> None:
         help="evidence source: simulated (development, the default), dstack (the guest agent of "
         "a dstack TDX CVM; the node key from its KMS), auto (dstack if its agent answers, else "
         "refuse to start) [$ENCLAVED_TEE]",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving the port as one node: one key, one signature store "
+        "(default 1) [$ENCLAVED_WORKERS]",
     )
     p.add_argument(
         "--node-key-file",
@@ -157,6 +166,14 @@ def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> 
     key_file = args.node_key_file or env.get("ENCLAVED_NODE_KEY_FILE")
     if key_file:
         changes["node_key_file"] = Path(key_file).expanduser().resolve()
+    workers = args.workers if args.workers is not None else env.get("ENCLAVED_WORKERS")
+    if workers is not None:
+        try:
+            changes["workers"] = int(workers)
+        except ValueError:
+            raise ConfigError(f"ENCLAVED_WORKERS: {workers!r} is not a number") from None
+        if not 1 <= changes["workers"] <= 256:
+            raise ConfigError(f"workers: {workers} is out of range (1-256)")
     tee = args.tee or env.get("ENCLAVED_TEE")
     if tee:
         from ..server.config import TEE_MODES
@@ -168,7 +185,10 @@ def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> 
         changes["tee"] = tee
     if not 0 <= changes.get("port", config.port) <= 65535:
         raise ConfigError(f"port {changes['port']} is out of range")
-    return config.replace(**changes) if changes else config
+    config = config.replace(**changes) if changes else config
+    if config.workers > 1 and config.metrics.enabled:
+        raise ConfigError("metrics: not available with more than one worker yet")
+    return config
 
 
 class _Once(logging.Filter):
@@ -246,6 +266,8 @@ def _banner(config: Any, app: Any, url: str) -> str:
         f"  models:          {', '.join(m.id for m in config.models)}",
         f"  signing address: {node.key.address}",
     ]
+    if config.workers > 1:
+        lines.append(f"  workers:         {config.workers} processes, one key, one signature store")
     root_path = getattr(node.evidence, "root_path", None)
     if node.evidence.tee_hardware == "simulated":
         if root_path is not None:
@@ -307,7 +329,7 @@ def _raise_open_file_limit(log: logging.Logger) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Exit codes: 0 stopped by a signal, 1 could not start (port, model), 2 configuration."""
-    from ..errors import ConfigError, Error
+    from ..errors import ConfigError
 
     # A crash in native code (llama.cpp) would otherwise end the process with
     # no word: print the Python stack of every thread to stderr instead.
@@ -336,20 +358,97 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"enclaved serve: {bind_error(config.host, config.port, exc)}", file=sys.stderr)
         return 1
 
+    log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
+    _raise_open_file_limit(log)
+    if config.workers == 1:
+        try:
+            return _run_node(config, sock, log)
+        finally:
+            sock.close()
+    return _run_workers(config, sock, log)
+
+
+def _run_workers(config: Any, sock: socket.socket, log: logging.Logger) -> int:
+    """``--workers N``: N processes accepting on one socket, as one node.
+
+    The parent makes what they must share before it forks, so a client sees
+    one node whatever process answers: the node key (made here and inherited
+    in memory, never written; or each worker loads the same key file, or
+    derives the same key from the KMS), the development root of the simulated
+    TEE, and the signature store (SQLite in WAL mode on one file, or Redis).
+    Each worker loads its own engine connection or embedded model. The parent
+    forwards SIGTERM / SIGINT and exits when they have; a worker that dies on
+    its own stops the node (exit 1), loudly, rather than serving with fewer.
+    """
+    from ..crypto import KeyPair
+
+    key = None
+    if config.node_key_file is None and config.tee == "simulated":
+        key = KeyPair.generate()  # shared by fork: memory only
+    if config.tee == "simulated":
+        from ..evidence.simulated import SimulatedTdx
+
+        SimulatedTdx.load_or_create(config.data_dir)  # one root, made before the workers race
+    children: list[int] = []
+    for index in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                code = _run_node(config, sock, log, node_key=key, banner=index == 0)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    stopping = False
+
+    def forward(sig: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    code = 0
+    while children:
+        pid, status = os.wait()
+        if pid not in children:
+            continue
+        children.remove(pid)
+        if not stopping:
+            log.error(
+                "a worker exited (status %d): stopping the node", os.waitstatus_to_exitcode(status)
+            )
+            code = 1
+            forward(signal.SIGTERM, None)
+    return code
+
+
+def _run_node(
+    config: Any,
+    sock: socket.socket,
+    log: logging.Logger,
+    *,
+    node_key: Any = None,
+    banner: bool = True,
+) -> int:
+    """One node process on ``sock``: the app, its metrics, uvicorn."""
     import uvicorn
 
+    from ..errors import Error
     from ..server.app import create_app, start_backends
     from ..server.backends.base import BackendError
     from ..server.transport import limited_http_protocol
 
-    log.info("starting enclaved (data dir %s)", Path(config.data_dir).resolve())
-    _raise_open_file_limit(log)
     try:
-        # The node key: from the KMS where the evidence source has one (dstack),
-        # else made now; in memory only, never written, never logged.
-        app = create_app(config)
+        # The node key: from the key file, or the KMS where the evidence source
+        # has one (dstack), else made now; in memory only, never written or logged.
+        app = create_app(config, node_key=node_key)
     except Error as exc:
-        sock.close()
         print(f"enclaved serve: {exc}", file=sys.stderr)
         return 2
     metrics = app.state.node.metrics
@@ -358,7 +457,6 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             metrics.serve(where.host, where.port)
         except OSError as exc:
-            sock.close()
             print(
                 f"enclaved serve: metrics: {bind_error(where.host, where.port, exc)}",
                 file=sys.stderr,
@@ -413,12 +511,9 @@ def run_serve(args: argparse.Namespace) -> int:
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
-        if server.started:
+        if server.started and banner:
             print(_banner(config, app, url_of(sock)), flush=True)
         await task
         return 0 if server.started else 1
 
-    try:
-        return asyncio.run(serve())
-    finally:
-        sock.close()
+    return asyncio.run(serve())

@@ -73,6 +73,12 @@ def add_parsers(subparsers: Any) -> None:
         metavar="ISO-TIME",
         help="verify as of this time (e.g. a capture's time), default now",
     )
+    v.add_argument(
+        "--e2e-instances",
+        metavar="FILE",
+        help="chutes: the /e2e/instances/{chute} answer (each instance's E2E key), merged "
+        "into FILE (the /chutes/{chute}/evidence answer)",
+    )
     _common(v)
     v.set_defaults(func=run_verify)
 
@@ -82,7 +88,19 @@ def add_parsers(subparsers: Any) -> None:
         description="Fetch GET /tee/attestation with a fresh random nonce and verify it. "
         "Exit codes as for 'verify'.",
     )
-    a.add_argument("--model", required=True, help="model id, e.g. e2ee-qwen3-5-122b-a10b")
+    a.add_argument(
+        "--model",
+        required=True,
+        help="model id, e.g. e2ee-qwen3-5-122b-a10b (chutes: the chute id)",
+    )
+    a.add_argument(
+        "--provider",
+        choices=("protocol", "nearcloud", "chutes"),
+        default="protocol",
+        help="the service's API: protocol (GET /tee/attestation, the default), nearcloud "
+        "(GET /attestation/report, e.g. https://cloud-api.near.ai/v1) or chutes "
+        "(/e2e/instances and /chutes/{id}/evidence, e.g. https://api.chutes.ai)",
+    )
     a.add_argument(
         "--base-url",
         default=None,
@@ -122,6 +140,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         "(with --collateral: its recorded answer)",
     )
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument(
+        "--format",
+        choices=("protocol", "nearcloud", "chutes"),
+        default=None,
+        help="the report's format (default: recognised by its shape)",
+    )
 
 
 # --- the two commands ---------------------------------------------------------
@@ -134,6 +158,8 @@ def run_verify(args: argparse.Namespace) -> int:
         nonce = _parse_nonce(args.nonce) if args.nonce else None
         now = _parse_time(args.at) if args.at else datetime.now(UTC)
         raw = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
+        if args.e2e_instances:
+            raw = _merge(raw, _read(args.e2e_instances))
         if nonce is None:
             policy = dataclasses.replace(policy, allow_missing_nonce=True)
             print(
@@ -152,7 +178,11 @@ def run_attest(args: argparse.Namespace) -> int:
         policy = _load_policy(args)
         url = base_url(args)
         nonce = new_nonce()
-        raw = _fetch_report(url, args.model, nonce, api_key(args), args.timeout)
+        raw = _fetch_report(
+            url, args.model, nonce, api_key(args), args.timeout, provider=args.provider
+        )
+        if args.provider != "protocol" and args.format is None:
+            args.format = args.provider
         if args.save:
             Path(args.save).write_bytes(raw)
         return _verify_and_print(raw, nonce, policy, args, clock(), out, err)
@@ -274,27 +304,57 @@ def _nras(args: argparse.Namespace) -> Any:
     return verifier.online_nras()
 
 
+def _merge(evidence: bytes, instances: bytes) -> bytes:
+    """A Chutes evidence answer with the E2E instances answer merged in."""
+    try:
+        ev, inst = json.loads(evidence), json.loads(instances)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _fail(EXIT_PARSE, "malformed attestation report: not valid JSON") from exc
+    if not isinstance(ev, dict) or not isinstance(inst, dict):
+        raise _fail(EXIT_PARSE, "malformed attestation report: expected JSON objects")
+    return json.dumps({**ev, "instances": inst.get("instances")}).encode()
+
+
 def _fetch_report(
-    base_url: str, model: str, nonce: bytes, api_key: str | None, timeout: float
+    base_url: str,
+    model: str,
+    nonce: bytes,
+    api_key: str | None,
+    timeout: float,
+    *,
+    provider: str = "protocol",
 ) -> bytes:
     import httpx
 
     headers = {"Accept": "application/json", "User-Agent": "enclaved-attest"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    url = base_url + routes.ATTESTATION
     factory = http_client_factory or httpx.Client
-    try:
-        with factory(timeout=timeout) as client:
-            response = client.get(
-                url, params={"model": model, "nonce": nonce.hex()}, headers=headers
-            )
-    except httpx.HTTPError as exc:
-        raise _fail(EXIT_NETWORK, f"cannot reach {url}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code >= 400:
-        message = error_message(response)
-        raise _fail(EXIT_NETWORK, f"{url} answered HTTP {response.status_code}: {message}")
-    return bytes(response.content)
+
+    def get(url: str, params: dict[str, str] | None) -> bytes:
+        try:
+            with factory(timeout=timeout) as client:
+                response = client.get(url, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _fail(EXIT_NETWORK, f"cannot reach {url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            message = error_message(response)
+            raise _fail(EXIT_NETWORK, f"{url} answered HTTP {response.status_code}: {message}")
+        return bytes(response.content)
+
+    if provider == "nearcloud":
+        params = {
+            "model": model,
+            "nonce": nonce.hex(),
+            "signing_algo": "ed25519",
+            "include_tls_fingerprint": "true",
+        }
+        return get(base_url + "/attestation/report", params)
+    if provider == "chutes":
+        instances = get(f"{base_url}/e2e/instances/{model}", None)
+        evidence = get(f"{base_url}/chutes/{model}/evidence", {"nonce": nonce.hex()})
+        return _merge(evidence, instances)
+    return get(base_url + routes.ATTESTATION, {"model": model, "nonce": nonce.hex()})
 
 
 def _verify_and_print(
@@ -308,10 +368,18 @@ def _verify_and_print(
 ) -> int:
     from ..attestation.checks import Verdict
     from ..attestation.document import AttestationReport
+    from ..attestation.formats import detect_format, load_document
     from ..client._attest import refuse_untrusted_simulated
 
     try:
-        report = AttestationReport.from_json(raw)
+        doc = load_document(raw)
+    except EvidenceParseError as exc:
+        raise _fail(EXIT_PARSE, f"malformed attestation report: {exc}") from exc
+    fmt = getattr(args, "format", None) or detect_format(doc)
+    if fmt != "protocol":
+        return _verify_document(doc, fmt, nonce, policy, args, now, out, err)
+    try:
+        report = AttestationReport.from_json(doc)
     except EvidenceParseError as exc:
         raise _fail(EXIT_PARSE, f"malformed attestation report: {exc}") from exc
 
@@ -336,6 +404,65 @@ def _verify_and_print(
         print(verdict.table(), file=out)
         print(file=out)
         print(_summary(verdict, code, nonce), file=out)
+    return code
+
+
+def _verify_document(
+    doc: Any,
+    fmt: str,
+    nonce: bytes | None,
+    policy: Any,
+    args: argparse.Namespace,
+    now: datetime,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """A multi-TD format (:mod:`enclaved.attestation.formats`): one block per component."""
+    from ..attestation.formats import verify_document
+    from ..attestation.policy import InsecurePolicyWarning
+    from ..attestation.verifier import Verifier
+
+    try:
+        collateral, nras = _collateral(args), _nras(args)
+    except ConfigError as exc:
+        raise _fail(EXIT_PARSE, str(exc)) from exc
+    verifier = Verifier(policy, collateral=collateral, nras=nras, now=lambda: now)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InsecurePolicyWarning)
+        try:
+            verdict = verify_document(verifier, doc, nonce=nonce, format=fmt)
+        except EvidenceParseError as exc:
+            raise _fail(EXIT_PARSE, f"malformed evidence: {exc}") from exc
+        except (NetworkError, APIError) as exc:
+            raise _fail(EXIT_NETWORK, f"network: {exc}") from exc
+    for w in sorted(
+        {str(w.message) for w in caught if issubclass(w.category, InsecurePolicyWarning)}
+    ):
+        print(f"WARNING: {w}", file=err)
+    codes = [exit_code(c.verdict) for c in verdict.components]
+    code = max(codes) if codes else EXIT_VERIFICATION
+    if code == EXIT_POLICY and EXIT_VERIFICATION in codes:
+        code = EXIT_VERIFICATION
+    if args.json:
+        body = verdict.to_dict()
+        body["exit_code"] = code
+        body["nonce"] = nonce.hex() if nonce is not None else None
+        body["freshness_checked"] = nonce is not None
+        body["verified_at"] = now.isoformat()
+        print(json.dumps(body, indent=2), file=out)
+    else:
+        print(verdict.table(), file=out)
+        print(file=out)
+        if code == EXIT_OK:
+            fresh = "" if nonce is not None else " (freshness NOT checked: no --nonce)"
+            print(
+                f"VERIFIED ({fmt}): every enforced check of every component passed{fresh}.",
+                file=out,
+            )
+        else:
+            bad = ", ".join(f"{name}: {c.id}" for name, c in verdict.failures)
+            what = "VERIFICATION FAILED" if code == EXIT_VERIFICATION else "POLICY VIOLATION"
+            print(f"{what} ({fmt}): {bad}", file=out)
     return code
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "MSG_STALE_KEY",
     "MSG_STREAMING_REQUIRED",
     "NOT_FOUND",
+    "RATE_LIMIT",
     "SERVER_ERROR",
 ]
 
@@ -30,8 +31,9 @@ INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
 NOT_FOUND = "not_found_error"
 SERVER_ERROR = "server_error"
+RATE_LIMIT = "rate_limit_error"
 #: The error types of docs/errors.md; mid-stream it is always ``server_error``.
-ERROR_TYPES = frozenset({INVALID_REQUEST, AUTHENTICATION, NOT_FOUND, SERVER_ERROR})
+ERROR_TYPES = frozenset({INVALID_REQUEST, AUTHENTICATION, NOT_FOUND, SERVER_ERROR, RATE_LIMIT})
 
 #: The pinned model key is not the node's (HTTP 421; some servers send only the code).
 CODE_STALE_KEY = "e2ee_attestation_stale"

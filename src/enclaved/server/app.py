@@ -74,6 +74,7 @@ from .errors import (
 from .metrics import ATTESTATION as ATTESTATION_ROUTE
 from .metrics import Metrics
 from .node import Node
+from .ratelimit import RateLimiter
 from .signing import ResponseSigner
 from .store import open_store
 from .store.base import SignatureStore
@@ -135,6 +136,22 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
     )
 
 
+def build_rate_limiter(config: ServerConfig, clock: Callable[[], float]) -> RateLimiter:
+    """The rate limiter of ``[rate_limits]``: counters in Redis when the
+    signature store is Redis (replicas share the budget), else in memory."""
+    from .ratelimit import Limits, MemoryCounter, RateLimiter, RedisCounter
+
+    rl = config.rate_limits
+    store = config.signatures
+    counter: Any = (
+        RedisCounter(store.url) if store.kind == "redis" and store.url else MemoryCounter()
+    )
+    per_key = {digest: Limits(r, t) for digest, r, t in rl.keys}
+    return RateLimiter(
+        Limits(rl.requests_per_minute, rl.tokens_per_minute), per_key, counter, clock
+    )
+
+
 def node_key_for(evidence: EvidenceSource) -> KeyPair:
     """The node key when no key file is configured (``node_key_file``: see
     :func:`load_node_key`): derived by the KMS where the evidence source has
@@ -162,14 +179,13 @@ def load_node_key(path: Path) -> KeyPair:
         raise ConfigError(f"node_key_file {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
         text = ""
+    bad = ConfigError(f"node_key_file {path}: not a secp256k1 private key (64 hex characters)")
+    if len(text) != 64:
+        raise bad
     try:
-        if len(text) != 64:
-            raise ValueError
         return KeyPair(bytes.fromhex(text))
-    except (ValueError, InvalidKeyError):
-        raise ConfigError(
-            f"node_key_file {path}: not a secp256k1 private key (64 hex characters)"
-        ) from None
+    except (ValueError, InvalidKeyError):  # not hex; zero or not below the group order
+        raise bad from None
 
 
 def create_app(
@@ -220,6 +236,7 @@ def create_app(
         clock=clock,
         metrics=Metrics([m.id for m in config.models]) if config.metrics.enabled else None,
         aci=aci,
+        rate_limiter=build_rate_limiter(config, clock) if config.rate_limits.enabled else None,
     )
     created = int(clock())
     chat = ChatCompletions(node)

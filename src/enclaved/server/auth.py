@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 from .errors import AUTHENTICATION, HTTPError
 
+#: Who calls when API keys are off (one rate-limit bucket for everyone).
+ANONYMOUS = "anonymous"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="enclaved"'}
 
 
@@ -45,10 +47,14 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._hashes)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise a 401 :class:`HTTPError` unless ``authorization`` carries an accepted key."""
+    def check(self, authorization: str | None) -> str:
+        """Raise a 401 :class:`HTTPError` unless ``authorization`` carries an accepted key.
+
+        Returns who is calling, for the rate limits: the key's configured hash
+        (SHA-256 hex, never the key), or ``"anonymous"`` when keys are off.
+        """
         if not self._hashes:
-            return
+            return ANONYMOUS
         if not authorization:
             raise HTTPError(
                 401,
@@ -60,6 +66,7 @@ class ApiKeys:
         scheme, _, key = authorization.strip().partition(" ")
         key = key.strip()
         ok = False
+        digest = b""
         if scheme.lower() == "bearer" and key:
             digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
             for h in self._hashes:
@@ -72,3 +79,4 @@ class ApiKeys:
                 type=AUTHENTICATION,
                 headers=_CHALLENGE,
             )
+        return digest.hex()

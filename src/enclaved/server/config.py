@@ -114,6 +114,24 @@ class StoreConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RateLimitConfig:
+    """``[rate_limits]``: per minute, 0 = none; ``keys`` by API-key hash."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    #: Per-key limits: ``{sha256 hex of the key: (requests, tokens)}``.
+    keys: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(
+            self.requests_per_minute
+            or self.tokens_per_minute
+            or any(r or t for _, r, t in self.keys)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics (``[metrics]``): off by default; on their own listener."""
 
@@ -188,6 +206,10 @@ class ServerConfig:
     transport: TransportLimits = dataclasses.field(default_factory=TransportLimits)
     #: Prometheus metrics (off by default).
     metrics: MetricsConfig = MetricsConfig()
+    #: Per-API-key rate limits (off by default).
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    #: Processes serving the port as one node (``enclaved serve --workers``).
+    workers: int = 1
     #: The node key from a file (replicas of one deployment without a KMS):
     #: 64 hex characters, mode 0600. ``None``: the KMS's key, else a new one.
     node_key_file: Path | None = None
@@ -288,6 +310,8 @@ class _Loader:
             "metrics",
             "node_key_file",
             "aci",
+            "rate_limits",
+            "workers",
         }
     )
     _TRANSPORT: ClassVar[frozenset[str]] = frozenset(
@@ -395,6 +419,8 @@ class _Loader:
             metrics=self._metrics(data.get("metrics", {})),
             node_key_file=self._optional_path(data, "node_key_file"),
             aci=self._aci(data.get("aci", {})),
+            rate_limits=self._rate_limits(data.get("rate_limits", {})),
+            workers=self._int(data, "workers", "workers", 1, low=1, high=256),
         )
 
     def _aci(self, raw: Any) -> AciConfig:
@@ -420,6 +446,37 @@ class _Loader:
             ),
             subject=None if subject is None else self._str(raw, "subject", "aci.subject", ""),
         )
+
+    def _rate_limits(self, raw: Any) -> RateLimitConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError("rate_limits: must be a table")
+        names = ("requests_per_minute", "tokens_per_minute")
+        self._unknown(raw, frozenset({*names, "keys"}), "rate_limits")
+
+        def pair(table: Mapping[str, Any], where: str, default: tuple[int, int]) -> tuple[int, int]:
+            requests, tokens = (
+                self._int(table, n, f"{where}.{n}", d, low=0, high=10**12)
+                for n, d in zip(names, default, strict=True)
+            )
+            return requests, tokens
+
+        requests, tokens = pair(raw, "rate_limits", (0, 0))
+        keys_raw = raw.get("keys", {})
+        if not isinstance(keys_raw, dict):
+            raise ConfigError("rate_limits.keys: must be a table of key hashes")
+        keys = []
+        for digest, table in keys_raw.items():
+            where = f"rate_limits.keys.{digest[:12]}"
+            if not _HEX64.fullmatch(digest.lower()):
+                raise ConfigError(
+                    f"{where}: must be the SHA-256 of a key, 64 hex characters (enclaved hash-key)"
+                )
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where}: must be a table")
+            self._unknown(table, frozenset(names), where)
+            # A key's own table overrides what it names; the rest is the default.
+            keys.append((digest.lower(), *pair(table, where, (requests, tokens))))
+        return RateLimitConfig(requests, tokens, tuple(keys))
 
     def _optional_path(self, data: Mapping[str, Any], key: str) -> Path | None:
         if data.get(key) is None:

@@ -17,6 +17,7 @@ from .auth import ApiKeys
 from .backends.base import Backend
 from .config import ModelConfig, ServerConfig
 from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .signing import ResponseSigner
 from .store.base import SignatureStore
 
@@ -39,6 +40,8 @@ class Node:
     #: Attested Confidential Inference: the keyset and the receipt signer.
     #: ``None`` only where a test builds a node without it.
     aci: Aci | None = None
+    #: Per-API-key rate limits, when ``[rate_limits]`` sets any.
+    rate_limiter: RateLimiter | None = None
 
     def model(self, model_id: str) -> ModelConfig | None:
         return self.config.model(model_id)

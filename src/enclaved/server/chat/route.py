@@ -13,19 +13,49 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from starlette.datastructures import Headers
 
+from ...errors import NetworkError
 from ..aci import api_key_digest
 from ..errors import HTTPError
 from ..node import Node
+from ..ratelimit import RateLimiter, spend_later
 from . import complete, stream
 from .asgi import Connection, Message, Receive, Scope, Send, read_body, send_error
 from .validate import PREPARE_INLINE_BYTES, Prepared, prepare
 
 __all__ = ["ChatCompletions"]
+
+log = logging.getLogger("enclaved.server")
+
+
+async def admit(limiter: RateLimiter, caller: str) -> dict[str, str]:
+    """The caller's rate-limit headers, or a 429. Counters that cannot be
+    reached (Redis down) admit the request, with a warning: the limits guard
+    the node's capacity, and an outage of their store must not stop the fleet."""
+    try:
+        return await asyncio.wait_for(limiter.admit(caller), 5.0)
+    except (NetworkError, TimeoutError) as exc:
+        log.warning("rate limits unavailable, request admitted: %s", type(exc).__name__)
+        return {}
+
+
+def with_headers(send: Send, extra: dict[str, str]) -> Send:
+    """``send`` with ``extra`` added to the response's headers."""
+    if not extra:
+        return send
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *raw]}
+        await send(message)
+
+    return sending
 
 
 class ChatCompletions:
@@ -70,8 +100,12 @@ class ChatCompletions:
     ) -> None:
         headers = Headers(scope=scope)
         try:
-            # 1. Authenticate before reading anything else.
-            self.node.api_keys.check(headers.get("authorization"))
+            # 1. Authenticate before reading anything else; then the caller's
+            # rate limits (their headers go out with the answer).
+            caller = self.node.api_keys.check(headers.get("authorization"))
+            limiter = self.node.rate_limiter
+            if limiter is not None:
+                send = with_headers(send, await admit(limiter, caller))
             # 2. The body, exactly as received, in bounded time: a client that
             # trickles its body must not hold a connection and a task forever.
             deadline = self.node.config.request_body_timeout_seconds
@@ -114,6 +148,8 @@ class ChatCompletions:
         watcher = asyncio.ensure_future(conn.watch())
         try:
             await run(prepared, send, conn)
+            if limiter is not None:
+                await spend_later(limiter, caller, prepared.usage)
         except asyncio.CancelledError:
             if not conn.cancelled or task.cancelling() > 1:
                 raise  # cancelled from outside (server shutdown)

@@ -281,8 +281,7 @@ class _Stream:
         including ``[DONE]``, store, then write ``[DONE]``."""
         # ``held``: role chunks of a stream that ended before anything else.
         data = self.held + tail + self.writer.usage_event()
-        if self.node.metrics is not None:
-            self.prepared.usage = self.writer.final_usage()
+        self.prepared.usage = self.writer.final_usage()  # for the metrics and rate limits
         update = self.hasher.update
         update(data)
         await self.write(data)
