@@ -466,7 +466,36 @@ def build_aci(
     if core is None:
         log.warning("ACI core not available: no ACI report, headers or receipts")
         return None
-    return Aci(config.aci, core, node_key=node_key, receipt_key=receipt_key, started_at=now)
+    tls: list[tuple[str, str | None]] = []
+    if config.aci.tls_certificate is not None:
+        tls.append((spki_sha256(config.aci.tls_certificate), config.aci.tls_domain))
+    return Aci(
+        config.aci,
+        core,
+        node_key=node_key,
+        receipt_key=receipt_key,
+        started_at=now,
+        tls_spki_sha256=tls,
+    )
+
+
+def spki_sha256(path: Path) -> str:
+    """SHA-256 (hex) of the SubjectPublicKeyInfo of the PEM certificate at ``path``."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ..errors import ConfigError
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"aci.tls_certificate {path}: not a PEM certificate") from exc
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
 
 
 async def start_backends(app: Starlette) -> None:

@@ -157,6 +157,11 @@ class AciConfig:
     keyset_lifetime_seconds: int = 7 * 24 * 3600
     #: The keyset's ``subject`` (a dstack app-id URI, SPIFFE ID or DNS name), or none.
     subject: str | None = None
+    #: The PEM certificate of the TLS endpoint clients reach this node through
+    #: (the node itself serves plain HTTP behind it): its SPKI SHA-256 goes in
+    #: ``tls_public_keys``, restricted to ``tls_domain`` when set.
+    tls_certificate: Path | None = None
+    tls_domain: str | None = None
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -426,7 +431,13 @@ class _Loader:
     def _aci(self, raw: Any) -> AciConfig:
         if not isinstance(raw, dict):
             raise ConfigError("aci: must be a table")
-        self._unknown(raw, frozenset({"revision", "keyset_lifetime_seconds", "subject"}), "aci")
+        self._unknown(
+            raw,
+            frozenset(
+                {"revision", "keyset_lifetime_seconds", "subject", "tls_certificate", "tls_domain"}
+            ),
+            "aci",
+        )
         d = AciConfig()
         revision = self._str(raw, "revision", "aci.revision", d.revision)
         if revision not in ACI_REVISIONS:
@@ -445,6 +456,10 @@ class _Loader:
                 high=366 * 24 * 3600,
             ),
             subject=None if subject is None else self._str(raw, "subject", "aci.subject", ""),
+            tls_certificate=self._optional_path(raw, "tls_certificate"),
+            tls_domain=None
+            if raw.get("tls_domain") is None
+            else self._str(raw, "tls_domain", "aci.tls_domain", ""),
         )
 
     def _rate_limits(self, raw: Any) -> RateLimitConfig:
