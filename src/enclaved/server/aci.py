@@ -174,7 +174,7 @@ class Aci:
         return hashlib.sha256(self.statement(nonce)).digest() + bytes(32)
 
     def report(
-        self, nonce: str | None, evidence: Mapping[str, Any], tee_type: str
+        self, nonce: str | None, evidence: Mapping[str, Any], tee_type: str, now: float
     ) -> dict[str, Any]:
         """The ``GET /v1/aci/attestation`` document around ``evidence``."""
         report_data = hashlib.sha256(self.statement(nonce)).hexdigest()
@@ -185,12 +185,13 @@ class Aci:
             "image_provenance": None,
         }
         attestation: dict[str, Any] = {"tee_type": tee_type, "workload_keyset": self.keyset}
+        attestation["report_data"] = report_data
         if self.revision == "rev-a":
-            attestation["report_data"] = report_data
             attestation["keyset_endorsement"] = self.endorsement
-        else:
-            attestation["report_data"] = report_data
         attestation["source_provenance"] = provenance
+        if self.revision == "rev-a":
+            # rev-a's freshness window: the node's own clock, one hour.
+            attestation["freshness"] = {"fetched_at": int(now), "stale_after": int(now) + 3600}
         attestation["evidence"] = dict(evidence)
         doc: dict[str, Any] = {"api_version": ACI_VERSION}
         if self.workload_id is not None:

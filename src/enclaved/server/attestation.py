@@ -292,7 +292,7 @@ async def aci_report(node: Node, nonce: str | None) -> dict[str, Any]:
         "info": evidence.info(),
         "tee_hardware": evidence.tee_hardware,
     }
-    return aci.report(nonce, body, "tdx")
+    return aci.report(nonce, body, "tdx", node.clock())
 
 
 def aci_block(node: Node) -> dict[str, Any] | None:
