@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aci_node_core import core
 from server_fakes import TEE_MODEL, fake_node
 from test_interop_seed_client import NODE_DIR, _node_env, node
 
-from enclaved.server.config import AciConfig
-
-__all__ = ["node"]
+__all__ = ["core", "node"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")
 
@@ -45,7 +44,7 @@ def _run(node: str, origin: str) -> dict[str, Any]:
 
 
 def test_venice_e2ee_verifies_the_rev_a_report_and_receipts(node: str, tmp_path: Path) -> None:
-    with fake_node(tmp_path, aci=AciConfig(revision="rev-a")) as n:
+    with fake_node(tmp_path, aci={"revision": "rev-a"}) as n:
         run = _run(node, n.url)
         digest = n.app.state.node.aci.digest
     assert "error" not in run, run.get("error")

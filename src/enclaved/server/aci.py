@@ -196,6 +196,9 @@ class Aci:
         doc: dict[str, Any] = {"api_version": ACI_VERSION}
         if self.workload_id is not None:
             doc["workload_id"] = self.workload_id
+            # rev-a: the identity key is the node key, whose address signs the
+            # EIP-191 text beside each receipt (what venice-e2ee cross-checks).
+            doc["signing_address"] = self.node_key.address
         doc["workload_keyset_digest"] = self.digest
         doc["attestation"] = attestation
         doc["service_capabilities"] = {"supported_e2ee_versions": [], "serving": "direct"}
