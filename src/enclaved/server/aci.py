@@ -91,7 +91,8 @@ class ReceiptHashes:
     forwarded: str | None
     #: The response bytes as sent (ciphertext under E2EE).
     returned: str
-    #: rev-a only: the response stream before sealing, when it differs.
+    #: rev-a only: the response before sealing (= ``returned`` for a plaintext
+    #: answer); ``None`` where the node does not have it (E2EE).
     cleartext: str | None = None
 
 
@@ -220,13 +221,16 @@ class Aci:
 
         rev-a numbers its events (``seq``), names the ``workload_id`` and
         splits ``response.returned`` into ``wire_hash`` (the bytes sent) and
-        ``cleartext_hash`` (the same stream before sealing: equal for a
-        plaintext answer; ``hashes.cleartext`` for an E2EE one).
+        ``cleartext_hash`` (the same stream before sealing). The node hashes
+        no pre-seal stream, so an E2EE answer's rev-a receipt carries no
+        ``cleartext_hash``: a verifier that asks for it fails, rather than
+        being told the ciphertext's hash is the cleartext's.
         """
         rev_a = self.revision == "rev-a"
         returned: dict[str, Any] = {"type": "response.returned"}
         if rev_a:
-            returned["cleartext_hash"] = hashes.cleartext or hashes.returned
+            if hashes.cleartext is not None:
+                returned["cleartext_hash"] = hashes.cleartext
             returned["wire_hash"] = hashes.returned
         else:
             returned["body_hash"] = hashes.returned

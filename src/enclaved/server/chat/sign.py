@@ -50,6 +50,7 @@ async def sign(
                 received=sha256_tagged(prepared.body),
                 forwarded=sha256_tagged(forwarded_bytes(prepared.request)),
                 returned="sha256:" + response_sha256,
+                cleartext=None if prepared.e2ee else "sha256:" + response_sha256,
             ),
         )
         record = dataclasses.replace(
