@@ -112,3 +112,53 @@ def test_redis_store_keeps_receipt_and_binding() -> None:
 
     store = RedisStore(os.environ["ENCLAVED_TEST_REDIS_URL"], ttl=60)
     assert asyncio.run(_round_trip(store)) == _record()
+
+
+def test_tls_certificate_fingerprint_is_the_spki_hash(tmp_path: Path) -> None:
+    """``[aci] tls_certificate``: the keyset pins the SPKI, so a renewal that keeps the key
+    keeps the keyset (spec §3.1)."""
+    import datetime
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from enclaved.server.app import spki_sha256
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "inference.example")])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    paths = []
+    for days in (30, 90):  # two certificates, one key
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(days)
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=days))
+            .sign(key, hashes.SHA256())
+        )
+        path = tmp_path / f"{days}.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths.append(path)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert spki_sha256(paths[0]) == spki_sha256(paths[1]) == hashlib.sha256(spki).hexdigest()
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="tls_certificate"):
+        spki_sha256(tmp_path / "bad.pem")
+    config = ServerConfig.from_toml(_toml(tmp_path, paths[0].name))
+    assert config.aci.tls_certificate == paths[0] and config.aci.tls_domain == "inference.example"
+
+
+def _toml(tmp_path: Path, cert: str) -> Path:
+    path = tmp_path / "enclaved.toml"
+    path.write_text(
+        f'[aci]\ntls_certificate = "{cert}"\ntls_domain = "inference.example"\n', encoding="utf-8"
+    )
+    return path
