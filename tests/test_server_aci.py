@@ -209,3 +209,10 @@ def test_restart_makes_a_new_keyset(tmp_path: Path) -> None:
     with fake_node(tmp_path / "a") as a, fake_node(tmp_path / "b") as b:
         assert _aci(a).digest != _aci(b).digest
         assert _aci(a).receipt_key.public_key != _aci(b).receipt_key.public_key
+
+
+def test_aci_can_be_switched_off(tmp_path: Path) -> None:
+    with fake_node(tmp_path, aci={"enabled": False}) as n:
+        r = httpx.get(n.api + "/models", timeout=10)
+        assert "x-aci-version" not in r.headers
+        assert httpx.get(n.url + "/v1/aci/attestation", timeout=10).status_code == 404

@@ -443,8 +443,10 @@ def create_app(
 
 
 def load_aci_core() -> AciCore | None:
-    """The shared core, :mod:`enclaved.aci`, seen through :class:`AciCore`; ``None``
-    where this build has none (the node then serves no ACI)."""
+    """The shared core, :mod:`enclaved.aci`, seen through :class:`AciCore`: its
+    ``node_core()`` returns the object the node calls (:class:`~.aci.AciCore`
+    says what each method must return). ``None`` where this build has no core:
+    the node then serves no ACI, and says so in its log."""
     import importlib
 
     try:
@@ -462,6 +464,8 @@ def build_aci(
     now: float,
     core: AciCore | None,
 ) -> Aci | None:
+    if not config.aci.enabled:
+        return None
     core = core or load_aci_core()
     if core is None:
         log.warning("ACI core not available: no ACI report, headers or receipts")

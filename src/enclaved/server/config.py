@@ -150,6 +150,8 @@ ACI_REVISIONS = ("current", "rev-a")
 class AciConfig:
     """``[aci]``: the Attested Confidential Inference profile this node serves."""
 
+    #: Serve ACI (report, headers, receipts). Off: the node is as before it.
+    enabled: bool = True
     #: ``"current"`` (the specification of today, the default) or ``"rev-a"``
     #: (the older revision, which npm ``venice-e2ee`` 0.5.x verifies).
     revision: str = "current"
@@ -434,7 +436,14 @@ class _Loader:
         self._unknown(
             raw,
             frozenset(
-                {"revision", "keyset_lifetime_seconds", "subject", "tls_certificate", "tls_domain"}
+                {
+                    "enabled",
+                    "revision",
+                    "keyset_lifetime_seconds",
+                    "subject",
+                    "tls_certificate",
+                    "tls_domain",
+                }
             ),
             "aci",
         )
@@ -446,6 +455,7 @@ class _Loader:
             )
         subject = raw.get("subject")
         return AciConfig(
+            enabled=self._bool(raw, "enabled", "aci.enabled", d.enabled),
             revision=revision,
             keyset_lifetime_seconds=self._int(
                 raw,
