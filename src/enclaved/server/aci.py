@@ -38,26 +38,37 @@ REPORT_DATA_PURPOSE = "aci.report_data.v1"
 
 
 class AciCore(Protocol):
-    """What the node needs of the shared core (:mod:`enclaved.aci`)."""
+    """What the node needs of the shared core (:mod:`enclaved.aci`, whose
+    ``node_core()`` returns one). ``revision`` is ``"current"`` or ``"rev-a"``.
+    Every encoding is the core's; the node only chooses the inputs."""
 
     def keyset_digest(self, keyset: Mapping[str, Any]) -> str:
-        """``"sha256:" + hex(sha256(JCS(keyset)))``."""
+        """``"sha256:" + hex(sha256(JCS(keyset)))`` (both revisions)."""
 
     def workload_id(self, identity_public_key: Mapping[str, Any]) -> str:
-        """rev-a: ``"sha256:" + hex(sha256(JCS(identity public key)))``."""
+        """rev-a: ``"sha256:" + hex(sha256(JCS({"algo", "public_key"})))``."""
 
     def endorse(self, keyset_digest: str, identity: KeyPair) -> dict[str, Any]:
-        """rev-a: the ``keyset_endorsement`` object, signed by the identity key."""
+        """rev-a §4.3: ``{"algo": "ecdsa-secp256k1", "value": hex(r || s)}`` over
+        ``sha256(JCS({"purpose": "aci.keyset.endorsement.v1",
+        "workload_keyset_digest": ...}))``, signed with the identity (node) key."""
 
     def statement(
         self, revision: str, keyset_digest: str, nonce: str | None, workload_id: str | None
     ) -> bytes:
-        """The exact ``report_data`` statement bytes of ``revision``."""
+        """The exact ``report_data`` statement bytes: current §3.2
+        (``keyset_digest``, ``nonce``, ``purpose``), rev-a §4.4 (``nonce``,
+        ``purpose``, ``workload_id``, ``workload_keyset_digest``); ``nonce``
+        ``None`` is JSON ``null``."""
 
     def sign_receipt(
         self, revision: str, document: Mapping[str, Any], key: Ed25519KeyPair, key_id: str
     ) -> dict[str, Any]:
-        """``document`` (no signature) signed: the receipt as served."""
+        """``document`` (no ``key_id``, no ``signature``) signed with ``key.sign``:
+        current §7.2, ``key_id`` added and ``signature`` = hex Ed25519 over the JCS
+        of the document with ``key_id``; rev-a §8.2, ``signature`` = ``{"algo":
+        "ed25519", "key_id", "value"}``, ``value`` over the JCS of the document
+        whose ``signature`` is that object less ``value``."""
 
 
 def receipt_key_id(key: Ed25519KeyPair) -> str:
