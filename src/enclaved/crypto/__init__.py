@@ -8,7 +8,7 @@
 
 from ._primitives import keccak256, sha256_hex
 from .envelope import MIN_HEX_LEN, Opener, Sealer, looks_like_envelope, seal
-from .keys import KeyPair, NodeKey, address_from_public_key, normalize_public_key
+from .keys import Ed25519KeyPair, KeyPair, NodeKey, address_from_public_key, normalize_public_key
 from .signing import (
     binding_text,
     eip191_hash,
@@ -19,6 +19,7 @@ from .signing import (
 
 __all__ = [
     "MIN_HEX_LEN",
+    "Ed25519KeyPair",
     "KeyPair",
     "NodeKey",
     "Opener",

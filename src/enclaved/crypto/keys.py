@@ -1,10 +1,13 @@
-"""secp256k1 identities: the node key, session keys, Ethereum addresses."""
+"""secp256k1 identities: the node key, session keys, Ethereum addresses; the
+Ed25519 receipt key of ACI."""
 
 from __future__ import annotations
 
 from typing import NoReturn
 
 from coincurve import PrivateKey
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import InvalidKeyError
 from ._primitives import ethereum_address, new_ephemeral, parse_public_key, public_key_of
@@ -103,3 +106,54 @@ class KeyPair:
 
 #: The node's identity: one per serving node, made in memory at start.
 NodeKey = KeyPair
+
+
+class Ed25519KeyPair:
+    """An Ed25519 key pair held only in memory: the ACI receipt-signing key.
+
+    Like :class:`KeyPair`: the private key is never exposed, never part of
+    ``repr``, never pickled or written anywhere. :meth:`sign` is the only
+    use of it.
+    """
+
+    __slots__ = ("_private", "public_key", "public_key_hex")
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        """A fresh key pair, or the one of ``secret`` (32 bytes: tests and vectors)."""
+        if secret is None:
+            private = Ed25519PrivateKey.generate()
+        else:
+            if not isinstance(secret, bytes | bytearray) or len(secret) != 32:
+                raise InvalidKeyError("invalid Ed25519 private key")
+            private = Ed25519PrivateKey.from_private_bytes(bytes(secret))
+        self._private = private
+        #: The 32-byte raw public key.
+        self.public_key: bytes = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        #: lowercase hex of :attr:`public_key`, 64 characters.
+        self.public_key_hex: str = self.public_key.hex()
+
+    @classmethod
+    def generate(cls) -> Ed25519KeyPair:
+        return cls()
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> Ed25519KeyPair:
+        """For tests and vectors only: a key pair from a known 32-byte seed."""
+        return cls(secret)
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        """The ``cryptography`` key object, for a signer that takes one."""
+        return self._private
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte RFC 8032 signature of ``message``."""
+        return self._private.sign(message)
+
+    def __repr__(self) -> str:
+        return f"Ed25519KeyPair(public_key={self.public_key_hex})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("key pairs cannot be pickled")

@@ -8,6 +8,8 @@ these are the spellings PROTOCOL.md uses.
 from __future__ import annotations
 
 __all__ = [
+    "ACI_KEYSET_DIGEST",
+    "ACI_VERSION",
     "ALGO",
     "BINDING_HEADERS",
     "BINDING_SIGNATURE",
@@ -16,6 +18,7 @@ __all__ = [
     "ECDSA",
     "MODEL_KEY",
     "PROVIDER",
+    "RECEIPT_ID",
     "RESPONSE_KEY",
     "TEE",
     "TEE_PROVIDER",
@@ -52,6 +55,13 @@ TEE_RESPONSE_HEADERS = {TEE: "true", TEE_PROVIDER: PROVIDER}
 TEE_RESPONSE_HEADERS_RAW = [
     (name.lower().encode(), value.encode()) for name, value in TEE_RESPONSE_HEADERS.items()
 ]
+
+#: Attested Confidential Inference (docs/server.md): on every response, the
+#: protocol version (``aci/1``) and the serving keyset's digest; on an answer,
+#: the id of its receipt (``GET /v1/aci/receipts/{id}``). Unauthenticated hints.
+ACI_VERSION = "X-ACI-Version"
+ACI_KEYSET_DIGEST = "X-ACI-Keyset-Digest"
+RECEIPT_ID = "X-Receipt-Id"
 
 # Added by the enclaved client (the SDK's transport, the proxy) for its own
 # caller, never sent by a node: what the client itself verified. A node's

@@ -7,6 +7,8 @@ mirrored under ``/v1``, so that an OpenAI SDK pointed at ``.../v1`` works.
 from __future__ import annotations
 
 __all__ = [
+    "ACI_ATTESTATION",
+    "ACI_RECEIPTS",
     "API_PREFIXES",
     "ATTESTATION",
     "CHAT",
@@ -25,6 +27,9 @@ MODELS = "/models"
 CHAT = "/chat/completions"
 ATTESTATION = "/tee/attestation"
 SIGNATURE = "/tee/signature"
+#: Attested Confidential Inference (``aci/1``): the report and the receipts.
+ACI_ATTESTATION = "/aci/attestation"
+ACI_RECEIPTS = "/aci/receipts"
 #: At the top level only.
 HEALTH = "/health"
 READY = "/ready"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 import time
@@ -52,13 +53,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import __version__
-from ..crypto import KeyPair
+from ..crypto import Ed25519KeyPair, KeyPair
 from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
 from ..protocol import routes
 from ..protocol.headers import TEE_RESPONSE_HEADERS
 from ..web import web_routes
-from .attestation import VerifyFn, attestation_report
+from .aci import Aci, AciCore, api_key_digest
+from .attestation import VerifyFn, aci_report, attestation_report
 from .auth import ApiKeys
 from .backends.base import Backend
 from .chat import STORE_TIMEOUT_SECONDS, ChatCompletions, send_error
@@ -219,6 +221,8 @@ def create_app(
     backends: Mapping[str, Backend] | None = None,
     clock: Callable[[], float] | None = None,
     verify: VerifyFn | None = None,
+    receipt_key: Ed25519KeyPair | None = None,
+    aci_core: AciCore | None = None,
 ) -> Starlette:
     """One serving node as an ASGI app. See the module docstring.
 
@@ -243,6 +247,8 @@ def create_app(
     if evidence is None:
         evidence = build_evidence(config, now=clock())
     key = node_key or node_key_for(evidence)
+    # The receipt key is made here, in memory, like the node key: the keyset lists it.
+    aci = build_aci(config, key, receipt_key or Ed25519KeyPair.generate(), clock(), aci_core)
     node = Node(
         config=config,
         key=key,
@@ -253,6 +259,7 @@ def create_app(
         api_keys=ApiKeys(config.api_key_hashes),
         clock=clock,
         metrics=Metrics([m.id for m in config.models]) if config.metrics.enabled else None,
+        aci=aci,
         rate_limiter=build_rate_limiter(config, clock) if config.rate_limits.enabled else None,
     )
     created = int(clock())
@@ -337,7 +344,47 @@ def create_app(
                 type=NOT_FOUND,
                 param="request_id",
             )
-        return json_response(record.to_dict(), headers=TEE_HEADERS)
+        doc = record.to_dict()
+        if record.api_key_sha256 is not None and not hmac.compare_digest(
+            record.api_key_sha256, api_key_digest(request.headers.get("authorization")) or ""
+        ):
+            doc.pop("receipt", None)  # bound to another API key (docs/server.md)
+        return json_response(doc, headers=TEE_HEADERS)
+
+    async def aci_attestation(request: Request) -> Response:
+        doc = await aci_report(node, request.query_params.get("nonce"))
+        return json_response(doc, headers={"Cache-Control": "no-store"})
+
+    async def aci_receipt(request: Request) -> Response:
+        receipt_id = request.path_params["receipt_id"]
+        auth = request.headers.get("authorization")
+        record = None
+        if node.aci is not None and _REQUEST_ID.fullmatch(receipt_id):
+            try:
+                record = await asyncio.wait_for(node.store.get(receipt_id), STORE_TIMEOUT_SECONDS)
+            except (NetworkError, TimeoutError) as exc:
+                log.error("signature store unavailable: %s", type(exc).__name__)
+                raise HTTPError(
+                    503,
+                    "Receipt store unavailable, retry later",
+                    code="store_unavailable",
+                    type=SERVER_ERROR,
+                ) from None
+        if record is not None and record.api_key_sha256 is not None:
+            # Spec §7.6: no credential, 401; another key, 404 as if absent.
+            presented = api_key_digest(auth)
+            if presented is None:
+                raise HTTPError(
+                    401,
+                    "Missing API key: send the key that made the request",
+                    code="unauthorized",
+                    type="authentication_error",
+                )
+            if not hmac.compare_digest(record.api_key_sha256, presented):
+                record = None
+        if record is None or record.receipt is None:
+            raise HTTPError(404, "Receipt not found", code="not_found", type=NOT_FOUND)
+        return json_response(record.receipt, headers={"Cache-Control": "no-store"})
 
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__, "tee": config.tee})
@@ -360,6 +407,8 @@ def create_app(
             Route(prefix + routes.CHAT, chat, methods=["POST"]),
             Route(prefix + routes.ATTESTATION, attestation, methods=["GET"]),
             Route(prefix + routes.SIGNATURE, signature, methods=["GET"]),
+            Route(prefix + routes.ACI_ATTESTATION, aci_attestation, methods=["GET"]),
+            Route(prefix + routes.ACI_RECEIPTS + "/{receipt_id}", aci_receipt, methods=["GET"]),
         ]
 
     # -- errors ------------------------------------------------------------------
@@ -404,6 +453,7 @@ def create_app(
                     await thing.close()
 
     app = EnclavedApp(
+        extra_headers=aci.headers_raw if aci is not None else [],
         direct={("POST", prefix + routes.CHAT): chat for prefix in PREFIXES},
         routes=table,
         exception_handlers={
@@ -415,6 +465,66 @@ def create_app(
     )
     app.state.node = node
     return app
+
+
+def load_aci_core() -> AciCore | None:
+    """The shared core, :mod:`enclaved.aci`, seen through :class:`AciCore`: its
+    ``node_core()`` returns the object the node calls (:class:`~.aci.AciCore`
+    says what each method must return). ``None`` where this build has no core:
+    the node then serves no ACI, and says so in its log."""
+    import importlib
+
+    try:
+        module = importlib.import_module("enclaved.aci")
+    except ImportError:
+        return None
+    adapter = getattr(module, "node_core", None)
+    return adapter() if callable(adapter) else None
+
+
+def build_aci(
+    config: ServerConfig,
+    node_key: KeyPair,
+    receipt_key: Ed25519KeyPair,
+    now: float,
+    core: AciCore | None,
+) -> Aci | None:
+    if not config.aci.enabled:
+        return None
+    core = core or load_aci_core()
+    if core is None:
+        log.warning("ACI core not available: no ACI report, headers or receipts")
+        return None
+    tls: list[tuple[str, str | None]] = []
+    if config.aci.tls_certificate is not None:
+        tls.append((spki_sha256(config.aci.tls_certificate), config.aci.tls_domain))
+    return Aci(
+        config.aci,
+        core,
+        node_key=node_key,
+        receipt_key=receipt_key,
+        started_at=now,
+        tls_spki_sha256=tls,
+    )
+
+
+def spki_sha256(path: Path) -> str:
+    """SHA-256 (hex) of the SubjectPublicKeyInfo of the PEM certificate at ``path``."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ..errors import ConfigError
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"aci.tls_certificate {path}: not a PEM certificate") from exc
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
 
 
 async def start_backends(app: Starlette) -> None:
@@ -481,10 +591,16 @@ class EnclavedApp(Starlette):
     """
 
     def __init__(
-        self, *, direct: Mapping[tuple[str, str], Callable[..., Any]], **kwargs: Any
+        self,
+        *,
+        direct: Mapping[tuple[str, str], Callable[..., Any]],
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._direct = dict(direct)
+        #: Added to every response: ``X-ACI-Version`` and ``X-ACI-Keyset-Digest``.
+        self._extra_headers = list(extra_headers or ())
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -492,11 +608,14 @@ class EnclavedApp(Starlette):
             return
         started = time.monotonic()
         status = 0
+        extra = self._extra_headers
 
         async def send_wrapper(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         endpoint = self._direct.get((scope["method"], scope["path"]))

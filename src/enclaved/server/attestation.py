@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
+from ..protocol.routes import ACI_ATTESTATION
 from .errors import SERVER_ERROR, HTTPError, missing_parameter, model_not_found
 from .node import Node
 
@@ -130,6 +131,9 @@ async def attestation_report(
         "info": evidence.info(),
         "server_verification": None,
     }
+    block = aci_block(node)
+    if block is not None:
+        doc["aci"] = block
     # 5.
     details: Mapping[str, object]
     try:
@@ -248,3 +252,60 @@ def _verify_sync(
     for relaxation in verdict.relaxations:  # logged, not warned: this is the node's own log
         policy_log.warning("INSECURE attestation policy: %s", relaxation)
     return verdict.ok, server_verification(verdict)
+
+
+_NONCE = re.compile(r"[0-9a-f]{64}")
+
+
+async def aci_report(node: Node, nonce: str | None) -> dict[str, Any]:
+    """``GET /v1/aci/attestation``: the ACI report, its quote's REPORTDATA the
+    statement hash of ``nonce`` (64 lowercase hex, or absent: the unchallenged form)."""
+    aci = node.aci
+    if aci is None:
+        raise HTTPError(404, "This node serves no ACI report", code="not_found", type="not_found")
+    if nonce is not None and not _NONCE.fullmatch(nonce):
+        raise HTTPError(
+            400,
+            "nonce must be 64 lowercase hex characters (32 bytes)",
+            code="invalid_nonce",
+            param="nonce",
+        )
+    expected = aci.report_data(nonce)
+    evidence = node.evidence
+    try:
+        quote = await evidence.quote(expected)
+    except (NetworkError, OSError) as exc:
+        log.error("aci attestation: the evidence source failed: %s", exc)
+        raise evidence_error("the TEE evidence source failed") from None
+    event_log = evidence.event_log()
+    problem = self_check(quote, expected, None, b"", event_log)
+    if problem is not None:
+        log.error("aci attestation: REFUSED to serve evidence that does not check out: %s", problem)
+        raise evidence_error("the TEE evidence did not pass the node's own checks")
+    import json
+
+    body = {
+        "quote": quote.hex(),
+        "quote_report_data": expected.hex(),
+        # A JSON-encoded RTMR event array, as the dstack policy carries it.
+        "event_log": json.dumps(event_log, separators=(",", ":")),
+        "info": evidence.info(),
+        "tee_hardware": evidence.tee_hardware,
+    }
+    return aci.report(nonce, body, "tdx", node.clock())
+
+
+def aci_block(node: Node) -> dict[str, Any] | None:
+    """What ``/tee/attestation`` carries of ACI: the version, the keyset and its digest
+    (the legacy REPORTDATA binds the signing address, not these: fetch
+    ``/v1/aci/attestation`` for a quote over the keyset)."""
+    aci = node.aci
+    if aci is None:
+        return None
+    block: dict[str, Any] = {"api_version": "aci/1"}
+    if aci.workload_id is not None:
+        block["workload_id"] = aci.workload_id
+    block["workload_keyset_digest"] = aci.digest
+    block["workload_keyset"] = aci.keyset
+    block["attestation_path"] = "/v1" + ACI_ATTESTATION
+    return block

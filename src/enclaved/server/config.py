@@ -142,6 +142,30 @@ class MetricsConfig:
     port: int = 9464
 
 
+#: The two revisions of ``aci/1`` (docs/server.md, "Attested Confidential Inference").
+ACI_REVISIONS = ("current", "rev-a")
+
+
+@dataclasses.dataclass(frozen=True)
+class AciConfig:
+    """``[aci]``: the Attested Confidential Inference profile this node serves."""
+
+    #: Serve ACI (report, headers, receipts). Off: the node is as before it.
+    enabled: bool = True
+    #: ``"current"`` (the specification of today, the default) or ``"rev-a"``
+    #: (the older revision, which npm ``venice-e2ee`` 0.5.x verifies).
+    revision: str = "current"
+    #: Seconds from the node's start to its keyset's ``not_after``.
+    keyset_lifetime_seconds: int = 7 * 24 * 3600
+    #: The keyset's ``subject`` (a dstack app-id URI, SPIFFE ID or DNS name), or none.
+    subject: str | None = None
+    #: The PEM certificate of the TLS endpoint clients reach this node through
+    #: (the node itself serves plain HTTP behind it): its SPKI SHA-256 goes in
+    #: ``tls_public_keys``, restricted to ``tls_domain`` when set.
+    tls_certificate: Path | None = None
+    tls_domain: str | None = None
+
+
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where a node keeps its state when nothing says otherwise.
 
@@ -200,6 +224,8 @@ class ServerConfig:
     #: The node key from a file (replicas of one deployment without a KMS):
     #: 64 hex characters, mode 0600. ``None``: the KMS's key, else a new one.
     node_key_file: Path | None = None
+    #: Attested Confidential Inference (``[aci]``).
+    aci: AciConfig = AciConfig()
 
     # -- constructors -------------------------------------------------------
 
@@ -294,6 +320,7 @@ class _Loader:
             "graceful_shutdown_seconds",
             "metrics",
             "node_key_file",
+            "aci",
             "rate_limits",
             "workers",
             "gpus",
@@ -403,9 +430,52 @@ class _Loader:
             transport=self._transport(data.get("transport", {})),
             metrics=self._metrics(data.get("metrics", {})),
             node_key_file=self._optional_path(data, "node_key_file"),
+            aci=self._aci(data.get("aci", {})),
             rate_limits=self._rate_limits(data.get("rate_limits", {})),
             workers=self._int(data, "workers", "workers", 1, low=1, high=256),
             gpus=self._bool(data, "gpus", "gpus", False),
+        )
+
+    def _aci(self, raw: Any) -> AciConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError("aci: must be a table")
+        self._unknown(
+            raw,
+            frozenset(
+                {
+                    "enabled",
+                    "revision",
+                    "keyset_lifetime_seconds",
+                    "subject",
+                    "tls_certificate",
+                    "tls_domain",
+                }
+            ),
+            "aci",
+        )
+        d = AciConfig()
+        revision = self._str(raw, "revision", "aci.revision", d.revision)
+        if revision not in ACI_REVISIONS:
+            raise ConfigError(
+                f"aci.revision: {revision!r} is not one of {', '.join(ACI_REVISIONS)}"
+            )
+        subject = raw.get("subject")
+        return AciConfig(
+            enabled=self._bool(raw, "enabled", "aci.enabled", d.enabled),
+            revision=revision,
+            keyset_lifetime_seconds=self._int(
+                raw,
+                "keyset_lifetime_seconds",
+                "aci.keyset_lifetime_seconds",
+                d.keyset_lifetime_seconds,
+                low=60,
+                high=366 * 24 * 3600,
+            ),
+            subject=None if subject is None else self._str(raw, "subject", "aci.subject", ""),
+            tls_certificate=self._optional_path(raw, "tls_certificate"),
+            tls_domain=None
+            if raw.get("tls_domain") is None
+            else self._str(raw, "tls_domain", "aci.tls_domain", ""),
         )
 
     def _rate_limits(self, raw: Any) -> RateLimitConfig:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 from ..crypto import KeyPair
 from ..evidence.base import EvidenceSource
+from .aci import Aci
 from .auth import ApiKeys
 from .backends.base import Backend
 from .config import ModelConfig, ServerConfig
@@ -36,6 +37,9 @@ class Node:
     clock: Callable[[], float]
     #: Prometheus metrics, when ``[metrics] enabled``.
     metrics: Metrics | None = None
+    #: Attested Confidential Inference: the keyset and the receipt signer.
+    #: ``None`` only where a test builds a node without it.
+    aci: Aci | None = None
     #: Per-API-key rate limits, when ``[rate_limits]`` sets any.
     rate_limiter: RateLimiter | None = None
 

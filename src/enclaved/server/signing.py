@@ -36,10 +36,15 @@ class SignatureRecord:
     request_id: str
     model: str
     signing_algo: str = "ecdsa"
+    #: The answer's signed ACI receipt (docs/server.md, "Attested Confidential Inference").
+    receipt: dict[str, Any] | None = None
+    #: SHA-256 hex of the API key that made the request (spec §7.6), never served;
+    #: ``None``: an unauthenticated request, whose receipt anyone may fetch.
+    api_key_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        # Field order of PROTOCOL.md.
-        return {
+        """The served document: PROTOCOL.md's fields in its order, then the receipt."""
+        d: dict[str, Any] = {
             "text": self.text,
             "signature": self.signature,
             "signing_address": self.signing_address,
@@ -47,9 +52,16 @@ class SignatureRecord:
             "request_id": self.request_id,
             "model": self.model,
         }
+        if self.receipt is not None:
+            d["receipt"] = self.receipt
+        return d
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        """The stored form: :meth:`to_dict` plus the API key digest."""
+        d = self.to_dict()
+        if self.api_key_sha256 is not None:
+            d["api_key_sha256"] = self.api_key_sha256
+        return orjson.dumps(d)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> SignatureRecord:
@@ -61,6 +73,8 @@ class SignatureRecord:
             signing_algo=d.get("signing_algo", "ecdsa"),
             request_id=d["request_id"],
             model=d["model"],
+            receipt=d.get("receipt"),
+            api_key_sha256=d.get("api_key_sha256"),
         )
 
 

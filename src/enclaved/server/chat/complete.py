@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from ...protocol.assemble import CompletionAssembler
+from ...protocol.headers import RECEIPT_ID
 from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW as TEE_HEADERS
 from ..backends.base import BackendError
 from ..errors import internal_error, shutting_down
@@ -89,4 +90,7 @@ async def _respond(node: Node, prepared: Prepared, send: Send, conn: Connection)
         record = await sign(node, prepared, writer.id, hasher.hexdigest())
         if conn.disconnected:
             await forget(node, record)
-    await send_json(send, 200, body, TEE_HEADERS)
+    headers = TEE_HEADERS
+    if node.aci is not None:
+        headers = [*TEE_HEADERS, (RECEIPT_ID.lower().encode(), writer.id.encode())]
+    await send_json(send, 200, body, headers)

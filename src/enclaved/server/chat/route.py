@@ -20,6 +20,7 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from ...errors import NetworkError
+from ..aci import api_key_digest
 from ..errors import HTTPError
 from ..node import Node
 from ..ratelimit import RateLimiter, spend_later
@@ -131,6 +132,9 @@ class ChatCompletions:
         except HTTPError as exc:
             await send_error(send, exc)
             return
+        prepared.endpoint = scope["path"]
+        if self.node.api_keys.enabled:
+            prepared.api_key_sha256 = api_key_digest(headers.get("authorization"))
         if holder is not None:
             holder.append(prepared)
 

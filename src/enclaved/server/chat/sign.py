@@ -1,4 +1,4 @@
-"""Step 8: the signature of the exact bytes, stored before ``[DONE]``.
+"""Step 8: the signature of the exact bytes, and the ACI receipt, stored before ``[DONE]``.
 
 :func:`sign` signs ``sha256(request body) : sha256(response bytes)`` with the
 node key and stores the record, bounded in time: a store that never answers
@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
+import orjson
+
+from ..aci import ReceiptHashes, sha256_tagged
+from ..backends.base import ChatRequest
 from ..node import Node
 from ..signing import SignatureRecord
 from .validate import Prepared
@@ -34,6 +39,23 @@ async def sign(
         request_body=prepared.body,
         response_sha256=response_sha256,
     )
+    if node.aci is not None:
+        receipt = node.aci.receipt(
+            receipt_id=completion_id,
+            chat_id=completion_id,
+            model=prepared.model.id,
+            endpoint=prepared.endpoint,
+            served_at=node.clock(),
+            hashes=ReceiptHashes(
+                received=sha256_tagged(prepared.body),
+                forwarded=sha256_tagged(forwarded_bytes(prepared.request)),
+                returned="sha256:" + response_sha256,
+                cleartext=None if prepared.e2ee else "sha256:" + response_sha256,
+            ),
+        )
+        record = dataclasses.replace(
+            record, receipt=receipt, api_key_sha256=prepared.api_key_sha256
+        )
     try:
         # Bounded: [DONE] waits for this, and a store that never answers
         # (a black-holed Redis) must not hold every answer back.
@@ -44,6 +66,16 @@ async def sign(
             node.metrics.store_errors.inc()
         return None
     return record
+
+
+def forwarded_bytes(request: ChatRequest) -> bytes:
+    """The bytes a receipt's ``request.forwarded`` hashes: the plaintext request
+    the engine is given (messages and parameters, E2EE removed), as one JSON
+    object with sorted keys. The embedded engine takes no bytes; this is the
+    document it is given, serialized one fixed way."""
+    return orjson.dumps(
+        {"messages": request.messages, **request.params}, option=orjson.OPT_SORT_KEYS
+    )
 
 
 async def forget(node: Node, record: SignatureRecord | None) -> None:

@@ -23,7 +23,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ...errors import Error
-from ...protocol.headers import TEE_RESPONSE_HEADERS_RAW
+from ...protocol.headers import RECEIPT_ID, TEE_RESPONSE_HEADERS_RAW
+
+RECEIPT_ID_RAW = RECEIPT_ID.lower().encode()
 from ...protocol.sse import DONE, error_event
 from ..backends.base import BackendError
 from ..errors import SHUTTING_DOWN_MESSAGE, internal_error, shutting_down
@@ -171,6 +173,9 @@ class _Stream:
         sealer = response_sealer(node, prepared)
         self.writer = ChunkWriter(new_completion_id(), prepared.model.id, int(node.clock()), sealer)
         self.headers = SSE_HEADERS + binding_headers(node, prepared, sealer)
+        if node.aci is not None:
+            # The receipt's id is the completion's: known before the first byte.
+            self.headers = [*self.headers, (RECEIPT_ID_RAW, self.writer.id.encode())]
         self.hasher = ResponseHasher()
         self.started = False
         #: Role chunks not written yet (see :meth:`first_tokens`).

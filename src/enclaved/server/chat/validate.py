@@ -60,7 +60,18 @@ _PASS_PARAMS = (
 class Prepared:
     """A validated, decrypted chat request, ready for the backend."""
 
-    __slots__ = ("backend", "body", "e2ee", "engine_error", "model", "request", "stream", "usage")
+    __slots__ = (
+        "api_key_sha256",
+        "backend",
+        "body",
+        "e2ee",
+        "endpoint",
+        "engine_error",
+        "model",
+        "request",
+        "stream",
+        "usage",
+    )
 
     def __init__(
         self,
@@ -81,6 +92,11 @@ class Prepared:
         #: of an engine failure.
         self.usage: dict[str, int] | None = None
         self.engine_error: str | None = None
+        #: What the answer's ACI receipt names and is bound to: the path the
+        #: request came on, and the SHA-256 of its API key (none when the node
+        #: needs none). Set by the route.
+        self.endpoint = "/v1/chat/completions"
+        self.api_key_sha256: str | None = None
 
 
 def prepare(node: Node, headers: Mapping[str, str], body: bytes) -> Prepared:
