@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aci_node_core import core
 from server_fakes import TEE_MODEL, fake_node
 from test_interop_seed_client import NODE_DIR, _node_env, node
 
-__all__ = ["core", "node"]
+__all__ = ["node"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")
 
