@@ -94,6 +94,13 @@ class CheckId(enum.StrEnum):
     CHUTES_E2E_KEY_NONCE = "chutes.report_data.e2e_key_nonce"
     CHUTES_CERTIFICATE = "chutes.report_data.certificate"
     CHUTES_E2E_KEY = "chutes.e2e_key"
+    ACI_NONCE_ECHO = "aci.nonce_echo"
+    ACI_KEYSET_DIGEST = "aci.keyset_digest"
+    ACI_WORKLOAD_ID = "aci.workload_id"
+    ACI_REPORT_DATA = "aci.report_data"
+    ACI_ENDORSEMENT = "aci.keyset_endorsement"
+    ACI_KEYSET_EXPIRY = "aci.keyset_expiry"
+    ACI_KEY_CUSTODY = "aci.key_custody"
 
 
 class GpuCheck(enum.StrEnum):

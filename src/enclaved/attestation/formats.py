@@ -33,19 +33,28 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import EvidenceParseError
-from . import binding
+from . import binding, eventlog
 from .checks import Check, CheckId, Status, Verdict
 from .document import AttestationReport
 from .verifier import PROTOCOL_BINDER, AttestationVerdict, Binder, Fetched, Verifier
 
-FORMATS = ("protocol", "nearcloud", "chutes")
+FORMATS = ("protocol", "nearcloud", "chutes", "aci-current", "aci-rev-a")
 
 #: ML-KEM-768's encapsulation key is 1184 bytes (FIPS 203).
 MLKEM768_PUBLIC_KEY_SIZE = 1184
 
 
 def detect_format(doc: Mapping[str, Any]) -> str:
-    """The format of a decoded report, by its shape: one of :data:`FORMATS`."""
+    """The format of a decoded report, by its shape: one of :data:`FORMATS`.
+
+    An ``aci/1`` report's revision is never guessed from the document (it is
+    untrusted): detecting one raises, asking for ``aci-current`` or ``aci-rev-a``.
+    """
+    if doc.get("api_version") == "aci/1":
+        raise EvidenceParseError(
+            "an aci/1 report: name its revision (format aci-current or aci-rev-a; "
+            "enclaved verify --format ...)"
+        )
     if isinstance(doc.get("gateway_attestation"), Mapping) and isinstance(
         doc.get("model_attestations"), list
     ):
@@ -144,7 +153,7 @@ def verify_document(
     if fmt not in FORMATS:
         raise EvidenceParseError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     try:
-        parts = _components(fmt, d)
+        parts = _components(fmt, d, verifier.now().timestamp())
     except (KeyError, TypeError, AttributeError) as exc:
         # A field missing or of the wrong type: garbage, not forged evidence.
         raise EvidenceParseError(
@@ -163,12 +172,14 @@ _Post = Any  # Callable[[AttestationVerdict], None]
 
 
 def _components(
-    fmt: str, doc: Mapping[str, Any]
+    fmt: str, doc: Mapping[str, Any], now: float
 ) -> list[tuple[str, AttestationReport, Binder | None, _Post]]:
     if fmt == "nearcloud":
         return _nearcloud(doc)
     if fmt == "chutes":
         return _chutes(doc)
+    if fmt in ("aci-current", "aci-rev-a"):
+        return _aci(doc, fmt.removeprefix("aci-"), now)
     return [("node", AttestationReport.from_json(doc), None, lambda v: None)]
 
 
@@ -593,6 +604,161 @@ def _chutes(doc: Mapping[str, Any]) -> list[tuple[str, AttestationReport, Binder
         )
         parts.append((f"instance[{iid}]", report, _ChutesBinder(keys.get(iid), cert), _post_chutes))
     return parts
+
+
+# --- aci/1 (shared/specs/aci) -------------------------------------------------
+
+
+class _AciBinder:
+    """An ``aci/1`` report: REPORTDATA[0:32] = SHA-256 of the statement of the
+    named revision, recomputed here with *our* nonce and the keyset's digest;
+    REPORTDATA[32:64] zero. The keyset, its digest, the workload id and the
+    rev-a endorsement are checked against each other."""
+
+    def __init__(self, doc: Mapping[str, Any], revision: str, now: float) -> None:
+        self.doc = doc
+        self.revision = revision
+        self.now = now
+
+    def echo(self, report: AttestationReport, nonce: bytes | None) -> Check:
+        return Check.skipped(
+            CheckId.ACI_NONCE_ECHO,
+            "an aci/1 report echoes no nonce: it is bound in the statement (aci.report_data)",
+            enforced=False,
+        )
+
+    def rows(
+        self, report: AttestationReport, report_data: bytes, nonce: bytes | None
+    ) -> list[Check]:
+        from .. import aci
+
+        att = self.doc["attestation"]
+        keyset = att["workload_keyset"]
+        rows: list[Check] = []
+        digest = aci.keyset_digest(keyset)
+        stated = self.doc.get("workload_keyset_digest")
+        rows.append(
+            Check.passed(CheckId.ACI_KEYSET_DIGEST, "the keyset's JCS digest is the one stated")
+            if digest == stated
+            else Check.failed(
+                CheckId.ACI_KEYSET_DIGEST,
+                f"the keyset digests to {digest}, the report says {stated}",
+            )
+        )
+        wid = None
+        if self.revision == aci.REV_A:
+            identity = (keyset.get("workload_identity") or {}).get("public_key")
+            wid = aci.workload_id(identity) if isinstance(identity, Mapping) else None
+            rows.append(
+                Check.passed(CheckId.ACI_WORKLOAD_ID, "workload_id is the identity key's digest")
+                if wid is not None and wid == self.doc.get("workload_id")
+                else Check.failed(
+                    CheckId.ACI_WORKLOAD_ID, "workload_id is not the identity key's digest"
+                )
+            )
+            rows.append(_aci_endorsement(att, identity, digest))
+        nonce_text = None if nonce is None else nonce.hex()
+        want = aci.report_data(aci.statement(self.revision, digest, nonce_text, wid))
+        if hmac.compare_digest(bytes(report_data), want):
+            rows.append(
+                Check.passed(
+                    CheckId.ACI_REPORT_DATA,
+                    f"REPORTDATA = SHA-256(the {self.revision} statement of this keyset"
+                    + (" and our nonce" if nonce is not None else ", nonce null")
+                    + ") || 32 zero bytes",
+                )
+            )
+        else:
+            rows.append(
+                Check.failed(
+                    CheckId.ACI_REPORT_DATA,
+                    "REPORTDATA is not the statement of this keyset"
+                    + (" and our nonce" if nonce is not None else ""),
+                )
+            )
+        rows.append(_aci_expiry(keyset, self.now))
+        rows.append(
+            Check.skipped(
+                CheckId.ACI_KEY_CUSTODY,
+                "key custody (who holds the keyset's private keys, e.g. a dstack KMS) is stated, "
+                "not proven: no KMS root is pinned",
+                enforced=False,
+            )
+        )
+        return rows
+
+    def gpu_nonce(
+        self, report: AttestationReport, report_data: bytes, nonce: bytes | None
+    ) -> bytes:
+        return bytes(report_data[:32])
+
+
+def _aci_endorsement(att: Mapping[str, Any], identity: Any, digest: str) -> Check:
+    import coincurve
+
+    from .. import aci
+
+    cid = CheckId.ACI_ENDORSEMENT
+    endorsement = att.get("keyset_endorsement")
+    if not isinstance(endorsement, Mapping) or not isinstance(identity, Mapping):
+        return Check.failed(cid, "no keyset endorsement or identity key")
+    payload = aci.endorsement_payload(digest)
+    try:
+        value = bytes.fromhex(str(endorsement.get("value")))
+        key = bytes.fromhex(str(identity.get("public_key")))
+        if (
+            endorsement.get("algo") == "ecdsa-secp256k1"
+            and identity.get("algo") == "ecdsa-secp256k1"
+        ):
+            der = coincurve.ecdsa.cdata_to_der(coincurve.ecdsa.deserialize_compact(value[:64]))
+            ok = coincurve.PublicKey(key).verify(der, hashlib.sha256(payload).digest(), hasher=None)
+        elif endorsement.get("algo") == "ed25519":
+            from cryptography.exceptions import InvalidSignature
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            try:
+                Ed25519PublicKey.from_public_bytes(key).verify(value, payload)
+                ok = True
+            except InvalidSignature:
+                ok = False
+        else:
+            return Check.failed(cid, f"endorsement algorithm {endorsement.get('algo')!r} unknown")
+    except (ValueError, TypeError):
+        ok = False
+    return (
+        Check.passed(cid, "the identity key endorses this keyset digest")
+        if ok
+        else Check.failed(cid, "the keyset endorsement does not verify under the identity key")
+    )
+
+
+def _aci_expiry(keyset: Mapping[str, Any], now: float) -> Check:
+    cid = CheckId.ACI_KEYSET_EXPIRY
+    epoch = keyset.get("keyset_epoch")
+    not_after = epoch.get("not_after") if isinstance(epoch, Mapping) else keyset.get("not_after")
+    if not isinstance(not_after, int):
+        return Check.failed(cid, "the keyset states no not_after")
+    if now < not_after:
+        return Check.passed(cid, f"the keyset is valid until {not_after}")
+    return Check.failed(cid, f"the keyset expired at {not_after}")
+
+
+def _aci(
+    doc: Mapping[str, Any], revision: str, now: float
+) -> list[tuple[str, AttestationReport, Binder | None, _Post]]:
+    att = doc["attestation"]
+    evidence = att["evidence"]
+    event_log = evidence.get("event_log") or []
+    if isinstance(event_log, str):
+        event_log = json.loads(event_log)
+    report = AttestationReport(
+        intel_quote=_hex(evidence["quote"], "attestation.evidence.quote"),
+        signing_algo="ed25519",
+        signing_address=b"",
+        event_log=eventlog.parse_event_log(event_log),
+        raw=doc,
+    )
+    return [("gateway", report, _AciBinder(doc, revision, now), lambda v: None)]
 
 
 def _post_chutes(v: AttestationVerdict) -> None:

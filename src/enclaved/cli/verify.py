@@ -142,9 +142,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument(
         "--format",
-        choices=("protocol", "nearcloud", "chutes"),
+        choices=("protocol", "nearcloud", "chutes", "aci-current", "aci-rev-a"),
         default=None,
-        help="the report's format (default: recognised by its shape)",
+        help="the report's format (default: recognised by its shape; an aci/1 report's "
+        "revision must be named: aci-current or aci-rev-a)",
     )
 
 
@@ -373,9 +374,9 @@ def _verify_and_print(
 
     try:
         doc = load_document(raw)
+        fmt = getattr(args, "format", None) or detect_format(doc)
     except EvidenceParseError as exc:
         raise _fail(EXIT_PARSE, f"malformed attestation report: {exc}") from exc
-    fmt = getattr(args, "format", None) or detect_format(doc)
     if fmt != "protocol":
         return _verify_document(doc, fmt, nonce, policy, args, now, out, err)
     try:
