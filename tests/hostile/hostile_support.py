@@ -140,6 +140,16 @@ def engine(behaviour: Behaviour) -> Iterator[str]:
                 if name.strip().lower() == b"content-length":
                     length = int(value)
             await reader.readexactly(length)
+            if head.split(b" ", 2)[1].endswith(b"/models"):
+                # The node's start-up probe (is the engine up?): a plain answer,
+                # so that ``behaviour`` is what the chat request meets.
+                body = b'{"object":"list","data":[{"id":"m"}]}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+                return
             await behaviour(writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass

@@ -16,11 +16,14 @@ __all__ = [
     "HEALTH",
     "MODELS",
     "READY",
+    "SDK_PREFIX",
     "SIGNATURE",
     "TEE_MODEL_PREFIX",
 ]
 
 API_PREFIXES = ("/api/v1", "/v1")
+#: The prefix the OpenAI SDKs use, and the one links name.
+SDK_PREFIX = API_PREFIXES[1]
 
 #: Under a prefix.
 MODELS = "/models"

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import NetworkError
 from ..evidence.base import EvidenceSource
-from ..protocol.routes import ACI_ATTESTATION
+from ..protocol.routes import ACI_ATTESTATION, SDK_PREFIX
 from .errors import SERVER_ERROR, HTTPError, missing_parameter, model_not_found
 from .node import Node
 
@@ -307,5 +307,5 @@ def aci_block(node: Node) -> dict[str, Any] | None:
         block["workload_id"] = aci.workload_id
     block["workload_keyset_digest"] = aci.digest
     block["workload_keyset"] = aci.keyset
-    block["attestation_path"] = "/v1" + ACI_ATTESTATION
+    block["attestation_path"] = SDK_PREFIX + ACI_ATTESTATION
     return block
