@@ -86,6 +86,20 @@ def running_server(app: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
         sock.close()
 
 
+def wait_until_healthy(port: int, proc: Any, timeout: float = 120.0) -> None:
+    """Wait until ``enclaved serve`` (``proc``) on ``port`` answers ``/health``,
+    or has exited, or ``timeout`` passed; the caller's next request tells which."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def unused_port() -> int:
     return free_port()

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import running_server
+from conftest import running_server, wait_until_healthy
 from dstack_agent import Agent, running_agent
 from dstack_sdk import DstackClient
 from server_fakes import E2EE_MODEL, fake_backends, fake_config
@@ -198,7 +198,6 @@ def test_enclaved_serve_tee_dstack_uses_the_agent_and_the_kms_key(
     import socket
     import subprocess
     import sys
-    import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -214,13 +213,7 @@ def test_enclaved_serve_tee_dstack_uses_the_agent_and_the_kms_key(
             text=True,
         )
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+            wait_until_healthy(port, proc)
             doc = httpx.get(
                 f"http://127.0.0.1:{port}/v1/tee/attestation",
                 params={"model": "e2ee-smollm2-135m", "nonce": NONCE},

@@ -13,12 +13,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
-import httpx
 import pytest
+from conftest import wait_until_healthy
 
 import enclaved
 from enclaved.attestation.policy import InsecurePolicyWarning
@@ -42,13 +41,7 @@ def test_json_logs_are_json_and_content_free(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(port, proc)
         client = enclaved.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1",
             api_key="sk-canary-api-key",
