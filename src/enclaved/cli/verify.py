@@ -420,26 +420,14 @@ def _verify_document(
 ) -> int:
     """A multi-TD format (:mod:`enclaved.attestation.formats`): one block per component."""
     from ..attestation.formats import verify_document
-    from ..attestation.policy import InsecurePolicyWarning
-    from ..attestation.verifier import Verifier
 
-    try:
-        collateral, nras = _collateral(args), _nras(args)
-    except ConfigError as exc:
-        raise _fail(EXIT_PARSE, str(exc)) from exc
-    verifier = Verifier(policy, collateral=collateral, nras=nras, now=lambda: now)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InsecurePolicyWarning)
-        try:
-            verdict = verify_document(verifier, doc, nonce=nonce, format=fmt)
-        except EvidenceParseError as exc:
-            raise _fail(EXIT_PARSE, f"malformed evidence: {exc}") from exc
-        except (NetworkError, APIError) as exc:
-            raise _fail(EXIT_NETWORK, f"network: {exc}") from exc
-    for w in sorted(
-        {str(w.message) for w in caught if issubclass(w.category, InsecurePolicyWarning)}
-    ):
-        print(f"WARNING: {w}", file=err)
+    verdict = _verify_with(
+        policy,
+        args,
+        now,
+        err,
+        lambda verifier: verify_document(verifier, doc, nonce=nonce, format=fmt),
+    )
     codes = [exit_code(c.verdict) for c in verdict.components]
     code = max(codes) if codes else EXIT_VERIFICATION
     if code == EXIT_POLICY and EXIT_VERIFICATION in codes:
@@ -475,6 +463,25 @@ def _run_verifier(
     now: datetime,
     err: TextIO,
 ) -> Any:
+    # Intel PCS / NRAS first (the sync getters), then the pure check.
+    return _verify_with(
+        policy,
+        args,
+        now,
+        err,
+        lambda verifier: verifier.verify(report, nonce=nonce, fetched=verifier.fetch(report)),
+    )
+
+
+def _verify_with(
+    policy: Any,
+    args: argparse.Namespace,
+    now: datetime,
+    err: TextIO,
+    run: Callable[[Any], Any],
+) -> Any:
+    """``run(verifier)`` with the command's collateral, NRAS and clock; each
+    distinct relaxation warning printed once; errors as the command's exits."""
     from ..attestation.policy import InsecurePolicyWarning
     from ..attestation.verifier import Verifier
 
@@ -486,16 +493,15 @@ def _run_verifier(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InsecurePolicyWarning)
         try:
-            # Intel PCS / NRAS first (the sync getters), then the pure check.
-            verdict = verifier.verify(report, nonce=nonce, fetched=verifier.fetch(report))
+            result = run(verifier)
         except EvidenceParseError as exc:
             raise _fail(EXIT_PARSE, f"malformed evidence: {exc}") from exc
         except (NetworkError, APIError) as exc:
             raise _fail(EXIT_NETWORK, f"network: {exc}") from exc
-    for w in caught:
-        if issubclass(w.category, InsecurePolicyWarning):
-            print(f"WARNING: {w.message}", file=err)
-    return verdict
+    relaxations = [str(w.message) for w in caught if issubclass(w.category, InsecurePolicyWarning)]
+    for message in dict.fromkeys(relaxations):
+        print(f"WARNING: {message}", file=err)
+    return result
 
 
 def exit_code(verdict: Any) -> int:
