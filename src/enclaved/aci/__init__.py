@@ -6,6 +6,8 @@
 - :func:`sign_receipt`, :func:`receipt_signing_input`,
   :func:`verify_receipt_signature`: receipts, in either revision
   (:data:`CURRENT`, :data:`REV_A`; the caller names it).
+- :func:`verify_receipt`, :func:`body_hash`: a client's check of one answer
+  against its receipt and the bytes exchanged (§9.3), as verdict rows.
 - :func:`node_core`: the same, as the node's
   :class:`~enclaved.server.aci.AciCore` wants it.
 """
@@ -33,6 +35,7 @@ from .core import (
     workload_id,
 )
 from .jcs import jcs, jcs_sha256
+from .receipts import body_hash, verify_receipt
 
 __all__ = [
     "CURRENT",
@@ -40,6 +43,7 @@ __all__ = [
     "REPORT_DATA_PURPOSE",
     "REVISIONS",
     "REV_A",
+    "body_hash",
     "endorsement_payload",
     "jcs",
     "jcs_sha256",
@@ -50,6 +54,7 @@ __all__ = [
     "report_data",
     "sign_receipt",
     "statement",
+    "verify_receipt",
     "verify_receipt_signature",
     "workload_id",
 ]
