@@ -253,3 +253,63 @@ def test_a_current_receipt_read_as_rev_a_fails() -> None:
     case = _current()
     case["revision"] = aci.REV_A
     assert not _verify(case).ok
+
+
+# -- rev-a secp256k1 receipt keys (§8.5), as the production gateway lists them ------
+
+
+def _secp256k1_case(v_offset: int = 0, length: int = 65) -> dict[str, Any]:
+    import hashlib
+
+    import coincurve
+
+    key = coincurve.PrivateKey(bytes([7]) * 32)
+    case = _rev_a()
+    receipt = case["receipt"]
+    receipt["signature"] = {"algo": "ecdsa-secp256k1", "key_id": "dstack-kms-receipt-v1"}
+    digest = hashlib.sha256(aci.receipt_signing_input(aci.REV_A, receipt)).digest()
+    signature = bytearray(key.sign_recoverable(digest, hasher=None))
+    signature[64] += v_offset
+    receipt["signature"]["value"] = bytes(signature[:length]).hex()
+    case["keyset"] = {
+        "receipt_signing_keys": [
+            {
+                "key_id": "dstack-kms-receipt-v1",
+                "algo": "ecdsa-secp256k1",
+                "public_key": key.public_key.format(compressed=False).hex(),
+            }
+        ]
+    }
+    return case
+
+
+def test_rev_a_secp256k1_receipt_verifies_with_either_recovery_id_form() -> None:
+    for v_offset in (0, 27):
+        verdict = _verify(_secp256k1_case(v_offset))
+        assert verdict.ok, verdict.table()
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda c: c.update(**_secp256k1_case(length=64)),  # JOSE shape: refused by the spec
+        lambda c: c["receipt"]["signature"].update(algo="ed25519"),  # algo is not the key's
+        lambda c: c["keyset"]["receipt_signing_keys"][0].update(
+            public_key=__import__("coincurve").PrivateKey(bytes([8]) * 32).public_key.format().hex()
+        ),
+        lambda c: c["receipt"].update(served_at=1),
+    ],
+    ids=["64-byte signature", "algo mismatch", "another key", "changed receipt"],
+)
+def test_rev_a_secp256k1_mutations_are_refused(mutate: Any) -> None:
+    case = _secp256k1_case()
+    mutate(case)
+    row = _verify(case).get(CheckId.ACI_RECEIPT_SIGNATURE)
+    assert row is not None and row.status is Status.FAIL
+
+
+def test_the_current_revision_accepts_only_ed25519_receipt_keys() -> None:
+    case = _secp256k1_case()
+    case["revision"] = aci.CURRENT
+    row = _verify(case).get(CheckId.ACI_RECEIPT_SIGNATURE)
+    assert row is not None and row.status is Status.FAIL
