@@ -100,6 +100,7 @@ class CheckId(enum.StrEnum):
     ACI_REPORT_DATA = "aci.report_data"
     ACI_ENDORSEMENT = "aci.keyset_endorsement"
     ACI_KEYSET_EXPIRY = "aci.keyset_expiry"
+    ACI_PROVENANCE = "aci.provenance"
     ACI_KEY_CUSTODY = "aci.key_custody"
     ACI_RECEIPT_SIGNATURE = "aci.receipt.signature"
     ACI_RECEIPT_DOCUMENT = "aci.receipt.document"
