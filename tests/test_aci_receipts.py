@@ -313,3 +313,25 @@ def test_the_current_revision_accepts_only_ed25519_receipt_keys() -> None:
     case["revision"] = aci.CURRENT
     row = _verify(case).get(CheckId.ACI_RECEIPT_SIGNATURE)
     assert row is not None and row.status is Status.FAIL
+
+
+# -- §9.1 step 6: the channel we used is in the keyset --------------------------------
+
+
+def test_the_channel_we_used_must_be_in_the_keyset() -> None:
+    keyset = json.loads(CUR[0])
+    e2ee = keyset["e2ee_public_keys"][0]["public_key"]
+    spki = keyset["tls_public_keys"][0]["spki_sha256"]
+
+    def status(**kw: Any) -> Status:
+        return aci.check_channel(keyset, **kw).status
+
+    assert status(e2ee_public_key=e2ee.upper()) is Status.PASS
+    assert status(tls_spki_sha256=spki, hostname="api.example.com") is Status.PASS
+    assert status(tls_spki_sha256="sha256:" + spki, hostname="API.example.com") is Status.PASS
+    # The listed key, but for another host than the one we connected to.
+    assert status(tls_spki_sha256=spki, hostname="evil.example.com") is Status.FAIL
+    assert status(tls_spki_sha256=spki) is Status.FAIL
+    assert status(e2ee_public_key="00" * 32) is Status.FAIL
+    row = aci.check_channel(keyset)
+    assert row.status is Status.SKIPPED and row.enforced and row.id == CheckId.ACI_CHANNEL

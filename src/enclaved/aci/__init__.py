@@ -7,7 +7,8 @@
   :func:`verify_receipt_signature`: receipts, in either revision
   (:data:`CURRENT`, :data:`REV_A`; the caller names it).
 - :func:`verify_receipt`, :func:`body_hash`: a client's check of one answer
-  against its receipt and the bytes exchanged (§9.3), as verdict rows.
+  against its receipt and the bytes exchanged (§9.3), as verdict rows;
+  :func:`check_channel`: the E2EE or TLS key we used is in the keyset (§9.1).
 - :func:`node_core`: the same, as the node's
   :class:`~enclaved.server.aci.AciCore` wants it.
 """
@@ -35,7 +36,7 @@ from .core import (
     workload_id,
 )
 from .jcs import jcs, jcs_sha256
-from .receipts import body_hash, verify_receipt
+from .receipts import body_hash, check_channel, verify_receipt
 
 __all__ = [
     "CURRENT",
@@ -44,6 +45,7 @@ __all__ = [
     "REVISIONS",
     "REV_A",
     "body_hash",
+    "check_channel",
     "endorsement_payload",
     "jcs",
     "jcs_sha256",

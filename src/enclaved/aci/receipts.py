@@ -37,7 +37,7 @@ from ..attestation.checks import Check, CheckId, Verdict
 from ..errors import EvidenceParseError, VerificationError
 from .core import CURRENT, REV_A, _revision, verify_receipt_signature
 
-__all__ = ["body_hash", "verify_receipt"]
+__all__ = ["body_hash", "check_channel", "verify_receipt"]
 
 API_VERSION = "aci/1"
 
@@ -167,3 +167,41 @@ def verify_receipt(
             )
         )
     return verdict
+
+
+def check_channel(
+    keyset: Mapping[str, Any],
+    *,
+    e2ee_public_key: str | None = None,
+    tls_spki_sha256: str | None = None,
+    hostname: str | None = None,
+) -> Check:
+    """``aci.channel`` (§9.1 step 6): the channel we actually used is bound by
+    the keyset: the E2EE public key we encrypt to (hex) is in
+    ``e2ee_public_keys``, or the TLS SPKI SHA-256 we observed (hex) is in
+    ``tls_public_keys`` (for ``hostname``, where an entry names a domain).
+    Skipped, and enforced, when the caller names neither."""
+    cid = CheckId.ACI_CHANNEL
+
+    def entries(name: str) -> list[Mapping[str, Any]]:
+        value = keyset.get(name)
+        if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+            return []
+        return [e for e in value if isinstance(e, Mapping)]
+
+    if e2ee_public_key is None and tls_spki_sha256 is None:
+        return Check.skipped(cid, "no E2EE key or TLS SPKI of the channel given to compare")
+    if e2ee_public_key is not None:
+        ours = e2ee_public_key.lower()
+        for e in entries("e2ee_public_keys"):
+            if str(e.get("public_key", "")).lower() == ours:
+                return Check.passed(cid, f"the E2EE key we used is {e.get('key_id')!r}")
+    if tls_spki_sha256 is not None:
+        ours = tls_spki_sha256.lower().removeprefix("sha256:")
+        for e in entries("tls_public_keys"):
+            domain = e.get("domain")
+            if domain is not None and (hostname is None or str(domain).lower() != hostname.lower()):
+                continue
+            if str(e.get("spki_sha256", "")).lower().removeprefix("sha256:") == ours:
+                return Check.passed(cid, f"the TLS key we saw is listed for {domain or 'any host'}")
+    return Check.failed(cid, "neither the E2EE key nor the TLS key we used is in the keyset")

@@ -102,6 +102,7 @@ class CheckId(enum.StrEnum):
     ACI_KEYSET_EXPIRY = "aci.keyset_expiry"
     ACI_PROVENANCE = "aci.provenance"
     ACI_KEY_CUSTODY = "aci.key_custody"
+    ACI_CHANNEL = "aci.channel"
     ACI_RECEIPT_SIGNATURE = "aci.receipt.signature"
     ACI_RECEIPT_DOCUMENT = "aci.receipt.document"
     ACI_RECEIPT_REQUEST = "aci.receipt.request"
