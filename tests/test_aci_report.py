@@ -33,8 +33,21 @@ FETCHED = dt.datetime.fromtimestamp(1782664738, dt.UTC)
 pytestmark = pytest.mark.filterwarnings("ignore::enclaved.attestation.InsecurePolicyWarning")
 
 
-def _verify(doc: Any, fmt: str = "aci-rev-a", nonce: bytes = NONCE, tmp: Path | None = None) -> Any:
-    policy = Policy(allow_missing_collateral=True, allow_missing_nvidia=True)
+def _verify(
+    doc: Any,
+    fmt: str = "aci-rev-a",
+    nonce: bytes = NONCE,
+    tmp: Path | None = None,
+    allow_unbound_provenance: bool = True,
+) -> Any:
+    # The report states its source (repo@commit) but carries no app_compose to
+    # check it against the measured compose-hash: aci.provenance is skipped,
+    # waived here by allow_missing_compose_binding, and said so.
+    policy = Policy(
+        allow_missing_collateral=True,
+        allow_missing_nvidia=True,
+        allow_missing_compose_binding=allow_unbound_provenance,
+    )
     verifier = Verifier(
         policy, collateral=DirectoryCollateral(tmp or Path("/nonexistent")), now=lambda: FETCHED
     )
@@ -64,6 +77,51 @@ def test_the_production_report_verifies(tmp_path: Path) -> None:
     ):
         assert _status(v, cid) == "pass", (cid, v.table())
     assert _status(v, "aci.key_custody") == "skipped"
+    assert _status(v, "aci.provenance") == "skipped"
+    assert "no app_compose" in v.get("aci.provenance").reason
+
+
+def test_unbound_provenance_is_refused_unless_the_policy_waives_it(tmp_path: Path) -> None:
+    """§9.1 step 4: a provenance claim no measurement backs does not satisfy it."""
+    v = _verify(REPORT, tmp=tmp_path, allow_unbound_provenance=False)
+    assert not v.ok
+    blocking = [c.id for c in v if not c.ok]
+    assert blocking == ["aci.provenance"], v.table()
+
+
+def _provenance_row(provenance: Any, compose: str | None, measured: bytes | None) -> Any:
+    from enclaved.attestation.document import AttestationReport
+    from enclaved.attestation.eventlog import EventLogEntry
+    from enclaved.attestation.formats import _aci_provenance
+
+    events: tuple[EventLogEntry, ...] = ()
+    if measured is not None:
+        events = (EventLogEntry(3, 0x08000001, bytes(48), "compose-hash", measured),)
+    report = AttestationReport(
+        intel_quote=b"", signing_algo="ed25519", signing_address=b"", event_log=events, raw={}
+    )
+    evidence = {} if compose is None else {"app_compose": compose}
+    return _aci_provenance({"source_provenance": provenance, "evidence": evidence}, report)
+
+
+COMPOSE = '{"docker_compose_file":"services:\\n  gw:\\n    image: ghcr.io/x/gw@sha256:abcd"}'
+PROVENANCE = {"repo_url": "https://example/gw.git", "repo_commit": "1b43f7", "image_digest": None}
+
+
+def test_provenance_corroborated_by_the_measured_compose() -> None:
+    import hashlib
+
+    measured = hashlib.sha256(COMPOSE.encode()).digest()
+    image = {**PROVENANCE, "repo_commit": None, "image_digest": "sha256:abcd"}
+    assert _provenance_row(image, COMPOSE, measured).status.value == "pass"
+    # The compose is measured, but it names neither the stated image nor commit.
+    assert _provenance_row(PROVENANCE, COMPOSE, measured).status.value == "fail"
+    # An app_compose that is not the measured one.
+    assert _provenance_row(image, COMPOSE, bytes(32)).status.value == "fail"
+    assert _provenance_row(image, COMPOSE, None).status.value == "fail"
+    # Nothing stated: skipped (enforced unless waived), never a pass.
+    nothing = {"repo_url": None, "repo_commit": None, "image_digest": None}
+    assert _provenance_row(nothing, COMPOSE, measured).status.value == "skipped"
 
 
 def test_the_revision_is_named_not_guessed(tmp_path: Path) -> None:
@@ -100,6 +158,11 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
             value="00" + d["attestation"]["keyset_endorsement"]["value"][2:]
         ),
         "aci.keyset_endorsement",
+    ),
+    (
+        "app_compose not the measured one",
+        lambda d: d["attestation"]["evidence"].update(app_compose='{"docker_compose_file":""}'),
+        "aci.provenance",
     ),
     (
         "expired keyset",

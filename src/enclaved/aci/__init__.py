@@ -6,6 +6,9 @@
 - :func:`sign_receipt`, :func:`receipt_signing_input`,
   :func:`verify_receipt_signature`: receipts, in either revision
   (:data:`CURRENT`, :data:`REV_A`; the caller names it).
+- :func:`verify_receipt`, :func:`body_hash`: a client's check of one answer
+  against its receipt and the bytes exchanged (§9.3), as verdict rows;
+  :func:`check_channel`: the E2EE or TLS key we used is in the keyset (§9.1).
 - :func:`node_core`: the same, as the node's
   :class:`~enclaved.server.aci.AciCore` wants it.
 """
@@ -33,6 +36,7 @@ from .core import (
     workload_id,
 )
 from .jcs import jcs, jcs_sha256
+from .receipts import body_hash, check_channel, verify_receipt
 
 __all__ = [
     "CURRENT",
@@ -40,6 +44,8 @@ __all__ = [
     "REPORT_DATA_PURPOSE",
     "REVISIONS",
     "REV_A",
+    "body_hash",
+    "check_channel",
     "endorsement_payload",
     "jcs",
     "jcs_sha256",
@@ -50,6 +56,7 @@ __all__ = [
     "report_data",
     "sign_receipt",
     "statement",
+    "verify_receipt",
     "verify_receipt_signature",
     "workload_id",
 ]

@@ -136,24 +136,64 @@ def receipt_key_id(revision: str, receipt: Mapping[str, Any]) -> str:
 def verify_receipt_signature(
     revision: str, receipt: Mapping[str, Any], keyset: Mapping[str, Any]
 ) -> str:
-    """Check ``receipt``'s Ed25519 signature by a receipt key of ``keyset``;
-    return the ``key_id``. Raises :class:`~enclaved.errors.VerificationError`."""
+    """Check ``receipt``'s signature by a receipt key of ``keyset``; return the
+    ``key_id``. The keyset entry decides the algorithm: ``ed25519`` (both
+    revisions), or in rev-a ``ecdsa-secp256k1`` (§8.5: a 65-byte recoverable
+    ``r || s || v`` over SHA-256 of the signing input; the production gateway
+    signs so), where the receipt's ``signature.algo`` must name the same.
+    Raises :class:`~enclaved.errors.VerificationError`."""
     key_id = receipt_key_id(revision, receipt)
     entries = [
         k
         for k in keyset.get("receipt_signing_keys") or ()
         if isinstance(k, Mapping) and k.get("key_id") == key_id
     ]
-    if len(entries) != 1 or entries[0].get("algo") != "ed25519":
-        raise VerificationError(f"the keyset has no single ed25519 receipt key {key_id!r}")
+    if len(entries) != 1:
+        raise VerificationError(f"the keyset has no single receipt key {key_id!r}")
+    algo = entries[0].get("algo")
     if revision == CURRENT:
         value = receipt.get("signature")
+        allowed: tuple[str, ...] = ("ed25519",)
     else:
         signature = receipt.get("signature")
         value = signature.get("value") if isinstance(signature, Mapping) else None
+        allowed = ("ed25519", "ecdsa-secp256k1")
+        if isinstance(signature, Mapping) and signature.get("algo") != algo:
+            raise VerificationError(
+                f"the receipt says {signature.get('algo')!r}, its key {key_id!r} is {algo!r}"
+            )
+    if algo not in allowed:
+        raise VerificationError(f"receipt key {key_id!r} is {algo!r}, not one of {allowed}")
+    message = receipt_signing_input(revision, receipt)
     try:
-        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(entries[0]["public_key"])))
-        public.verify(bytes.fromhex(str(value)), receipt_signing_input(revision, receipt))
+        public = bytes.fromhex(str(entries[0]["public_key"]))
+        signature_bytes = bytes.fromhex(str(value))
+        if algo == "ed25519":
+            Ed25519PublicKey.from_public_bytes(public).verify(signature_bytes, message)
+        elif not _secp256k1_ok(public, signature_bytes, message):
+            raise InvalidSignature
     except (ValueError, TypeError, InvalidSignature):
         raise VerificationError("the receipt's signature does not verify") from None
     return key_id
+
+
+def _secp256k1_ok(public: bytes, signature: bytes, message: bytes) -> bool:
+    """rev-a §8.5: ``r || s || v`` (65 bytes; ``v`` 0..3, or 27..30) over
+    SHA-256(message), recovered and compared with the listed key. A 64-byte
+    (JOSE) signature is refused, as the spec requires."""
+    import coincurve
+
+    if len(signature) != 65:
+        return False
+    v = signature[64] - 27 if signature[64] >= 27 else signature[64]
+    if not 0 <= v <= 3:
+        return False
+    digest = hashlib.sha256(message).digest()
+    try:
+        recovered = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v]), digest, hasher=None
+        )
+        listed = coincurve.PublicKey(public)
+    except (ValueError, TypeError):
+        return False
+    return recovered.format(compressed=False) == listed.format(compressed=False)

@@ -100,7 +100,14 @@ class CheckId(enum.StrEnum):
     ACI_REPORT_DATA = "aci.report_data"
     ACI_ENDORSEMENT = "aci.keyset_endorsement"
     ACI_KEYSET_EXPIRY = "aci.keyset_expiry"
+    ACI_PROVENANCE = "aci.provenance"
     ACI_KEY_CUSTODY = "aci.key_custody"
+    ACI_CHANNEL = "aci.channel"
+    ACI_RECEIPT_SIGNATURE = "aci.receipt.signature"
+    ACI_RECEIPT_DOCUMENT = "aci.receipt.document"
+    ACI_RECEIPT_REQUEST = "aci.receipt.request"
+    ACI_RECEIPT_RESPONSE = "aci.receipt.response"
+    ACI_RECEIPT_REWRITE = "aci.receipt.rewrite"
 
 
 class GpuCheck(enum.StrEnum):

@@ -677,6 +677,7 @@ class _AciBinder:
                 )
             )
         rows.append(_aci_expiry(keyset, self.now))
+        rows.append(_aci_provenance(att, report))
         rows.append(
             Check.skipped(
                 CheckId.ACI_KEY_CUSTODY,
@@ -730,6 +731,48 @@ def _aci_endorsement(att: Mapping[str, Any], identity: Any, digest: str) -> Chec
         if ok
         else Check.failed(cid, "the keyset endorsement does not verify under the identity key")
     )
+
+
+def _aci_provenance(att: Mapping[str, Any], report: AttestationReport) -> Check:
+    """§9.1 step 4: the stated source provenance, corroborated by measurement.
+
+    ``source_provenance`` is not bound by the quote; it counts only when the
+    booted ``app_compose`` the report carries hashes to the compose hash the
+    event log measured into RTMR3 (trusted because ``eventlog.replay``, an
+    enforced row, replays that log to the quote) and names the stated image
+    digest or commit. No claim, or no ``app_compose`` to check it by, is a
+    skipped row (enforced: fail closed; ``allow_missing_compose_binding``
+    waives it, for a development deployment); a claim the measurement
+    contradicts fails.
+    """
+    cid = CheckId.ACI_PROVENANCE
+    prov = att.get("source_provenance")
+    prov = prov if isinstance(prov, Mapping) else {}
+    commit, repo, image = prov.get("repo_commit"), prov.get("repo_url"), prov.get("image_digest")
+    named = [x for x in (image, commit) if isinstance(x, str) and x]
+    if not (isinstance(image, str) and image) and not (
+        isinstance(repo, str) and repo and isinstance(commit, str) and commit
+    ):
+        return Check.skipped(
+            cid, "no source provenance stated (repo_url + repo_commit, or image_digest)"
+        )
+    claim = f"{repo}@{commit}" if commit else str(image)
+    compose = (att.get("evidence") or {}).get("app_compose")
+    if not isinstance(compose, str) or not compose:
+        return Check.skipped(
+            cid,
+            f"provenance {claim} is stated, not corroborated: the report carries no "
+            "app_compose to match the measured compose-hash",
+        )
+    measured = eventlog.runtime_facts(report.event_log).compose_hash
+    stated = hashlib.sha256(compose.encode()).digest()
+    if measured is None or not hmac.compare_digest(measured, stated):
+        return Check.failed(cid, "the report's app_compose is not the compose-hash RTMR3 measured")
+    if not any(x in compose for x in named):
+        return Check.failed(
+            cid, f"the measured app_compose names neither the stated image nor commit ({claim})"
+        )
+    return Check.passed(cid, f"the measured app_compose names the stated provenance ({claim})")
 
 
 def _aci_expiry(keyset: Mapping[str, Any], now: float) -> Check:

@@ -279,8 +279,13 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "allow_missing_compose_binding",
-        "skipped: no compose-hash event to bind",
-        ids=(CheckId.MEASUREMENTS_COMPOSE_HASH, CheckId.MEASUREMENTS_MRCONFIGID),
+        "skipped: no compose-hash event to bind (aci/1: no app_compose to corroborate "
+        "the stated provenance)",
+        ids=(
+            CheckId.MEASUREMENTS_COMPOSE_HASH,
+            CheckId.MEASUREMENTS_MRCONFIGID,
+            CheckId.ACI_PROVENANCE,
+        ),
         warning=_text("allow_missing_compose_binding: the app compose may be unbound"),
     ),
     Rule(
