@@ -18,13 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import coincurve
 import pytest
 from conftest import SHARED
 
 from enclaved.attestation import Policy, Verifier
 from enclaved.attestation.formats import detect_format, verify_document
 from enclaved.attestation.tdx import DirectoryCollateral
-from enclaved.errors import EvidenceParseError
+from enclaved.crypto.keys import address_from_public_key
+from enclaved.errors import EvidenceParseError, PolicyError
 
 REPORT = json.loads((SHARED / "testdata" / "aci" / "report_aci1.json").read_text())
 NONCE = bytes.fromhex("00" * 31 + "01")  # the fixed nonce it was fetched with
@@ -39,14 +41,16 @@ def _verify(
     nonce: bytes = NONCE,
     tmp: Path | None = None,
     allow_unbound_provenance: bool = True,
+    kms_roots: tuple[str, ...] = (),
 ) -> Any:
     # The report states its source (repo@commit) but carries no app_compose to
     # check it against the measured compose-hash: aci.provenance is skipped,
-    # waived here by allow_missing_compose_binding, and said so.
+    # waived here by allow_missing_provenance, and said so.
     policy = Policy(
         allow_missing_collateral=True,
         allow_missing_nvidia=True,
-        allow_missing_compose_binding=allow_unbound_provenance,
+        allow_missing_provenance=allow_unbound_provenance,
+        aci_kms_roots=frozenset(kms_roots),
     )
     verifier = Verifier(
         policy, collateral=DirectoryCollateral(tmp or Path("/nonexistent")), now=lambda: FETCHED
@@ -181,3 +185,94 @@ def test_each_mutation_is_refused_by_its_row(
     v = _verify(doc, tmp=tmp_path)
     assert not v.ok
     assert _status(v, cid) == "fail", v.table()
+
+
+#: Where the report's dstack-kms chains lead (recovered from them; the KMS
+#: contract's kmsInfo is what a relying party would pin it from).
+KMS_ROOT = "0xd5bdeb037f237baac161ea37999b6aa37f7f4c77"
+APP_ID = "fdb7a14e5a6675f752e2cb69c9067a98ca402918"  # the measured app-id event
+
+
+def test_custody_unpinned_is_a_named_skip_naming_the_root(tmp_path: Path) -> None:
+    row = _verify(REPORT, tmp=tmp_path).get("aci.key_custody")
+    assert row.status.value == "skipped" and not row.enforced
+    assert f"4 of 5 listed keys chain to dstack KMS root {KMS_ROOT}" in row.reason
+    assert f"measured app-id {APP_ID}" in row.reason
+    # The legacy Ed25519 E2EE key's chain does not verify under dstack's format
+    # ("purpose:hex(public key)", Keccak-256): a finding, said by name.
+    assert "not to it: e2ee 'dstack-kms-legacy-ed25519-v1'" in row.reason
+    assert "aci_kms_roots" in row.reason
+
+
+def test_custody_pinned_names_every_unproven_key(tmp_path: Path) -> None:
+    v = _verify(REPORT, tmp=tmp_path, kms_roots=(KMS_ROOT,))
+    row = v.get("aci.key_custody")
+    assert row.status.value == "fail" and row.enforced
+    assert "dstack-kms-legacy-ed25519-v1" in row.reason
+    assert [c.id for c in v if not c.ok] == ["aci.key_custody"]
+    other = _verify(REPORT, tmp=tmp_path, kms_roots=("0x" + "11" * 20,))
+    assert "not a pinned KMS root" in other.get("aci.key_custody").reason
+
+
+def _custody(keyset: Any, custody: Any, kms_roots: frozenset[str]) -> Any:
+    from enclaved.attestation.document import AttestationReport
+    from enclaved.attestation.eventlog import EventLogEntry
+    from enclaved.attestation.formats import _aci_custody
+
+    event = EventLogEntry(3, 0x08000001, bytes(48), "app-id", bytes.fromhex(APP_ID))
+    report = AttestationReport(
+        intel_quote=b"", signing_algo="ed25519", signing_address=b"", event_log=(event,)
+    )
+    return _aci_custody({"evidence": {"key_custody": custody}}, keyset, report, kms_roots)
+
+
+def _without_legacy(doc: Any) -> tuple[Any, Any]:
+    att = copy.deepcopy(doc["attestation"])
+    keyset = att["workload_keyset"]
+    keyset["e2ee_public_keys"] = [e for e in keyset["e2ee_public_keys"] if e["algo"] != "ed25519"]
+    return keyset, att["evidence"]["key_custody"]
+
+
+def test_custody_pinned_passes_when_every_listed_key_chains() -> None:
+    keyset, custody = _without_legacy(REPORT)
+    row = _custody(keyset, custody, frozenset({KMS_ROOT}))
+    assert row.status.value == "pass", row.reason
+    assert "4 of 4 listed keys" in row.reason and "TLS keys: not covered" in row.reason
+
+
+@pytest.mark.parametrize("link", [0, 1])
+def test_custody_a_flipped_chain_byte_unproves_its_key(link: int) -> None:
+    keyset, custody = _without_legacy(REPORT)
+    entry = next(k for k in custody["keys"] if k["role"] == "receipt")
+    sig = bytearray.fromhex(entry["signature_chain"][link])
+    sig[10] ^= 1
+    entry["signature_chain"][link] = sig.hex()
+    row = _custody(keyset, custody, frozenset({KMS_ROOT}))
+    assert row.status.value == "fail"
+    assert "not to it: receipt 'dstack-kms-receipt-v1'" in row.reason
+
+
+def test_custody_a_key_swapped_in_the_keyset_is_unproven() -> None:
+    keyset, custody = _without_legacy(REPORT)
+    generator = coincurve.PrivateKey(bytes(31) + b"\x01").public_key  # a key no chain names
+    keyset["receipt_signing_keys"][0]["public_key"] = generator.format(compressed=False).hex()
+    row = _custody(keyset, custody, frozenset({KMS_ROOT}))
+    assert row.status.value == "fail" and "receipt 'dstack-kms-receipt-v1'" in row.reason
+
+
+def test_custody_without_chains() -> None:
+    keyset, _ = _without_legacy(REPORT)
+    unpinned = _custody(keyset, None, frozenset())
+    assert unpinned.status.value == "skipped" and not unpinned.enforced
+    pinned = _custody(keyset, None, frozenset({KMS_ROOT}))
+    assert pinned.status.value == "skipped" and pinned.enforced
+
+
+def test_policy_pins_kms_roots_as_addresses() -> None:
+    key = coincurve.PrivateKey(bytes(31) + b"\x07").public_key
+    address = address_from_public_key(key.format(compressed=False))
+    p = Policy(aci_kms_roots=frozenset({key.format(compressed=True).hex(), address.upper()}))
+    assert p.aci_kms_roots == frozenset({address.lower()})
+    assert Policy.from_toml(f'aci_kms_roots = ["{address}"]').aci_kms_roots == {address.lower()}
+    with pytest.raises(PolicyError, match="aci_kms_roots"):
+        Policy(aci_kms_roots=frozenset({"0x1234"}))

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -153,7 +154,7 @@ def verify_document(
     if fmt not in FORMATS:
         raise EvidenceParseError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     try:
-        parts = _components(fmt, d, verifier.now().timestamp())
+        parts = _components(fmt, d, verifier.now().timestamp(), verifier.policy.aci_kms_roots)
     except (KeyError, TypeError, AttributeError) as exc:
         # A field missing or of the wrong type: garbage, not forged evidence.
         raise EvidenceParseError(
@@ -172,14 +173,14 @@ _Post = Any  # Callable[[AttestationVerdict], None]
 
 
 def _components(
-    fmt: str, doc: Mapping[str, Any], now: float
+    fmt: str, doc: Mapping[str, Any], now: float, kms_roots: frozenset[str] = frozenset()
 ) -> list[tuple[str, AttestationReport, Binder | None, _Post]]:
     if fmt == "nearcloud":
         return _nearcloud(doc)
     if fmt == "chutes":
         return _chutes(doc)
     if fmt in ("aci-current", "aci-rev-a"):
-        return _aci(doc, fmt.removeprefix("aci-"), now)
+        return _aci(doc, fmt.removeprefix("aci-"), now, kms_roots)
     return [("node", AttestationReport.from_json(doc), None, lambda v: None)]
 
 
@@ -615,10 +616,17 @@ class _AciBinder:
     REPORTDATA[32:64] zero. The keyset, its digest, the workload id and the
     rev-a endorsement are checked against each other."""
 
-    def __init__(self, doc: Mapping[str, Any], revision: str, now: float) -> None:
+    def __init__(
+        self,
+        doc: Mapping[str, Any],
+        revision: str,
+        now: float,
+        kms_roots: frozenset[str] = frozenset(),
+    ) -> None:
         self.doc = doc
         self.revision = revision
         self.now = now
+        self.kms_roots = kms_roots
 
     def echo(self, report: AttestationReport, nonce: bytes | None) -> Check:
         return Check.skipped(
@@ -678,14 +686,7 @@ class _AciBinder:
             )
         rows.append(_aci_expiry(keyset, self.now))
         rows.append(_aci_provenance(att, report))
-        rows.append(
-            Check.skipped(
-                CheckId.ACI_KEY_CUSTODY,
-                "key custody (who holds the keyset's private keys, e.g. a dstack KMS) is stated, "
-                "not proven: no KMS root is pinned",
-                enforced=False,
-            )
-        )
+        rows.append(_aci_custody(att, keyset, report, self.kms_roots))
         return rows
 
     def gpu_nonce(
@@ -775,6 +776,82 @@ def _aci_provenance(att: Mapping[str, Any], report: AttestationReport) -> Check:
     return Check.passed(cid, f"the measured app_compose names the stated provenance ({claim})")
 
 
+def _listed_keys(keyset: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(what, algo, public key) of every non-TLS key the keyset lists."""
+    out: list[tuple[str, str, str]] = []
+    identity = (keyset.get("workload_identity") or {}).get("public_key")
+    if isinstance(identity, Mapping):
+        out.append(("identity", str(identity.get("algo")), str(identity.get("public_key"))))
+    for field, what in (("receipt_signing_keys", "receipt"), ("e2ee_public_keys", "e2ee")):
+        for entry in keyset.get(field) or []:
+            if isinstance(entry, Mapping):
+                name = f"{what} {entry.get('key_id')!r}"
+                out.append((name, str(entry.get("algo")), str(entry.get("public_key"))))
+    return out
+
+
+def _aci_custody(
+    att: Mapping[str, Any],
+    keyset: Mapping[str, Any],
+    report: AttestationReport,
+    kms_roots: frozenset[str],
+) -> Check:
+    """§9.1 step 5 under the dstack policy: every key the keyset lists (but
+    TLS, which the chain does not cover) is a KMS-released key of the measured
+    app (:mod:`.dstack_kms`), under a root the policy pins (``aci_kms_roots``).
+    Unpinned, the row is a named skip that says where the chains lead."""
+    from .dstack_kms import normalize_key, verify_chain
+
+    cid = CheckId.ACI_KEY_CUSTODY
+    custody = (att.get("evidence") or {}).get("key_custody")
+    if not isinstance(custody, Mapping) or custody.get("provider") != "dstack-kms":
+        return Check.skipped(
+            cid,
+            "the report carries no dstack-kms custody chains: who holds the keyset's private "
+            "keys is stated by the measured code, not proven"
+            + ("" if kms_roots else " (no KMS root pinned)"),
+            enforced=bool(kms_roots),
+        )
+    app_id = eventlog.runtime_facts(report.event_log).get("app-id")
+    if app_id is None or len(app_id) != 20:
+        return Check.failed(cid, "no measured 20-byte app-id to check the KMS chains by")
+    links = {}
+    for entry in custody.get("keys") or []:
+        if isinstance(entry, Mapping):
+            link = verify_chain(entry, app_id)
+            if link is not None and link.root is not None:
+                links[link.public_key] = link
+    listed = []
+    for what, algo, key in _listed_keys(keyset):
+        norm = normalize_key(key, "ed25519" if algo == "ed25519" else "k")
+        listed.append((what, links.get(norm) if norm is not None else None))
+    # The root the chains are judged against: a pinned one they lead to, or
+    # (unpinned) the one most of them lead to, named so that it can be pinned.
+    found = Counter(link.root for _, link in listed if link is not None)
+    pinned = [r for r in found if r in kms_roots]
+    root = pinned[0] if pinned else (found.most_common(1)[0][0] if found else None)
+    proven = [(w, link) for w, link in listed if link is not None and link.root == root]
+    unproven = [w for w, link in listed if link is None or link.root != root]
+    tls = "; TLS keys: not covered by the chains" if keyset.get("tls_public_keys") else ""
+    summary = (
+        f"{len(proven)} of {len(listed)} listed keys chain to dstack KMS root {root} for the "
+        f"measured app-id {app_id.hex()}"
+        + (f"; not to it: {', '.join(unproven)}" if unproven else "")
+        + tls
+    )
+    if len({link.app_key for _, link in proven}) > 1:
+        return Check.failed(cid, f"{summary}, but through different app keys")
+    if not kms_roots:
+        return Check.skipped(
+            cid, f"{summary}. Pin that root (policy aci_kms_roots) to check custody", enforced=False
+        )
+    if not pinned:
+        return Check.failed(cid, f"{summary}: not a pinned KMS root")
+    if unproven:
+        return Check.failed(cid, summary)
+    return Check.passed(cid, f"{summary}, a pinned root")
+
+
 def _aci_expiry(keyset: Mapping[str, Any], now: float) -> Check:
     cid = CheckId.ACI_KEYSET_EXPIRY
     epoch = keyset.get("keyset_epoch")
@@ -787,7 +864,7 @@ def _aci_expiry(keyset: Mapping[str, Any], now: float) -> Check:
 
 
 def _aci(
-    doc: Mapping[str, Any], revision: str, now: float
+    doc: Mapping[str, Any], revision: str, now: float, kms_roots: frozenset[str] = frozenset()
 ) -> list[tuple[str, AttestationReport, Binder | None, _Post]]:
     att = doc["attestation"]
     evidence = att["evidence"]
@@ -801,7 +878,27 @@ def _aci(
         event_log=eventlog.parse_event_log(event_log),
         raw=doc,
     )
-    return [("gateway", report, _AciBinder(doc, revision, now), lambda v: None)]
+    return [("gateway", report, _AciBinder(doc, revision, now, kms_roots), lambda v: None)]
+
+
+def aci_component(
+    doc: Mapping[str, Any], revision: str, now: float, kms_roots: frozenset[str] = frozenset()
+) -> tuple[AttestationReport, Binder]:
+    """An ``aci/1`` report of the named revision (``"current"`` or ``"rev-a"``)
+    as the quote to verify and the binder of its ACI rows: what the client
+    SDK verifies with its own verifier (:meth:`.Verifier.verify` ``binder=``).
+    ``now`` (Unix seconds) is what the keyset's expiry is checked against;
+    ``kms_roots`` the policy's ``aci_kms_roots`` (key custody). Raises :class:`~enclaved.errors.EvidenceParseError` for a malformed report."""
+    if revision not in ("current", "rev-a"):
+        raise EvidenceParseError(f"unknown aci/1 revision {revision!r}")
+    try:
+        [(_, report, binder, _)] = _aci(doc, revision, now, kms_roots)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise EvidenceParseError(
+            f"aci-{revision} document: malformed ({type(exc).__name__}: {exc})"
+        ) from exc
+    assert binder is not None
+    return report, binder
 
 
 def _post_chutes(v: AttestationVerdict) -> None:
@@ -831,6 +928,7 @@ __all__ = [
     "FORMATS",
     "Component",
     "DocumentVerdict",
+    "aci_component",
     "detect_format",
     "load_document",
     "verify_document",

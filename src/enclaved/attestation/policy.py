@@ -119,6 +119,34 @@ def _hexset(name: str, values: Any, size: int) -> frozenset[str]:
     return frozenset(out)
 
 
+def _kms_roots(values: Any) -> frozenset[str]:
+    """``aci_kms_roots``: ``0x`` addresses, from addresses or secp256k1 public keys."""
+    from ..crypto.keys import address_from_public_key
+
+    if isinstance(values, (str, bytes)):
+        raise PolicyError("policy aci_kms_roots: expected a list of hex strings, got one string")
+    out = set()
+    for v in values:
+        text = str(v).strip().lower().removeprefix("0x")
+        try:
+            raw = bytes.fromhex(text)
+            if len(raw) == 20:
+                out.add("0x" + raw.hex())
+                continue
+            if len(raw) in (33, 65):
+                import coincurve
+
+                full = coincurve.PublicKey(raw).format(compressed=False)
+                out.add(address_from_public_key(full).lower())
+                continue
+        except ValueError:
+            pass
+        raise PolicyError(
+            f"policy aci_kms_roots: {v!r} is neither a 20-byte address nor a secp256k1 public key"
+        )
+    return frozenset(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """What a rule sees of a row: the check, and what the verifier knew around it."""
@@ -279,14 +307,15 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "allow_missing_compose_binding",
-        "skipped: no compose-hash event to bind (aci/1: no app_compose to corroborate "
-        "the stated provenance)",
-        ids=(
-            CheckId.MEASUREMENTS_COMPOSE_HASH,
-            CheckId.MEASUREMENTS_MRCONFIGID,
-            CheckId.ACI_PROVENANCE,
-        ),
+        "skipped: no compose-hash event to bind",
+        ids=(CheckId.MEASUREMENTS_COMPOSE_HASH, CheckId.MEASUREMENTS_MRCONFIGID),
         warning=_text("allow_missing_compose_binding: the app compose may be unbound"),
+    ),
+    Rule(
+        "allow_missing_provenance",
+        "skipped: no source provenance, or none a measured app_compose corroborates",
+        ids=(CheckId.ACI_PROVENANCE,),
+        warning=_text("allow_missing_provenance: an aci/1 workload need not name the code it runs"),
     ),
     Rule(
         "allow_missing_nvidia",
@@ -354,6 +383,15 @@ class Policy:
     allow_missing_event_log: bool = False
     #: Accept no compose-hash event / MRCONFIGID not bound to it (non-dstack TDs).
     allow_missing_compose_binding: bool = False
+    #: aci/1: accept a report whose stated source provenance no measured
+    #: ``app_compose`` corroborates, or that states none (row ``aci.provenance``).
+    #: A provenance the measurement contradicts is refused either way.
+    allow_missing_provenance: bool = False
+    #: aci/1 key custody: the dstack KMS roots trusted to release keys only to
+    #: attested workloads, as ``0x`` addresses (or their secp256k1 public keys),
+    #: as the KMS contract's ``kmsInfo`` publishes them. Empty: custody is a
+    #: named skip (``aci.key_custody``); set: every listed key must chain to one.
+    aci_kms_roots: frozenset[str] = frozenset()
 
     # 6. NVIDIA GPUs
     #: Accept a report without GPU evidence (a CPU-only TD, or the simulated TEE).
@@ -379,6 +417,7 @@ class Policy:
         # become "allow nothing" or "allow anything".
         for name, size in {**_QUOTE_ALLOWLISTS, **_EVENT_ALLOWLISTS}.items():
             object.__setattr__(self, name, _hexset(name, getattr(self, name), size))
+        object.__setattr__(self, "aci_kms_roots", _kms_roots(self.aci_kms_roots))
         versions = frozenset(int(v) for v in self.quote_versions)
         if not versions or not versions <= {4, 5}:
             raise PolicyError("policy quote_versions: a subset of {4, 5}, not empty")
@@ -439,8 +478,11 @@ class Policy:
         The simulated TEE signs its quotes with a development key under
         that root. It has no NVIDIA GPUs, and a client has no Intel
         collateral for it (the node signs its own, under the same root, for
-        its self-verification only): those two are waived. Everything else
-        is still required, as on hardware: REPORTDATA binding, nonce,
+        its self-verification only): those two are waived, and so is an
+        ``aci/1`` report's missing source provenance (a development node
+        runs whatever is checked out; one configured with provenance still
+        has it checked, and a contradicted claim still fails). Everything
+        else is still required, as on hardware: REPORTDATA binding, nonce,
         signing key, TD attributes, the quote's signatures, and an event
         log that replays to the quote with its compose hash bound to
         ``info`` and MRCONFIGID (the simulated TEE serves a simulated one).
@@ -452,6 +494,7 @@ class Policy:
             allow_development_roots=(pem,),
             allow_missing_collateral=True,
             allow_missing_nvidia=True,
+            allow_missing_provenance=True,
         )
 
     def trust_roots(self) -> list[x509.Certificate]:
