@@ -60,8 +60,9 @@ class RealServer:
 
 
 @contextlib.contextmanager
-def enclaved_server(data_dir: Path, *, tokens: int = TOKENS) -> Iterator[RealServer]:
-    """An enclaved server (simulated TEE) over the fake engine, on loopback."""
+def enclaved_server(data_dir: Path, *, tokens: int = TOKENS, **more: Any) -> Iterator[RealServer]:
+    """An enclaved server (simulated TEE) over the fake engine, on loopback;
+    ``more``: more top-level configuration (``aci={...}``)."""
     fake_mod = _fake_upstream_module()
     with fake_mod.FakeUpstreamProcess(tokens=tokens, model="fake-engine") as fake:
         upstream = {
@@ -76,6 +77,7 @@ def enclaved_server(data_dir: Path, *, tokens: int = TOKENS) -> Iterator[RealSer
                     {"id": E2EE_MODEL, "name": "Fake E2EE", **upstream},
                     {"id": TEE_MODEL, "name": "Fake TEE", **upstream},
                 ],
+                **more,
             }
         )
         with running_server(create_app(config)) as url:

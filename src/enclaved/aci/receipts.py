@@ -47,10 +47,17 @@ def body_hash(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _same(stated: Any, body: bytes) -> bool:
-    return isinstance(stated, str) and hmac.compare_digest(
-        stated.encode(), body_hash(body).encode()
-    )
+def _tagged(body: bytes | None, sha256_hex: str | None) -> str | None:
+    """``sha256:<hex>`` of the bytes, given whole or as their SHA-256 (hex)."""
+    if body is not None:
+        return body_hash(body)
+    if sha256_hex is not None:
+        return "sha256:" + sha256_hex.lower().removeprefix("sha256:")
+    return None
+
+
+def _same(stated: Any, ours: str) -> bool:
+    return isinstance(stated, str) and hmac.compare_digest(stated.encode(), ours.encode())
 
 
 def _events(receipt: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -109,14 +116,21 @@ def verify_receipt(
     workload_id: str | None = None,
     request_body: bytes | None = None,
     response_body: bytes | None = None,
+    request_sha256: str | None = None,
+    response_sha256: str | None = None,
     allow_rewrite: bool = False,
 ) -> Verdict:
     """Check ``receipt`` (as served, parsed JSON) against the established
     ``keyset`` / ``keyset_digest`` (rev-a: and ``workload_id``) and the bytes
     exchanged. ``revision`` is :data:`~enclaved.aci.CURRENT` or
     :data:`~enclaved.aci.REV_A`, chosen by the caller, never read from the
-    receipt. Never raises for a failed check: every row is in the verdict."""
+    receipt. The bytes exchanged are given whole (``request_body``,
+    ``response_body``) or, for a stream hashed as it arrived, as their SHA-256
+    in hex (``request_sha256``, ``response_sha256``). Never raises for a
+    failed check: every row is in the verdict."""
     _revision(revision)
+    sent = _tagged(request_body, request_sha256)
+    got = _tagged(response_body, response_sha256)
     verdict = Verdict()
     # 1. The signature, by a key of the established keyset.
     cid = CheckId.ACI_RECEIPT_SIGNATURE
@@ -133,19 +147,19 @@ def verify_receipt(
     forwarded = _one(events, "request.forwarded")
     # 3. The request.
     cid = CheckId.ACI_RECEIPT_REQUEST
-    if request_body is None:
+    if sent is None:
         verdict.add(Check.skipped(cid, "no request bytes given to compare"))
-    elif received is not None and _same(received.get("body_hash"), request_body):
-        verdict.add(Check.passed(cid, f"request.received = {body_hash(request_body)}"))
+    elif received is not None and _same(received.get("body_hash"), sent):
+        verdict.add(Check.passed(cid, f"request.received = {sent}"))
     else:
         verdict.add(Check.failed(cid, "request.received.body_hash is not the bytes we sent"))
     # 4. The response.
     cid = CheckId.ACI_RECEIPT_RESPONSE
     field = "body_hash" if revision == CURRENT else "wire_hash"
-    if response_body is None:
+    if got is None:
         verdict.add(Check.skipped(cid, "no response bytes given to compare"))
-    elif returned is not None and _same(returned.get(field), response_body):
-        verdict.add(Check.passed(cid, f"response.returned.{field} = {body_hash(response_body)}"))
+    elif returned is not None and _same(returned.get(field), got):
+        verdict.add(Check.passed(cid, f"response.returned.{field} = {got}"))
     else:
         verdict.add(Check.failed(cid, f"response.returned.{field} is not the bytes we received"))
     # 5. A service-side rewrite of the request.
@@ -192,9 +206,9 @@ def check_channel(
     if e2ee_public_key is None and tls_spki_sha256 is None:
         return Check.skipped(cid, "no E2EE key or TLS SPKI of the channel given to compare")
     if e2ee_public_key is not None:
-        ours = e2ee_public_key.lower()
+        ours = _point(e2ee_public_key)
         for e in entries("e2ee_public_keys"):
-            if str(e.get("public_key", "")).lower() == ours:
+            if hmac.compare_digest(_point(str(e.get("public_key", ""))), ours):
                 return Check.passed(cid, f"the E2EE key we used is {e.get('key_id')!r}")
     if tls_spki_sha256 is not None:
         ours = tls_spki_sha256.lower().removeprefix("sha256:")
@@ -205,3 +219,10 @@ def check_channel(
             if str(e.get("spki_sha256", "")).lower().removeprefix("sha256:") == ours:
                 return Check.passed(cid, f"the TLS key we saw is listed for {domain or 'any host'}")
     return Check.failed(cid, "neither the E2EE key nor the TLS key we used is in the keyset")
+
+
+def _point(public_key: str) -> str:
+    """An uncompressed secp256k1 key as X || Y in lowercase hex: keysets list it
+    with its ``04`` prefix (130 hex, the production gateway) or without (128)."""
+    text = public_key.strip().lower().removeprefix("0x")
+    return text[2:] if len(text) == 130 and text.startswith("04") else text

@@ -86,6 +86,21 @@ def add_stream_binding_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_aci_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--aci",
+        choices=["current", "rev-a"],
+        help="the aci/1 revision the service speaks (never guessed): also verify its aci/1 "
+        "report (the keyset, bound to the node attested) and every answer's signed receipt "
+        "over the exact bytes exchanged",
+    )
+
+
+def aci_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``aci=<revision>`` when ``--aci`` is given; nothing otherwise."""
+    return {"aci": args.aci} if getattr(args, "aci", None) else {}
+
+
 def stream_binding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``require_stream_binding=True`` when the flag is set; nothing otherwise
     (a test's client factory need not know the option)."""

@@ -19,7 +19,9 @@ from one that does not, a signature failure can only be found once the
 streamed answer is complete: the command then says that the text above
 was NOT verified, and exits 2 (``--require-stream-binding`` refuses such
 a node instead). ``--no-stream`` prints the answer only
-after everything, signature included, was verified.
+after everything, signature included, was verified. ``--aci current`` (or
+``rev-a``) also establishes the service's ``aci/1`` keyset and checks each
+answer's signed receipt (``receipt: ok, ...``).
 
 Answers are at most ``--max-tokens`` long (default
 :data:`DEFAULT_MAX_TOKENS`; ``0`` leaves the limit to the server).
@@ -98,6 +100,7 @@ def add_parsers(subparsers: Any) -> None:
         "address (signer only, for gateways that rewrite bodies), off",
     )
     common.add_stream_binding_arg(p)
+    common.add_aci_arg(p)
     common.add_connection_args(p)
     p.set_defaults(func=run_chat)
 
@@ -134,6 +137,7 @@ def _make_client(args: argparse.Namespace) -> Any:
         verify_signatures=_SIGNATURE_MODES[args.signatures],
         timeout=args.timeout,
         **common.stream_binding_kwargs(args),
+        **common.aci_kwargs(args),
         max_retries=0,
     )
 
@@ -274,6 +278,15 @@ class _Session:
                 f"signature: ok, {sig.request_id} signed by {sig.recovered_address} ({how})",
                 file=self.err,
             )
+        if getattr(self.args, "aci", None):
+            from ..client import last_receipt
+
+            receipt = last_receipt(self.client)
+            if receipt is not None and receipt.ok:
+                print(
+                    f"receipt: ok, {receipt.receipt_id} in aci/1 keyset {receipt.keyset_digest}",
+                    file=self.err,
+                )
 
 
 def _discard_typeahead(stdin: TextIO) -> None:

@@ -64,6 +64,7 @@ def add_parsers(subparsers: Any) -> None:
         help="log verbosity",
     )
     common.add_stream_binding_arg(p)
+    common.add_aci_arg(p)
     common.add_trust_args(p)
     p.set_defaults(func=run_proxy)
 
@@ -94,6 +95,7 @@ def run_proxy(args: argparse.Namespace) -> int:
             api_key=args.api_key or os.environ.get("ENCLAVED_API_KEY") or None,
             allow_plaintext_models=args.allow_plaintext_models,
             **common.stream_binding_kwargs(args),
+            **common.aci_kwargs(args),
         )
     except Exception as exc:  # noqa: BLE001 - describe_error re-raises unknown ones
         code, message = common.describe_error(exc)

@@ -90,16 +90,17 @@ def add_parsers(subparsers: Any) -> None:
     )
     a.add_argument(
         "--model",
-        required=True,
-        help="model id, e.g. e2ee-qwen3-5-122b-a10b (chutes: the chute id)",
+        help="model id, e.g. e2ee-qwen3-5-122b-a10b (chutes: the chute id); required but for "
+        "an aci/1 report, which is service-wide (given, it is sent along)",
     )
     a.add_argument(
         "--provider",
-        choices=("protocol", "nearcloud", "chutes"),
+        choices=("protocol", "nearcloud", "chutes", "aci-current", "aci-rev-a"),
         default="protocol",
         help="the service's API: protocol (GET /tee/attestation, the default), nearcloud "
-        "(GET /attestation/report, e.g. https://cloud-api.near.ai/v1) or chutes "
-        "(/e2e/instances and /chutes/{id}/evidence, e.g. https://api.chutes.ai)",
+        "(GET /attestation/report, e.g. https://cloud-api.near.ai/v1), chutes "
+        "(/e2e/instances and /chutes/{id}/evidence, e.g. https://api.chutes.ai), or "
+        "aci-current / aci-rev-a (GET /aci/attestation, the aci/1 report of that revision)",
     )
     a.add_argument(
         "--base-url",
@@ -178,6 +179,8 @@ def run_attest(args: argparse.Namespace) -> int:
     try:
         policy = _load_policy(args)
         url = base_url(args)
+        if args.model is None and not args.provider.startswith("aci-"):
+            raise _fail(EXIT_PARSE, f"--model is required with --provider {args.provider}")
         nonce = new_nonce()
         raw = _fetch_report(
             url, args.model, nonce, api_key(args), args.timeout, provider=args.provider
@@ -318,7 +321,7 @@ def _merge(evidence: bytes, instances: bytes) -> bytes:
 
 def _fetch_report(
     base_url: str,
-    model: str,
+    model: str | None,
     nonce: bytes,
     api_key: str | None,
     timeout: float,
@@ -343,6 +346,10 @@ def _fetch_report(
             raise _fail(EXIT_NETWORK, f"{url} answered HTTP {response.status_code}: {message}")
         return bytes(response.content)
 
+    if provider.startswith("aci-"):
+        query = {"nonce": nonce.hex(), **({"model": model} if model else {})}
+        return get(base_url + routes.ACI_ATTESTATION, query)
+    assert model is not None  # run_attest requires it for every other provider
     if provider == "nearcloud":
         params = {
             "model": model,

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 import warnings
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -39,11 +40,22 @@ import httpx
 from ..crypto import KeyPair, sha256_hex
 from ..errors import APIError, ConfigError, StaleAttestationError, VerificationError
 from ..protocol.headers import (
+    ACI_KEYSET_DIGEST,
     BINDING_SIGNATURE,
     CLIENT_KEY,
+    RECEIPT_ID,
     RESPONSE_KEY,
     VERIFIED_ADDRESS,
     VERIFIED_HARDWARE,
+)
+from ._aci import (
+    EstablishedKeyset,
+    ReceiptCheck,
+    check_revision,
+    judge_aci_report,
+    judge_receipt,
+    parse_aci_report,
+    receipt_from_signature,
 )
 from ._attest import (
     AttestationCache,
@@ -186,6 +198,7 @@ class ClientCore:
         signature_attempts: int,
         signature_retry_delay: float,
         require_stream_binding: bool = False,
+        aci: str | None = None,
     ) -> None:
         self.verifier = verifier
         self.cache = AttestationCache(attestation_ttl, clock=clock)
@@ -200,6 +213,15 @@ class ClientCore:
                 "hash of the exact request bytes"
             )
         self.require_stream_binding = require_stream_binding
+        #: The ``aci/1`` revision the service speaks, or ``None``: no keyset, no receipts.
+        self.aci = check_revision(aci)
+        if self.aci is not None and verify_signatures is not True:
+            raise ConfigError(
+                "aci needs verify_signatures=True: a receipt is checked over the exact bytes "
+                "sent and received"
+            )
+        #: Established keysets, per API root (a keyset is service-wide, not per model).
+        self.keysets: dict[str, EstablishedKeyset] = {}
         self.clock = clock
         self.random = random
         self.keypair_factory = keypair_factory
@@ -207,6 +229,8 @@ class ClientCore:
         self.signature_retry_delay = signature_retry_delay
         self.last_attestation: AttestedNode | None = None
         self.last_signature: SignatureCheck | None = None
+        self.last_keyset: EstablishedKeyset | None = None
+        self.last_receipt: ReceiptCheck | None = None
 
     # -- the steps, as generators (a driver runs them) ------------------------
 
@@ -222,6 +246,8 @@ class ClientCore:
                 if isinstance(attested, httpx.Response):
                     return attested  # the attestation route said no: hand its error on
                 node = attested
+            if self.aci is not None:
+                yield from self.keyset_for(plan, node)
             exchange = Exchange(plan, node, keypair_factory=self.keypair_factory)
             try:
                 upstream = yield Send(exchange.request)
@@ -254,9 +280,66 @@ class ClientCore:
         )
         return node
 
+    def keyset_for(
+        self, plan: ChatPlan, node: AttestedNode, *, digest: str | None = None
+    ) -> Steps[EstablishedKeyset]:
+        """The service's established ``aci/1`` keyset (:mod:`._aci`): the cached
+        one while it is unexpired, lists ``node`` and is the one an answer
+        names (``digest``, when given); else a new one, established now."""
+        known = self.keysets.get(plan.cache_key)
+        if (
+            known is not None
+            and not known.expired(self.wall_clock())
+            and known.lists(node)
+            and digest in (None, known.digest)
+        ):
+            return known
+        established = yield from self.establish(plan, node)
+        if digest is not None and digest != established.digest:
+            raise VerificationError(
+                f"aci/1: the answer names keyset {digest}, the service's verified report "
+                f"{established.digest}"
+            )
+        return established
+
+    def establish(self, plan: ChatPlan, node: AttestedNode) -> Steps[EstablishedKeyset]:
+        """§9.1: a fresh nonce, the ``aci/1`` report, what the network knows, the verdict."""
+        assert self.aci is not None
+        self.keysets.pop(plan.cache_key, None)
+        nonce = new_nonce(self.random)
+        upstream = yield Send(plan.aci_attestation_request(nonce))
+        body = yield Read(upstream)
+        if upstream.status_code != 200:
+            raise VerificationError(
+                f"aci/1: GET /aci/attestation answered HTTP {upstream.status_code}: "
+                "no keyset to check receipts against"
+            )
+        policy = getattr(self.verifier, "policy", None)
+        roots = policy.aci_kms_roots if policy is not None else frozenset()
+        parsed = parse_aci_report(body, self.aci, self.wall_clock(), roots)
+        fetched = yield Fetch(parsed.report)
+        established: EstablishedKeyset = yield Judge(
+            functools.partial(
+                judge_aci_report,
+                parsed,
+                revision=self.aci,
+                base_url=plan.cache_key,
+                nonce=nonce,
+                node=node,
+                verifier=self.verifier,
+                fetched=fetched,
+            )
+        )
+        self.keysets[plan.cache_key] = established
+        self.last_keyset = established
+        logger.debug("aci/1 keyset %s established for %s", established.digest, plan.cache_key)
+        return established
+
     def respond(self, exchange: Exchange, upstream: httpx.Response) -> Steps[httpx.Response]:
         """Steps 4-6 for a 200 answer."""
         decoder = exchange.decoder
+        exchange.receipt_id = upstream.headers.get(RECEIPT_ID)
+        exchange.keyset_digest = upstream.headers.get(ACI_KEYSET_DIGEST)
         try:
             self.check_binding(exchange, upstream)
         except VerificationError:
@@ -325,6 +408,58 @@ class ClientCore:
             request_id=request_id,
             response_sha256=response_sha256,
         )
+        if self.aci is not None:
+            yield from self.check_receipt(exchange, body, request_id, response_sha256)
+
+    def check_receipt(
+        self, exchange: Exchange, signature_body: bytes, request_id: str, response_sha256: str
+    ) -> Steps[None]:
+        """Step 5b (``aci``): the answer's receipt against the established keyset.
+
+        An enclaved node embeds the receipt in its ``/tee/signature``
+        document (no second request); any other service is asked at
+        ``/aci/receipts/{X-Receipt-Id}``.
+        """
+        plan = exchange.plan
+        receipt_id = exchange.receipt_id or request_id
+        try:
+            established = yield from self.keyset_for(
+                plan, exchange.node, digest=exchange.keyset_digest
+            )
+            receipt: Any = receipt_from_signature(signature_body, receipt_id)
+            if receipt is None:
+                request = plan.receipt_request(receipt_id)
+                for attempt in range(self.signature_attempts):
+                    upstream = yield Send(request)
+                    receipt = yield Read(upstream)
+                    if upstream.status_code == 404 and attempt + 1 < self.signature_attempts:
+                        yield Sleep(self.signature_retry_delay * (attempt + 1))
+                        continue
+                    break
+                if upstream.status_code != 200:
+                    raise VerificationError(
+                        f"aci/1 receipt: GET /aci/receipts/{receipt_id} answered HTTP "
+                        f"{upstream.status_code}"
+                    )
+            self.last_receipt = judge_receipt(
+                established,
+                receipt,
+                receipt_id=receipt_id,
+                request_sha256=exchange.request_sha256,
+                response_sha256=response_sha256,
+            )
+            self.last_receipt.raise_for_status()
+        except VerificationError:
+            # Whatever went wrong, the next request establishes everything afresh.
+            self.keysets.pop(plan.cache_key, None)
+            self.cache.invalidate(plan.cache_key, plan.model, exchange.node.signing_key)
+            raise
+        logger.debug("receipt %s checked against keyset %s", receipt_id, established.digest)
+
+    def wall_clock(self) -> float:
+        """Unix seconds, for a keyset's ``not_after``: the verifier's clock (tests inject it)."""
+        now = getattr(self.verifier, "now", None)
+        return now().timestamp() if callable(now) else time.time()
 
     # -- judgements (pure) ---------------------------------------------------
 

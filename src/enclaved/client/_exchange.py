@@ -48,6 +48,7 @@ from ..errors import ConfigError
 from ..protocol import routes
 from ..protocol.errors import CODE_STALE_KEY
 from ..protocol.headers import ALGO, CLIENT_KEY, E2EE_HEADERS, ECDSA, MODEL_KEY
+from ._aci import aci_query, receipt_path
 from ._attest import AttestedNode, attestation_query, signature_query
 from ._stream import ResponseDecoder
 
@@ -103,6 +104,22 @@ class ChatPlan:
             path=self.base_url.path + routes.SIGNATURE,
             query=signature_query(self.model, request_id).encode(),
         )
+        return httpx.Request(
+            "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
+        )
+
+    def aci_attestation_request(self, nonce: bytes) -> httpx.Request:
+        """``GET {base}/aci/attestation?nonce=N``: the service's ``aci/1`` report."""
+        url = self.base_url.copy_with(
+            path=self.base_url.path + routes.ACI_ATTESTATION, query=aci_query(nonce).encode()
+        )
+        return httpx.Request(
+            "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
+        )
+
+    def receipt_request(self, receipt_id: str) -> httpx.Request:
+        """``GET {base}/aci/receipts/{id}``, with the caller's key (the receipt is bound to it)."""
+        url = self.base_url.copy_with(path=self.base_url.path + receipt_path(receipt_id))
         return httpx.Request(
             "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
         )
@@ -259,6 +276,10 @@ class Exchange:
             content=content,
             extensions=plan.original.extensions,
         )
+        #: What the answer's headers say of its ``aci/1`` receipt (hints, checked
+        #: by the receipt itself): ``X-Receipt-Id`` and ``X-ACI-Keyset-Digest``.
+        self.receipt_id: str | None = None
+        self.keyset_digest: str | None = None
         #: Reads the response; ``None`` for a non-streaming TEE answer (read whole).
         self.decoder: ResponseDecoder | None = None
         if plan.e2ee or plan.wants_stream:

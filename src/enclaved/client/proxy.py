@@ -141,6 +141,7 @@ def create_proxy_app(
     api_key: str | None = None,
     allow_plaintext_models: bool = False,
     require_stream_binding: bool = False,
+    aci: str | None = None,
     transport: AsyncEnclavedTransport | None = None,
     timeout: float = 600.0,
 ) -> Starlette:
@@ -151,7 +152,10 @@ def create_proxy_app(
     request (local callers may then send any placeholder key); without it
     the caller's own ``Authorization`` is forwarded. ``require_stream_binding``:
     refuse answers whose node did not bind its response key to the request
-    (see :class:`~.transport.EnclavedTransport`). ``transport`` replaces the
+    (see :class:`~.transport.EnclavedTransport`). ``aci``: the ``aci/1``
+    revision the service speaks: its keyset is established and every
+    answer's receipt checked before the answer (or a stream's ``[DONE]``)
+    is handed on. ``transport`` replaces the
     enclaved transport (tests); otherwise one is built from ``policy`` /
     ``trust_root`` and shared by every request, so attestations are cached
     across them.
@@ -165,6 +169,7 @@ def create_proxy_app(
             trust_root=trust_root,
             require_e2ee=not allow_plaintext_models,
             require_stream_binding=require_stream_binding,
+            aci=aci,
         )
     client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout, connect=10.0))
 

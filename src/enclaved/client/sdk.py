@@ -61,6 +61,7 @@ def OpenAI(
     attestation_ttl: float = DEFAULT_ATTESTATION_TTL,
     verify_signatures: SignatureMode = True,
     require_stream_binding: bool = False,
+    aci: str | None = None,
     transport: httpx.BaseTransport | None = None,
     verifier: Any = None,
     **openai_kwargs: Any,
@@ -77,7 +78,11 @@ def OpenAI(
     refuse an ``e2ee-*`` answer whose node did not bind its response key to
     the request (so that no byte is shown before it is authenticated; the
     production service does not send the binding yet), and any ``tee-*``
-    stream.
+    stream. ``aci``: the ``aci/1`` revision the service speaks (``"current"``
+    or ``"rev-a"``, never guessed): the service's keyset is established from
+    its ``/aci/attestation`` report, bound to the node attested, and every
+    answer's signed receipt is checked over the exact bytes exchanged
+    (:func:`last_receipt`); ``None`` (default): no ACI checks.
     ``transport`` is the inner transport that does the network I/O (default
     :class:`httpx.HTTPTransport`); ``verifier`` replaces the attestation
     verifier altogether (tests; exclusive with ``policy`` / ``trust_root``). ``api_key`` defaults to
@@ -94,6 +99,7 @@ def OpenAI(
         attestation_ttl=attestation_ttl,
         verify_signatures=verify_signatures,
         require_stream_binding=require_stream_binding,
+        aci=aci,
         verifier=verifier,
     )
     return openai.OpenAI(
@@ -111,6 +117,7 @@ def AsyncOpenAI(
     attestation_ttl: float = DEFAULT_ATTESTATION_TTL,
     verify_signatures: SignatureMode = True,
     require_stream_binding: bool = False,
+    aci: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     verifier: Any = None,
     **openai_kwargs: Any,
@@ -125,6 +132,7 @@ def AsyncOpenAI(
         attestation_ttl=attestation_ttl,
         verify_signatures=verify_signatures,
         require_stream_binding=require_stream_binding,
+        aci=aci,
         verifier=verifier,
     )
     return openai.AsyncOpenAI(
@@ -190,12 +198,26 @@ def last_signature(client: Any) -> Any:
     return transport_of(client).last_signature
 
 
+def last_receipt(client: Any) -> Any:
+    """The last ``aci/1`` :class:`~enclaved.client.ReceiptCheck` the client made
+    (``aci=``), or ``None``: ``.receipt`` is the signed document to keep,
+    ``.verdict.table()`` every row."""
+    return transport_of(client).last_receipt
+
+
+def last_keyset(client: Any) -> Any:
+    """The last ``aci/1`` :class:`~enclaved.client.EstablishedKeyset` (``aci=``), or ``None``."""
+    return transport_of(client).last_keyset
+
+
 __all__ = [
     "DEFAULT_BASE_URL",
     "AsyncOpenAI",
     "OpenAI",
     "default_base_url",
     "last_attestation",
+    "last_keyset",
+    "last_receipt",
     "last_signature",
     "transport_of",
 ]

@@ -100,6 +100,7 @@ import httpx
 
 from ..crypto import KeyPair
 from ..errors import ConfigError
+from ._aci import EstablishedKeyset, ReceiptCheck
 from ._attest import AttestationCache, AttestedNode, VerifierLike, afetch_for, fetch_for
 from ._core import (
     HEADER_ADDRESS,
@@ -213,6 +214,16 @@ class _CoreViews:
         return self._core.last_signature
 
     @property
+    def last_keyset(self) -> EstablishedKeyset | None:
+        """The most recent ``aci/1`` keyset this transport established (``aci=``)."""
+        return self._core.last_keyset
+
+    @property
+    def last_receipt(self) -> ReceiptCheck | None:
+        """The most recent ``aci/1`` receipt this transport checked (``aci=``)."""
+        return self._core.last_receipt
+
+    @property
     def cache(self) -> AttestationCache:
         return self._core.cache
 
@@ -228,6 +239,9 @@ class EnclavedTransport(_CoreViews, httpx.BaseTransport):
     :class:`httpx.HTTPTransport`). ``policy`` (a :class:`Policy` or a TOML
     path) and ``trust_root`` (a PEM path) choose what an attestation must
     prove (:func:`build_policy`); tests may pass a ready ``verifier``.
+    ``aci`` (``"current"`` or ``"rev-a"``: the revision the service speaks)
+    also establishes the service's ``aci/1`` keyset and checks every
+    answer's receipt (:mod:`._aci`); ``None`` (the default) does neither.
     """
 
     def __init__(
@@ -247,6 +261,7 @@ class EnclavedTransport(_CoreViews, httpx.BaseTransport):
         signature_attempts: int = SIGNATURE_ATTEMPTS,
         signature_retry_delay: float = SIGNATURE_RETRY_DELAY,
         require_stream_binding: bool = False,
+        aci: str | None = None,
     ) -> None:
         self._inner = inner if inner is not None else httpx.HTTPTransport()
         self._sleep = sleep
@@ -261,6 +276,7 @@ class EnclavedTransport(_CoreViews, httpx.BaseTransport):
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
             require_stream_binding=require_stream_binding,
+            aci=aci,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -369,6 +385,7 @@ class AsyncEnclavedTransport(_CoreViews, httpx.AsyncBaseTransport):
         signature_attempts: int = SIGNATURE_ATTEMPTS,
         signature_retry_delay: float = SIGNATURE_RETRY_DELAY,
         require_stream_binding: bool = False,
+        aci: str | None = None,
     ) -> None:
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
         self._sleep = sleep
@@ -383,6 +400,7 @@ class AsyncEnclavedTransport(_CoreViews, httpx.AsyncBaseTransport):
             signature_attempts=signature_attempts,
             signature_retry_delay=signature_retry_delay,
             require_stream_binding=require_stream_binding,
+            aci=aci,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
