@@ -60,9 +60,12 @@ class RealServer:
 
 
 @contextlib.contextmanager
-def enclaved_server(data_dir: Path, *, tokens: int = TOKENS, **more: Any) -> Iterator[RealServer]:
+def enclaved_server(
+    data_dir: Path, *, tokens: int = TOKENS, tls: tuple[str, str] | None = None, **more: Any
+) -> Iterator[RealServer]:
     """An enclaved server (simulated TEE) over the fake engine, on loopback;
-    ``more``: more top-level configuration (``aci={...}``)."""
+    ``more``: more top-level configuration (``aci={...}``); ``tls``: served
+    over HTTPS with this (certificate, key)."""
     fake_mod = _fake_upstream_module()
     with fake_mod.FakeUpstreamProcess(tokens=tokens, model="fake-engine") as fake:
         upstream = {
@@ -80,7 +83,7 @@ def enclaved_server(data_dir: Path, *, tokens: int = TOKENS, **more: Any) -> Ite
                 **more,
             }
         )
-        with running_server(create_app(config)) as url:
+        with running_server(create_app(config), tls=tls) as url:
             yield RealServer(url + "/v1", data_dir / "dev-root-ca.pem", data_dir)
 
 

@@ -44,8 +44,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
+def running_server(
+    app: Any, *, startup_timeout: float = 60.0, tls: tuple[str, str] | None = None
+) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 (lifespan on); yield its base URL.
+
+    ``tls``: (certificate, key) PEM paths: served over HTTPS (the URL says so).
 
     The socket is bound before the server starts, so the port is known and
     cannot be taken by someone else in between. On exit the server shuts
@@ -63,6 +67,8 @@ def running_server(app: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -79,7 +85,7 @@ def running_server(app: Any, *, startup_timeout: float = 60.0) -> Iterator[str]:
             raise TimeoutError("server did not start in time")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)

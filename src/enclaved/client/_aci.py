@@ -36,26 +36,31 @@ clock.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlencode
 
-from ..attestation.checks import Check, Status, Verdict
+from ..attestation.checks import Check, CheckId, Status, Verdict
 from ..errors import EvidenceParseError, VerificationError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import httpx
+
     from ..attestation.document import AttestationReport
     from ._attest import AttestedNode, VerifierLike
 
 __all__ = [
     "AciReport",
+    "Channel",
     "EstablishedKeyset",
     "ReceiptCheck",
     "aci_query",
     "check_revision",
     "judge_aci_report",
     "judge_receipt",
+    "observed_tls_spki",
     "parse_aci_report",
     "receipt_from_signature",
     "receipt_path",
@@ -111,10 +116,12 @@ class EstablishedKeyset:
     not_after: int
     #: Every row: the quote's, the ACI bindings, ``aci.channel``.
     verdict: Verdict = dataclasses.field(compare=False, repr=False)
+    #: The channel the report came over (its TLS key was checked against the keyset).
+    channel: Channel = dataclasses.field(default_factory=lambda: Channel(), compare=False)
 
     def lists(self, node: AttestedNode) -> bool:
-        """Is the node's key an E2EE key of this keyset (``aci.channel``)?"""
-        return _channel(self.keyset, node).status is Status.PASS
+        """Does ``aci.channel`` hold for ``node`` over the channel established?"""
+        return _channel(self.keyset, node, self.channel).status is Status.PASS
 
     def expired(self, now: float) -> bool:
         return now >= self.not_after
@@ -137,6 +144,24 @@ class ReceiptCheck:
     def raise_for_status(self) -> None:
         """:class:`~enclaved.errors.VerificationError` naming the first failing row, if any."""
         _raise_for(self.verdict, f"aci/1 receipt {self.receipt_id}")
+
+
+def observed_tls_spki(response: httpx.Response) -> str | None:
+    """SHA-256 (hex) of the SubjectPublicKeyInfo of the certificate the server
+    presented on ``response``'s connection; ``None`` over plain HTTP, or where
+    the transport does not expose its TLS connection (httpx's own does, as
+    the ``network_stream`` extension, while the response is open)."""
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    der = ssl_object.getpeercert(True) if ssl_object is not None else None  # DER
+    if not der:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = x509.load_der_x509_certificate(der).public_key()
+    spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
 
 
 def parse_aci_report(
@@ -165,6 +190,7 @@ def judge_aci_report(
     node: AttestedNode,
     verifier: VerifierLike,
     fetched: Any = None,
+    channel: Channel | None = None,
 ) -> EstablishedKeyset:
     """Steps 2-3 above, on what was fetched; no socket. Returns the keyset, or raises."""
     from .. import aci
@@ -174,7 +200,8 @@ def judge_aci_report(
         parsed.report, nonce=nonce, fetched=fetched, binder=parsed.binder
     )
     keyset = parsed.doc["attestation"]["workload_keyset"]
-    verdict.add(_channel(keyset, node))
+    channel = channel or Channel()
+    verdict.add(_channel(keyset, node, channel))
     _raise_for(verdict, "aci/1 attestation")
     digest = aci.keyset_digest(keyset)
     epoch = keyset.get("keyset_epoch")
@@ -191,6 +218,7 @@ def judge_aci_report(
         workload_id=workload_id,
         not_after=not_after,
         verdict=verdict,
+        channel=channel,
     )
 
 
@@ -245,11 +273,54 @@ def judge_receipt(
     return ReceiptCheck(receipt_id, doc, established.digest, verdict)
 
 
-def _channel(keyset: Mapping[str, Any], node: AttestedNode) -> Check:
+@dataclasses.dataclass(frozen=True)
+class Channel:
+    """What we used to reach the service: the TLS key it presented (SPKI
+    SHA-256 hex, ``None`` over plain HTTP) and the hostname we asked for."""
+
+    tls_spki_sha256: str | None = None
+    hostname: str | None = None
+
+
+def _channel(keyset: Mapping[str, Any], node: AttestedNode, channel: Channel) -> Check:
+    """``aci.channel`` (§9.1 step 6): the key of the node we attested - the one
+    we encrypt to and whose address signs - is an E2EE key of the keyset; and
+    where the keyset lists TLS keys for the hostname we used, the TLS key we
+    saw is one of them (a TLS endpoint other than the attested one fails,
+    even though the E2EE key matched)."""
     from .. import aci
 
+    cid = CheckId.ACI_CHANNEL
     key = node.signing_key.hex() if node.signing_key is not None else None
-    return aci.check_channel(keyset, e2ee_public_key=key)
+    e2ee = aci.check_channel(keyset, e2ee_public_key=key)
+    if e2ee.status is not Status.PASS:
+        return Check.failed(cid, "the key of the node we attested is not an E2EE key of the keyset")
+    if channel.tls_spki_sha256 is None:
+        return Check.passed(cid, f"{e2ee.reason} (plain HTTP: no TLS key to compare)")
+    if not _tls_listed(keyset, channel.hostname):
+        return Check.passed(
+            cid, f"{e2ee.reason}; the keyset lists no TLS key for {channel.hostname}"
+        )
+    tls = aci.check_channel(
+        keyset, tls_spki_sha256=channel.tls_spki_sha256, hostname=channel.hostname
+    )
+    if tls.status is not Status.PASS:
+        return Check.failed(
+            cid,
+            f"the TLS key {channel.hostname} presented is not the one the keyset lists for it",
+        )
+    return Check.passed(cid, f"{e2ee.reason}; {tls.reason}")
+
+
+def _tls_listed(keyset: Mapping[str, Any], hostname: str | None) -> bool:
+    entries = keyset.get("tls_public_keys")
+    if not isinstance(entries, list):
+        return False
+    return any(
+        isinstance(e, Mapping)
+        and (e.get("domain") is None or str(e.get("domain")).lower() == (hostname or "").lower())
+        for e in entries
+    )
 
 
 def _raise_for(verdict: Verdict, what: str) -> None:

@@ -49,11 +49,13 @@ from ..protocol.headers import (
     VERIFIED_HARDWARE,
 )
 from ._aci import (
+    Channel,
     EstablishedKeyset,
     ReceiptCheck,
     check_revision,
     judge_aci_report,
     judge_receipt,
+    observed_tls_spki,
     parse_aci_report,
     receipt_from_signature,
 )
@@ -308,6 +310,7 @@ class ClientCore:
         self.keysets.pop(plan.cache_key, None)
         nonce = new_nonce(self.random)
         upstream = yield Send(plan.aci_attestation_request(nonce))
+        channel = Channel(observed_tls_spki(upstream), plan.base_url.host)  # before Read closes it
         body = yield Read(upstream)
         if upstream.status_code != 200:
             raise VerificationError(
@@ -328,6 +331,7 @@ class ClientCore:
                 node=node,
                 verifier=self.verifier,
                 fetched=fetched,
+                channel=channel,
             )
         )
         self.keysets[plan.cache_key] = established
