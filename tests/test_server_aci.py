@@ -8,6 +8,7 @@ a receipt is served only to the API key that made its request.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -163,6 +164,19 @@ def test_every_answer_has_a_receipt_over_the_bytes_received(
     keyset = _report(node, "ef" * 32)["attestation"]["workload_keyset"]
     core_verify_receipt(aci.revision, receipt, keyset, aci.digest, body, r.content)
     assert receipt["chat_id"] == receipt_id and receipt["model"] == model
+    kinds = [e["type"] for e in receipt["event_log"]]
+    if aci.revision == "rev-a":
+        # rev-a §8.4: the node runs the parsed request (decrypted under E2EE),
+        # not the bytes received, and says so; an E2EE answer is re-encrypted.
+        assert [e["seq"] for e in receipt["event_log"]] == list(range(len(kinds)))
+        assert kinds[:3] == [
+            "request.received",
+            "request.forwarded",
+            "transparency.request_modified",
+        ]
+        assert ("transparency.response_modified" in kinds) == e2ee
+    else:
+        assert kinds == ["request.received", "request.forwarded", "response.returned"]
     # One byte more in the answer, or in the request: refused.
     with pytest.raises(Exception):  # noqa: B017 - the core's own error type
         core_verify_receipt(aci.revision, receipt, keyset, aci.digest, body, r.content + b"\n")
@@ -216,3 +230,74 @@ def test_aci_can_be_switched_off(tmp_path: Path) -> None:
         r = httpx.get(n.api + "/models", timeout=10)
         assert "x-aci-version" not in r.headers
         assert httpx.get(n.url + "/v1/aci/attestation", timeout=10).status_code == 404
+
+
+PROVENANCE = {
+    "repo_url": "https://example.org/enclaved.git",
+    "repo_commit": "0123456789abcdef0123456789abcdef01234567",
+    "image_digest": "sha256:" + "ab" * 32,
+}
+
+
+def _verify_report(n: NodeHandle, nonce: str, **policy: Any) -> Any:
+    from enclaved.attestation import Policy, Verifier
+    from enclaved.attestation.formats import verify_document
+
+    root = (n.app.state.node.config.data_dir / "dev-root-ca.pem").read_text()
+    verifier = Verifier(dataclasses.replace(Policy.development(root), **policy))
+    doc = _report(n, nonce)
+    return doc, verify_document(verifier, doc, nonce=bytes.fromhex(nonce), format="aci-current")
+
+
+def test_stated_provenance_is_measured(tmp_path: Path) -> None:
+    """[aci] provenance is stated in the report, and the simulated app compose
+    names it (as a dstack compose names its image), so that aci.provenance
+    passes: the report carries the app compose whose hash RTMR3 measured."""
+    with fake_node(tmp_path, aci=PROVENANCE) as n:
+        doc, verdict = _verify_report(n, "12" * 32, allow_missing_provenance=False)
+        assert verdict.ok, verdict.table()
+        row = verdict.component("gateway").get("aci.provenance")
+        assert row.status.value == "pass", row.reason
+        att = doc["attestation"]
+        assert att["source_provenance"] == {**PROVENANCE, "image_provenance": None}
+        compose = json.loads(att["evidence"]["app_compose"])
+        assert compose["source_provenance"] == PROVENANCE
+        assert json.loads(att["evidence"]["vm_config"])["image"]
+
+
+def test_without_provenance_the_compose_is_unchanged(tmp_path: Path) -> None:
+    """Nothing stated: null provenance, the simulated compose as it always was
+    (its documented hash holds), and aci.provenance skipped: waived by the
+    development policy, enforced by one that does not waive it."""
+    from enclaved.evidence.simulated_deployment import app_compose
+
+    with fake_node(tmp_path) as n:
+        doc, verdict = _verify_report(n, "34" * 32)
+        assert verdict.ok, verdict.table()
+        assert doc["attestation"]["evidence"]["app_compose"] == app_compose(
+            [m.id for m in n.app.state.node.config.models]
+        )
+        assert set(doc["attestation"]["source_provenance"].values()) == {None}
+        row = verdict.component("gateway").get("aci.provenance")
+        assert row.status.value == "skipped" and not row.enforced
+        _, strict = _verify_report(n, "34" * 32, allow_missing_provenance=False)
+        assert [c.id for c in strict.component("gateway") if not c.ok] == ["aci.provenance"]
+
+
+@pytest.mark.parametrize(
+    ("aci", "message"),
+    [
+        ({"repo_url": "https://example.org/x.git"}, "give both or neither"),
+        ({"repo_commit": "ab" * 20}, "give both or neither"),
+        ({"repo_url": "http://example.org/x", "repo_commit": "ab" * 20}, "https:// URL"),
+        ({"repo_url": "https://example.org/x", "repo_commit": "abc123"}, "full git commit"),
+        ({"image_digest": "sha256:ABC"}, "64 lowercase hex"),
+        ({"image_digest": 7}, "must be a string"),
+    ],
+)
+def test_provenance_settings_are_checked(tmp_path: Path, aci: dict[str, Any], message: str) -> None:
+    from enclaved.errors import ConfigError
+    from enclaved.server.config import ServerConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ServerConfig.from_dict({"data_dir": str(tmp_path), "aci": aci})

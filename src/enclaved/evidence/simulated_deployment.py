@@ -60,7 +60,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import __version__
@@ -124,9 +124,17 @@ BOOT_EVENTS: tuple[tuple[int, int, bytes], ...] = (
 )  # fmt: skip
 
 
-def app_compose(models: Iterable[str], version: str = __version__) -> str:
-    """Step 2: the app compose document (JSON text) of a development deployment."""
-    doc = {
+def app_compose(
+    models: Iterable[str],
+    version: str = __version__,
+    provenance: Mapping[str, str] | None = None,
+) -> str:
+    """Step 2: the app compose document (JSON text) of a development deployment.
+
+    ``provenance`` (the node's ``[aci]`` source provenance, the fields that are
+    set) is named in the document as a real compose names its image, so that
+    it is measured; absent, the document is what it always was."""
+    doc: dict[str, Any] = {
         "manifest_version": 2,
         "name": APP_NAME,
         "runner": "enclaved serve",
@@ -140,6 +148,8 @@ def app_compose(models: Iterable[str], version: str = __version__) -> str:
         "key_provider_id": "",
         "no_instance_id": False,
     }
+    if provenance:
+        doc["source_provenance"] = dict(provenance)
     return json.dumps(doc, indent=4)
 
 
@@ -159,6 +169,8 @@ class SimulatedDeployment:
 
     models: tuple[str, ...] = ()
     version: str = __version__
+    #: The stated source provenance the compose names (``[aci]``); empty: none.
+    provenance: tuple[tuple[str, str], ...] = ()
     #: Step 2.
     app_compose: str = dataclasses.field(init=False)
     compose_hash: bytes = dataclasses.field(init=False)
@@ -171,7 +183,7 @@ class SimulatedDeployment:
 
     def __post_init__(self) -> None:
         models = tuple(sorted(set(self.models)))
-        compose = app_compose(models, self.version)
+        compose = app_compose(models, self.version, dict(self.provenance))
         compose_hash = hashlib.sha256(compose.encode("utf-8")).digest()
         boot = tuple(
             EventLogEntry(imr, etype, hashlib.sha384(payload).digest(), "", payload)

@@ -25,7 +25,7 @@ daily (signing it costs about a millisecond).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +53,29 @@ class SimulatedEvidence:
 
     @classmethod
     def load_or_create(
-        cls, data_dir: Path | str, *, now: float | None = None, models: Iterable[str] = ()
+        cls,
+        data_dir: Path | str,
+        *,
+        now: float | None = None,
+        models: Iterable[str] = (),
+        provenance: Mapping[str, str] | None = None,
     ) -> SimulatedEvidence:
         """The simulated TEE whose development root lives in ``data_dir``.
 
         ``now`` (seconds since the epoch) dates this process's certificates;
         tests inject it with the node's clock. ``models`` (the served model
         ids) go into the simulated app compose document, and so into the
-        compose hash, RTMR3 and MRCONFIGID.
+        compose hash, RTMR3 and MRCONFIGID, and so does ``provenance`` (the
+        node's ``[aci]`` source provenance) when given.
         """
         from .simulated import SimulatedTdx
 
         when = None if now is None else dt.datetime.fromtimestamp(now, tz=dt.UTC)
         return cls(
             SimulatedTdx.load_or_create(Path(data_dir), now=when),
-            SimulatedDeployment(models=tuple(models)),
+            SimulatedDeployment(
+                models=tuple(models), provenance=tuple(sorted((provenance or {}).items()))
+            ),
         )
 
     @property

@@ -190,10 +190,12 @@ class Aci:
     ) -> dict[str, Any]:
         """The ``GET /v1/aci/attestation`` document around ``evidence``."""
         report_data = hashlib.sha256(self.statement(nonce)).hexdigest()
+        # Stated by the operator ([aci]); a client counts it only where the
+        # measured app compose (evidence.app_compose) names it.
         provenance = {
-            "repo_url": None,
-            "repo_commit": None,
-            "image_digest": None,
+            "repo_url": self.config.repo_url,
+            "repo_commit": self.config.repo_commit,
+            "image_digest": self.config.image_digest,
             "image_provenance": None,
         }
         attestation: dict[str, Any] = {"tee_type": tee_type, "workload_keyset": self.keyset}
@@ -248,7 +250,15 @@ class Aci:
         events: list[dict[str, Any]] = [{"type": "request.received", "body_hash": hashes.received}]
         if hashes.forwarded is not None:
             events.append({"type": "request.forwarded", "body_hash": hashes.forwarded})
+            if rev_a and hashes.forwarded != hashes.received:
+                # rev-a §8.4: a rewrite MUST be declared. Ours is the protocol's
+                # own: the engine is given the decrypted, parsed request.
+                events.append({"type": "transparency.request_modified"})
         events.append(returned)
+        if rev_a and hashes.cleartext != hashes.returned:
+            # rev-a §8.4: so must a response whose returned bytes are not the
+            # response as produced (E2EE re-encryption included).
+            events.append({"type": "transparency.response_modified"})
         if rev_a:
             events = [{"seq": i, **e} for i, e in enumerate(events)]
         document: dict[str, Any] = {

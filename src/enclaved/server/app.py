@@ -156,7 +156,10 @@ def build_evidence(config: ServerConfig, *, now: float | None = None) -> Evidenc
     from ..evidence.simulated_source import SimulatedEvidence
 
     return SimulatedEvidence.load_or_create(
-        config.data_dir, now=now, models=[m.id for m in config.models]
+        config.data_dir,
+        now=now,
+        models=[m.id for m in config.models],
+        provenance=config.aci.source_provenance() if config.aci.enabled else None,
     )
 
 

@@ -284,14 +284,24 @@ async def aci_report(node: Node, nonce: str | None) -> dict[str, Any]:
         raise evidence_error("the TEE evidence did not pass the node's own checks")
     import json
 
+    info = evidence.info()
     body = {
         "quote": quote.hex(),
         "quote_report_data": expected.hex(),
         # A JSON-encoded RTMR event array, as the dstack policy carries it.
         "event_log": json.dumps(event_log, separators=(",", ":")),
-        "info": evidence.info(),
+        "info": info,
         "tee_hardware": evidence.tee_hardware,
     }
+    # The booted app compose and VM config, where the source has them (dstack,
+    # the simulated TEE): what lets a verifier match sha256(app_compose) to the
+    # measured compose-hash, and so the stated provenance to measurement.
+    tcb = info.get("tcb_info")
+    tcb = tcb if isinstance(tcb, dict) else {}
+    for name in ("app_compose", "vm_config"):
+        value = tcb.get(name) or info.get(name)
+        if isinstance(value, str) and value:
+            body[name] = value
     return aci.report(nonce, body, "tdx", node.clock())
 
 

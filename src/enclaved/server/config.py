@@ -164,6 +164,22 @@ class AciConfig:
     #: ``tls_public_keys``, restricted to ``tls_domain`` when set.
     tls_certificate: Path | None = None
     tls_domain: str | None = None
+    #: The report's ``source_provenance``: the public code (``repo_url`` at
+    #: ``repo_commit``, given together) or image (``image_digest``) this node
+    #: runs. Stated by the operator; a client counts it only when the measured
+    #: app compose names it (row ``aci.provenance``).
+    repo_url: str | None = None
+    repo_commit: str | None = None
+    image_digest: str | None = None
+
+    def source_provenance(self) -> dict[str, str]:
+        """The stated provenance fields that are set (what the simulated compose names)."""
+        fields = {
+            "repo_url": self.repo_url,
+            "repo_commit": self.repo_commit,
+            "image_digest": self.image_digest,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -449,6 +465,9 @@ class _Loader:
                     "subject",
                     "tls_certificate",
                     "tls_domain",
+                    "repo_url",
+                    "repo_commit",
+                    "image_digest",
                 }
             ),
             "aci",
@@ -460,6 +479,23 @@ class _Loader:
                 f"aci.revision: {revision!r} is not one of {', '.join(ACI_REVISIONS)}"
             )
         subject = raw.get("subject")
+        repo_url, repo_commit, image_digest = (
+            None if raw.get(k) is None else self._str(raw, k, f"aci.{k}", "")
+            for k in ("repo_url", "repo_commit", "image_digest")
+        )
+        if (repo_url is None) != (repo_commit is None):
+            raise ConfigError("aci.repo_url and aci.repo_commit: give both or neither")
+        if repo_url is not None and not re.fullmatch(r"https://[^\s/]+/\S*", repo_url):
+            raise ConfigError(f"aci.repo_url: {repo_url!r} is not an https:// URL")
+        if repo_commit is not None and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", repo_commit):
+            raise ConfigError(
+                f"aci.repo_commit: {repo_commit!r} is not a full git commit id "
+                "(40 or 64 lowercase hex)"
+            )
+        if image_digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", image_digest):
+            raise ConfigError(
+                f"aci.image_digest: {image_digest!r} is not sha256: followed by 64 lowercase hex"
+            )
         return AciConfig(
             enabled=self._bool(raw, "enabled", "aci.enabled", d.enabled),
             revision=revision,
@@ -476,6 +512,9 @@ class _Loader:
             tls_domain=None
             if raw.get("tls_domain") is None
             else self._str(raw, "tls_domain", "aci.tls_domain", ""),
+            repo_url=repo_url,
+            repo_commit=repo_commit,
+            image_digest=image_digest,
         )
 
     def _rate_limits(self, raw: Any) -> RateLimitConfig:
