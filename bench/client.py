@@ -28,6 +28,9 @@ Two measurements, side by side in one run:
    - ``attestation_fetch`` / ``attestation_verify``: the two halves of the
      first one (the server builds and self-verifies a report; the client
      verifies it);
+   - ``sdk_aci_*`` / ``sdk_plain_*``: whole answers with ``aci="current"``
+     and without, side by side: the first (attestation, plus the aci/1
+     keyset) and the next ones (signature, plus the receipt check);
    - ``chat_cli_cold``: ``enclaved chat PROMPT --model e2ee-bench`` as a fresh
      process, to the first byte of the answer on stdout, and to exit
      (signature check included).
@@ -226,6 +229,43 @@ def sdk_first_tokens(base_url: str, trust_root: Path, runs: int) -> dict[str, An
     }
 
 
+def sdk_aci_costs(base_url: str, trust_root: Path, runs: int) -> dict[str, Any]:
+    """``aci="current"`` against none, side by side: the first request (the
+    keyset established besides the attestation) and a whole cached answer,
+    to the end of its stream (where the receipt is checked, after the
+    signature)."""
+    import enclaved
+
+    quiet_dev_policy()
+    out: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for name, aci in (("plain", None), ("aci", "current")):
+            client = enclaved.OpenAI(
+                base_url=base_url, api_key="bench", trust_root=str(trust_root), aci=aci
+            )
+            for which in ("first", "next", "next"):
+                t = time.perf_counter()
+                stream = client.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": PROMPT}],
+                    max_tokens=16,
+                    stream=True,
+                )
+                for _chunk in stream:
+                    pass
+                out.setdefault(f"{name}_{which}", []).append(time.perf_counter() - t)
+            client.close()
+    result: dict[str, Any] = {
+        f"sdk_{key}_answer_ms": summary_ms(values) for key, values in out.items()
+    }
+    for which in ("first", "next"):
+        result[f"aci_over_plain_{which}_answer"] = ratio(
+            result[f"sdk_aci_{which}_answer_ms"]["p50"],
+            result[f"sdk_plain_{which}_answer_ms"]["p50"],
+        )
+    return result
+
+
 def attestation_halves(base_url: str, trust_root: Path, runs: int) -> dict[str, Any]:
     """``GET /tee/attestation`` (the server's side) and the client's verification, apart."""
     import httpx
@@ -340,6 +380,7 @@ def main() -> None:
                     chat: dict[str, Any] = {}
                     chat.update(attestation_halves(base_url, trust_root, args.chat_runs))
                     chat.update(sdk_first_tokens(base_url, trust_root, args.chat_runs))
+                    chat.update(sdk_aci_costs(base_url, trust_root, args.chat_runs))
                     chat.update(chat_cli_cold(base_url, trust_root, args.chat_runs))
                     first = chat["sdk_first_request_ttft_ms"]["p50"]
                     nxt = chat["sdk_next_request_ttft_ms"]["p50"]

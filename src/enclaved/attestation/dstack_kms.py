@@ -65,15 +65,19 @@ def normalize_key(public_key: str, algo: str) -> str | None:
         return None
 
 
-def _recover(signature: bytes, message: bytes) -> coincurve.PublicKey:
+def _recover(signature: bytes, message: bytes) -> coincurve.PublicKey | None:
+    """The signer of a 65-byte ``r || s || v`` over Keccak-256(message), or ``None``."""
     if len(signature) != 65:
-        raise ValueError("not a 65-byte recoverable signature")
+        return None
     v = signature[64] - 27 if signature[64] >= 27 else signature[64]
     if v not in (0, 1):
-        raise ValueError("recovery id out of range")
-    return coincurve.PublicKey.from_signature_and_message(
-        signature[:64] + bytes([v]), keccak256(message), hasher=None
-    )
+        return None
+    try:
+        return coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v]), keccak256(message), hasher=None
+        )
+    except ValueError:  # no point recovers from it
+        return None
 
 
 def verify_chain(entry: Mapping[str, Any], app_id: bytes) -> ChainLink | None:
@@ -89,11 +93,15 @@ def verify_chain(entry: Mapping[str, Any], app_id: bytes) -> ChainLink | None:
     role = str(entry.get("role", ""))
     try:
         first, second = (bytes.fromhex(str(s)) for s in chain)
-        app = _recover(first, f"{purpose}:{key}".encode())
-        app_key = app.format(compressed=True)
-        root = _recover(second, _ISSUED + app_id + app_key)
-    except ValueError:
+    except ValueError:  # not two hex strings
         return ChainLink(role, key, None, None)
+    app = _recover(first, f"{purpose}:{key}".encode())
+    if app is None:
+        return ChainLink(role, key, None, None)
+    app_key = app.format(compressed=True)
+    root = _recover(second, _ISSUED + app_id + app_key)
+    if root is None:
+        return ChainLink(role, key, None, app_key.hex())
     return ChainLink(role, key, kms_root_address(root.format(compressed=False)), app_key.hex())
 
 

@@ -397,23 +397,28 @@ class ClientCore:
         if not self.verify_signatures:
             return
         request_id = self.completion_id(exchange, answer)
-        request = exchange.plan.signature_request(request_id)
-        for attempt in range(self.signature_attempts):
-            upstream = yield Send(request)
-            body = yield Read(upstream)
-            if upstream.status_code == 404 and attempt + 1 < self.signature_attempts:
-                yield Sleep(self.signature_retry_delay * (attempt + 1))
-                continue
-            break
+        status, body = yield from self.fetch_stored(exchange.plan.signature_request(request_id))
         self.judge_signature(
             exchange,
-            upstream.status_code,
+            status,
             body,
             request_id=request_id,
             response_sha256=response_sha256,
         )
         if self.aci is not None:
             yield from self.check_receipt(exchange, body, request_id, response_sha256)
+
+    def fetch_stored(self, request: httpx.Request) -> Steps[tuple[int, bytes]]:
+        """A signature or receipt the node stores as the answer's last byte goes
+        out: retried briefly while it answers 404. -> (status, body)."""
+        for attempt in range(self.signature_attempts):
+            upstream = yield Send(request)
+            body: bytes = yield Read(upstream)
+            if upstream.status_code == 404 and attempt + 1 < self.signature_attempts:
+                yield Sleep(self.signature_retry_delay * (attempt + 1))
+                continue
+            break
+        return upstream.status_code, body
 
     def check_receipt(
         self, exchange: Exchange, signature_body: bytes, request_id: str, response_sha256: str
@@ -432,18 +437,10 @@ class ClientCore:
             )
             receipt: Any = receipt_from_signature(signature_body, receipt_id)
             if receipt is None:
-                request = plan.receipt_request(receipt_id)
-                for attempt in range(self.signature_attempts):
-                    upstream = yield Send(request)
-                    receipt = yield Read(upstream)
-                    if upstream.status_code == 404 and attempt + 1 < self.signature_attempts:
-                        yield Sleep(self.signature_retry_delay * (attempt + 1))
-                        continue
-                    break
-                if upstream.status_code != 200:
+                status, receipt = yield from self.fetch_stored(plan.receipt_request(receipt_id))
+                if status != 200:
                     raise VerificationError(
-                        f"aci/1 receipt: GET /aci/receipts/{receipt_id} answered HTTP "
-                        f"{upstream.status_code}"
+                        f"aci/1 receipt: GET /aci/receipts/{receipt_id} answered HTTP {status}"
                     )
             self.last_receipt = judge_receipt(
                 established,
