@@ -47,6 +47,13 @@ on any other route is refused: nothing there would be checked):
    :class:`~enclaved.errors.VerificationError`.
 6. **Forget** the session key, however the response ended.
 
+With ``aci="current"`` (or ``"rev-a"``) two more (:mod:`._aci`): before
+step 2, the service's ``aci/1`` keyset is established from its
+``/aci/attestation`` report and bound to the node attested in step 1; after
+step 5, the answer's signed receipt is checked against that keyset and the
+exact bytes exchanged. Either failing raises
+:class:`~enclaved.errors.VerificationError`.
+
 Streaming and signatures: a streaming caller receives each decrypted event
 as soon as it arrives, and the signature can only be checked after the last
 one; a failed one raises :class:`~enclaved.errors.VerificationError` at the
