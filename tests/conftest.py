@@ -163,4 +163,3 @@ def _root_logging_restored() -> Iterator[None]:
         if handler not in before and type(handler) is logging.StreamHandler:
             root.removeHandler(handler)
     root.setLevel(level)
-
