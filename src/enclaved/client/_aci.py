@@ -296,7 +296,8 @@ def _channel(keyset: Mapping[str, Any], node: AttestedNode, channel: Channel) ->
     if e2ee.status is not Status.PASS:
         return Check.failed(cid, "the key of the node we attested is not an E2EE key of the keyset")
     if channel.tls_spki_sha256 is None:
-        return Check.passed(cid, f"{e2ee.reason} (plain HTTP: no TLS key to compare)")
+        # Plain HTTP, or an inner transport that does not expose its TLS connection.
+        return Check.passed(cid, f"{e2ee.reason} (no TLS key observed to compare)")
     if not _tls_listed(keyset, channel.hostname):
         return Check.passed(
             cid, f"{e2ee.reason}; the keyset lists no TLS key for {channel.hostname}"
