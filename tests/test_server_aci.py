@@ -301,3 +301,22 @@ def test_provenance_settings_are_checked(tmp_path: Path, aci: dict[str, Any], me
 
     with pytest.raises(ConfigError, match=message):
         ServerConfig.from_dict({"data_dir": str(tmp_path), "aci": aci})
+
+
+def test_a_provenance_no_compose_backs_is_said_at_start(tmp_path: Path) -> None:
+    """The operator hears once, at start, that clients will not count a stated
+    provenance (no app_compose in the evidence, or one that names neither the
+    image nor the commit), instead of from every client's refusal."""
+    from enclaved.server.app import provenance_problem
+
+    stated = {"image_digest": PROVENANCE["image_digest"]}
+    assert provenance_problem({}, {}) is None
+    assert "no app_compose" in (provenance_problem(stated, {"tcb_info": {}}) or "")
+    other = {"tcb_info": {"app_compose": '{"image": "registry.example.com/x@sha256:00"}'}}
+    assert "names neither" in (provenance_problem(stated, other) or "")
+    named = {"tcb_info": {"app_compose": f'{{"image": "x@{stated["image_digest"]}"}}'}}
+    assert provenance_problem(stated, named) is None
+    # The simulated TEE names what is stated: no warning there.
+    with fake_node(tmp_path, aci=PROVENANCE) as n:
+        info = n.app.state.node.evidence.info()
+        assert provenance_problem(PROVENANCE, info) is None

@@ -252,6 +252,10 @@ def create_app(
     key = node_key or node_key_for(evidence)
     # The receipt key is made here, in memory, like the node key: the keyset lists it.
     aci = build_aci(config, key, receipt_key or Ed25519KeyPair.generate(), clock(), aci_core)
+    if aci is not None:
+        problem = provenance_problem(config.aci.source_provenance(), evidence.info())
+        if problem is not None:
+            log.warning("[aci] the stated source provenance will not count: %s", problem)
     node = Node(
         config=config,
         key=key,
@@ -509,6 +513,24 @@ def build_aci(
         started_at=now,
         tls_spki_sha256=tls,
     )
+
+
+def provenance_problem(stated: Mapping[str, str], info: Mapping[str, Any]) -> str | None:
+    """Why clients' ``aci.provenance`` will not pass for the ``[aci]`` provenance
+    ``stated``, given the evidence source's ``info``; ``None`` when nothing is
+    stated or the booted app compose names the stated image digest or commit.
+    Said once at start, rather than learnt from every client's refusal."""
+    if not stated:
+        return None
+    from .attestation import compose_evidence
+
+    compose = compose_evidence(info).get("app_compose")
+    if compose is None:
+        return "the TEE evidence carries no app_compose to corroborate it"
+    named = [stated[k] for k in ("image_digest", "repo_commit") if k in stated]
+    if not any(value in compose for value in named):
+        return "the booted app compose names neither the stated image_digest nor repo_commit"
+    return None
 
 
 def spki_sha256(path: Path) -> str:

@@ -293,16 +293,23 @@ async def aci_report(node: Node, nonce: str | None) -> dict[str, Any]:
         "info": info,
         "tee_hardware": evidence.tee_hardware,
     }
-    # The booted app compose and VM config, where the source has them (dstack,
-    # the simulated TEE): what lets a verifier match sha256(app_compose) to the
-    # measured compose-hash, and so the stated provenance to measurement.
+    body.update(compose_evidence(info))
+    return aci.report(nonce, body, "tdx", node.clock())
+
+
+def compose_evidence(info: Mapping[str, Any]) -> dict[str, str]:
+    """The booted ``app_compose`` and ``vm_config`` from an evidence source's
+    ``info``, where it has them (dstack, the simulated TEE; not configfs):
+    what lets a verifier match sha256(app_compose) to the measured
+    compose-hash, and so the stated provenance to measurement."""
     tcb = info.get("tcb_info")
-    tcb = tcb if isinstance(tcb, dict) else {}
+    tcb = tcb if isinstance(tcb, Mapping) else {}
+    out: dict[str, str] = {}
     for name in ("app_compose", "vm_config"):
         value = tcb.get(name) or info.get(name)
         if isinstance(value, str) and value:
-            body[name] = value
-    return aci.report(nonce, body, "tdx", node.clock())
+            out[name] = value
+    return out
 
 
 def aci_block(node: Node) -> dict[str, Any] | None:
