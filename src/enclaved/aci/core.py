@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..errors import VerificationError
+from ..errors import CryptoError, VerificationError
 from .jcs import jcs, jcs_sha256
 
 __all__ = [
@@ -183,17 +183,12 @@ def _secp256k1_ok(public: bytes, signature: bytes, message: bytes) -> bool:
     (JOSE) signature is refused, as the spec requires."""
     import coincurve
 
-    if len(signature) != 65:
-        return False
-    v = signature[64] - 27 if signature[64] >= 27 else signature[64]
-    if not 0 <= v <= 3:
-        return False
+    from ..crypto import recover_public_key
+
     digest = hashlib.sha256(message).digest()
     try:
-        recovered = coincurve.PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v]), digest, hasher=None
-        )
+        recovered = recover_public_key(signature, digest, max_recovery_id=3)
         listed = coincurve.PublicKey(public)
-    except (ValueError, TypeError):
+    except (CryptoError, ValueError, TypeError):
         return False
     return recovered.format(compressed=False) == listed.format(compressed=False)

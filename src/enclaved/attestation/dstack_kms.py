@@ -27,8 +27,9 @@ from typing import Any
 
 import coincurve
 
-from ..crypto import keccak256
+from ..crypto import keccak256, recover_public_key
 from ..crypto.keys import address_from_public_key
+from ..errors import CryptoError
 
 __all__ = ["ChainLink", "kms_root_address", "verify_chain"]
 
@@ -67,16 +68,9 @@ def normalize_key(public_key: str, algo: str) -> str | None:
 
 def _recover(signature: bytes, message: bytes) -> coincurve.PublicKey | None:
     """The signer of a 65-byte ``r || s || v`` over Keccak-256(message), or ``None``."""
-    if len(signature) != 65:
-        return None
-    v = signature[64] - 27 if signature[64] >= 27 else signature[64]
-    if v not in (0, 1):
-        return None
     try:
-        return coincurve.PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v]), keccak256(message), hasher=None
-        )
-    except ValueError:  # no point recovers from it
+        return recover_public_key(signature, keccak256(message))
+    except CryptoError:
         return None
 
 

@@ -14,6 +14,7 @@ from .signing import (
     eip191_hash,
     eip191_recover_address,
     eip191_sign,
+    recover_public_key,
     signature_text,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "keccak256",
     "looks_like_envelope",
     "normalize_public_key",
+    "recover_public_key",
     "seal",
     "sha256_hex",
     "signature_text",

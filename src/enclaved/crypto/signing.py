@@ -23,6 +23,30 @@ def eip191_sign(keypair: KeyPair, message: bytes | str) -> str:
     return "0x" + (sig[:64] + bytes([sig[64] + 27])).hex()
 
 
+def recover_public_key(signature: bytes, digest: bytes, *, max_recovery_id: int = 1) -> PublicKey:
+    """The secp256k1 key that made ``signature`` over the 32-byte ``digest``.
+
+    ``signature`` is ``r || s || v`` (65 bytes), ``v`` a recovery id from 0 to
+    ``max_recovery_id`` or the same plus 27 (Ethereum's form). Raises
+    :class:`CryptoError` for any other length or ``v``, or a signature that
+    recovers to no key. Shared by EIP-191, aci/1 rev-a receipts (ids up to 3)
+    and dstack's KMS chains.
+    """
+    if len(signature) != 65:
+        raise CryptoError("signature must be 65 bytes (r || s || v)")
+    v = signature[64]
+    if v >= 27:
+        v -= 27
+    if not 0 <= v <= max_recovery_id:
+        raise CryptoError(f"signature recovery id must be 0-{max_recovery_id} (or 27 more)")
+    try:
+        return PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v]), digest, hasher=None
+        )
+    except Exception as exc:
+        raise CryptoError("signature does not recover to a public key") from exc
+
+
 def eip191_recover_address(message: bytes | str, signature: str) -> str:
     """The address (``0x`` + 40 lowercase hex) that signed ``message``.
 
@@ -34,19 +58,7 @@ def eip191_recover_address(message: bytes | str, signature: str) -> str:
         sig = bytes.fromhex(text)
     except ValueError as exc:
         raise CryptoError("signature is not valid hex") from exc
-    if len(sig) != 65:
-        raise CryptoError("signature must be 65 bytes (r || s || v)")
-    v = sig[64]
-    if v >= 27:
-        v -= 27
-    if v not in (0, 1):
-        raise CryptoError("signature recovery id must be 27 or 28")
-    try:
-        pub = PublicKey.from_signature_and_message(
-            sig[:64] + bytes([v]), eip191_hash(message), hasher=None
-        )
-    except Exception as exc:
-        raise CryptoError("signature does not recover to a public key") from exc
+    pub = recover_public_key(sig, eip191_hash(message))
     return ethereum_address(pub.format(compressed=False))
 
 
