@@ -37,7 +37,7 @@ from ..attestation.checks import Check, CheckId, Verdict
 from ..errors import EvidenceParseError, VerificationError
 from .core import CURRENT, REV_A, _revision, verify_receipt_signature
 
-__all__ = ["body_hash", "check_channel", "verify_receipt"]
+__all__ = ["body_hash", "check_channel", "tls_entries", "verify_receipt"]
 
 API_VERSION = "aci/1"
 
@@ -196,29 +196,38 @@ def check_channel(
     ``tls_public_keys`` (for ``hostname``, where an entry names a domain).
     Skipped, and enforced, when the caller names neither."""
     cid = CheckId.ACI_CHANNEL
-
-    def entries(name: str) -> list[Mapping[str, Any]]:
-        value = keyset.get(name)
-        if not isinstance(value, Sequence) or isinstance(value, str | bytes):
-            return []
-        return [e for e in value if isinstance(e, Mapping)]
-
     if e2ee_public_key is None and tls_spki_sha256 is None:
         return Check.skipped(cid, "no E2EE key or TLS SPKI of the channel given to compare")
     if e2ee_public_key is not None:
         ours = _point(e2ee_public_key)
-        for e in entries("e2ee_public_keys"):
+        for e in _entries(keyset, "e2ee_public_keys"):
             if hmac.compare_digest(_point(str(e.get("public_key", ""))), ours):
                 return Check.passed(cid, f"the E2EE key we used is {e.get('key_id')!r}")
     if tls_spki_sha256 is not None:
         ours = tls_spki_sha256.lower().removeprefix("sha256:")
-        for e in entries("tls_public_keys"):
-            domain = e.get("domain")
-            if domain is not None and (hostname is None or str(domain).lower() != hostname.lower()):
-                continue
+        for e in tls_entries(keyset, hostname):
             if str(e.get("spki_sha256", "")).lower().removeprefix("sha256:") == ours:
+                domain = e.get("domain")
                 return Check.passed(cid, f"the TLS key we saw is listed for {domain or 'any host'}")
     return Check.failed(cid, "neither the E2EE key nor the TLS key we used is in the keyset")
+
+
+def tls_entries(keyset: Mapping[str, Any], hostname: str | None) -> list[Mapping[str, Any]]:
+    """The keyset's ``tls_public_keys`` entries that apply to ``hostname``: those
+    naming no domain, and those naming it (none of the scoped ones without one)."""
+    host = (hostname or "").lower()
+    return [
+        e
+        for e in _entries(keyset, "tls_public_keys")
+        if e.get("domain") is None or (host and str(e.get("domain")).lower() == host)
+    ]
+
+
+def _entries(keyset: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    value = keyset.get(name)
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        return []
+    return [e for e in value if isinstance(e, Mapping)]
 
 
 def _point(public_key: str) -> str:

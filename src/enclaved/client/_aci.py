@@ -289,6 +289,7 @@ def _channel(keyset: Mapping[str, Any], node: AttestedNode, channel: Channel) ->
     saw is one of them (a TLS endpoint other than the attested one fails,
     even though the E2EE key matched)."""
     from .. import aci
+    from ..aci.receipts import tls_entries
 
     cid = CheckId.ACI_CHANNEL
     key = node.signing_key.hex() if node.signing_key is not None else None
@@ -298,7 +299,7 @@ def _channel(keyset: Mapping[str, Any], node: AttestedNode, channel: Channel) ->
     if channel.tls_spki_sha256 is None:
         # Plain HTTP, or an inner transport that does not expose its TLS connection.
         return Check.passed(cid, f"{e2ee.reason} (no TLS key observed to compare)")
-    if not _tls_listed(keyset, channel.hostname):
+    if not tls_entries(keyset, channel.hostname):
         return Check.passed(
             cid, f"{e2ee.reason}; the keyset lists no TLS key for {channel.hostname}"
         )
@@ -311,17 +312,6 @@ def _channel(keyset: Mapping[str, Any], node: AttestedNode, channel: Channel) ->
             f"the TLS key {channel.hostname} presented is not the one the keyset lists for it",
         )
     return Check.passed(cid, f"{e2ee.reason}; {tls.reason}")
-
-
-def _tls_listed(keyset: Mapping[str, Any], hostname: str | None) -> bool:
-    entries = keyset.get("tls_public_keys")
-    if not isinstance(entries, list):
-        return False
-    return any(
-        isinstance(e, Mapping)
-        and (e.get("domain") is None or str(e.get("domain")).lower() == (hostname or "").lower())
-        for e in entries
-    )
 
 
 def _raise_for(verdict: Verdict, what: str) -> None:
