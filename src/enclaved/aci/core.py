@@ -54,6 +54,14 @@ def _revision(revision: str) -> str:
     return revision
 
 
+def keyset_not_after(keyset: Mapping[str, Any]) -> int | None:
+    """The keyset's expiry (Unix seconds): rev-a keeps it in ``keyset_epoch``,
+    the current revision at the top; ``None`` when it states none as an integer."""
+    epoch = keyset.get("keyset_epoch")
+    not_after = epoch.get("not_after") if isinstance(epoch, Mapping) else keyset.get("not_after")
+    return not_after if type(not_after) is int else None
+
+
 def keyset_digest(keyset: Mapping[str, Any]) -> str:
     """``sha256:`` + hex SHA-256 of the keyset's JCS form (both revisions)."""
     return jcs_sha256(keyset)

@@ -50,7 +50,8 @@ class ChainLink:
 
 
 def normalize_key(public_key: str, algo: str) -> str | None:
-    """A key as the chain's first link names it; ``None`` if it is not a key of ``algo``."""
+    """A key as the chain's first link names it; ``None`` if it is not one.
+    ``algo`` as listed: ``ed25519``, else a secp256k1 key (any of its names)."""
     text = public_key.strip().lower().removeprefix("0x")
     try:
         raw = bytes.fromhex(text)
@@ -79,7 +80,7 @@ def verify_chain(entry: Mapping[str, Any], app_id: bytes) -> ChainLink | None:
     ``purpose``, ``algo``, ``public_key``, ``signature_chain``) for the
     measured ``app_id``. ``None`` when the entry is malformed."""
     algo = str(entry.get("algo", ""))
-    key = normalize_key(str(entry.get("public_key", "")), "ed25519" if algo == "ed25519" else "k")
+    key = normalize_key(str(entry.get("public_key", "")), algo)
     chain = entry.get("signature_chain")
     purpose = entry.get("purpose")
     if key is None or not isinstance(purpose, str) or not isinstance(chain, Sequence):

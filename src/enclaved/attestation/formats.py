@@ -742,8 +742,8 @@ def _aci_provenance(att: Mapping[str, Any], report: AttestationReport) -> Check:
     event log measured into RTMR3 (trusted because ``eventlog.replay``, an
     enforced row, replays that log to the quote) and names the stated image
     digest or commit. No claim, or no ``app_compose`` to check it by, is a
-    skipped row (enforced: fail closed; ``allow_missing_compose_binding``
-    waives it, for a development deployment); a claim the measurement
+    skipped row (enforced: fail closed; ``allow_missing_provenance`` waives
+    it, as the development policy does); a claim the measurement
     contradicts fails.
     """
     cid = CheckId.ACI_PROVENANCE
@@ -823,7 +823,7 @@ def _aci_custody(
                 links[link.public_key] = link
     listed = []
     for what, algo, key in _listed_keys(keyset):
-        norm = normalize_key(key, "ed25519" if algo == "ed25519" else "k")
+        norm = normalize_key(key, algo)
         listed.append((what, links.get(norm) if norm is not None else None))
     # The root the chains are judged against: a pinned one they lead to, or
     # (unpinned) the one most of them lead to, named so that it can be pinned.
@@ -853,10 +853,11 @@ def _aci_custody(
 
 
 def _aci_expiry(keyset: Mapping[str, Any], now: float) -> Check:
+    from .. import aci
+
     cid = CheckId.ACI_KEYSET_EXPIRY
-    epoch = keyset.get("keyset_epoch")
-    not_after = epoch.get("not_after") if isinstance(epoch, Mapping) else keyset.get("not_after")
-    if not isinstance(not_after, int):
+    not_after = aci.keyset_not_after(keyset)
+    if not_after is None:
         return Check.failed(cid, "the keyset states no not_after")
     if now < not_after:
         return Check.passed(cid, f"the keyset is valid until {not_after}")
@@ -888,7 +889,8 @@ def aci_component(
     as the quote to verify and the binder of its ACI rows: what the client
     SDK verifies with its own verifier (:meth:`.Verifier.verify` ``binder=``).
     ``now`` (Unix seconds) is what the keyset's expiry is checked against;
-    ``kms_roots`` the policy's ``aci_kms_roots`` (key custody). Raises :class:`~enclaved.errors.EvidenceParseError` for a malformed report."""
+    ``kms_roots`` the policy's ``aci_kms_roots`` (key custody). Raises
+    :class:`~enclaved.errors.EvidenceParseError` for a malformed report."""
     if revision not in ("current", "rev-a"):
         raise EvidenceParseError(f"unknown aci/1 revision {revision!r}")
     try:

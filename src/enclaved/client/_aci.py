@@ -204,9 +204,8 @@ def judge_aci_report(
     verdict.add(_channel(keyset, node, channel))
     _raise_for(verdict, "aci/1 attestation")
     digest = aci.keyset_digest(keyset)
-    epoch = keyset.get("keyset_epoch")
-    not_after = epoch.get("not_after") if isinstance(epoch, Mapping) else keyset.get("not_after")
-    assert isinstance(not_after, int)  # the aci.keyset_expiry row, enforced, passed
+    not_after = aci.keyset_not_after(keyset)
+    assert not_after is not None  # the aci.keyset_expiry row, enforced, passed
     workload_id = None
     if revision == aci.REV_A:
         workload_id = aci.workload_id(keyset["workload_identity"]["public_key"])
