@@ -198,6 +198,25 @@ def verify_cold(c: Capture, runs: int) -> dict[str, Any]:
 # -- 2. attestation + first token ---------------------------------------------------------
 
 
+def _streamed_answer(client: Any) -> tuple[float, float]:
+    """One streamed completion of the bench prompt: (seconds to the first
+    decrypted token, seconds to the end of the stream, checks included)."""
+    t = time.perf_counter()
+    ttft = None
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=16,
+        stream=True,
+    )
+    for chunk in stream:
+        if ttft is None and chunk.choices and chunk.choices[0].delta.content:
+            ttft = time.perf_counter() - t
+    if ttft is None:
+        raise RuntimeError("no content in the stream")
+    return ttft, time.perf_counter() - t
+
+
 def sdk_first_tokens(base_url: str, trust_root: Path, runs: int) -> dict[str, Any]:
     """A fresh SDK client per run: first completion (attests) and a second one (cached)."""
     import enclaved
@@ -208,20 +227,7 @@ def sdk_first_tokens(base_url: str, trust_root: Path, runs: int) -> dict[str, An
     for _ in range(runs):
         client = enclaved.OpenAI(base_url=base_url, api_key="bench", trust_root=str(trust_root))
         for bucket in (first, nxt):
-            t = time.perf_counter()
-            ttft = None
-            stream = client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": PROMPT}],
-                max_tokens=16,
-                stream=True,
-            )
-            for chunk in stream:
-                if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-                    ttft = time.perf_counter() - t
-            if ttft is None:
-                raise RuntimeError("no content in the stream")
-            bucket.append(ttft)
+            bucket.append(_streamed_answer(client)[0])
         client.close()
     return {
         "sdk_first_request_ttft_ms": summary_ms(first),
@@ -244,16 +250,7 @@ def sdk_aci_costs(base_url: str, trust_root: Path, runs: int) -> dict[str, Any]:
                 base_url=base_url, api_key="bench", trust_root=str(trust_root), aci=aci
             )
             for which in ("first", "next", "next"):
-                t = time.perf_counter()
-                stream = client.chat.completions.create(
-                    model=MODEL,
-                    messages=[{"role": "user", "content": PROMPT}],
-                    max_tokens=16,
-                    stream=True,
-                )
-                for _chunk in stream:
-                    pass
-                out.setdefault(f"{name}_{which}", []).append(time.perf_counter() - t)
+                out.setdefault(f"{name}_{which}", []).append(_streamed_answer(client)[1])
             client.close()
     result: dict[str, Any] = {
         f"sdk_{key}_answer_ms": summary_ms(values) for key, values in out.items()

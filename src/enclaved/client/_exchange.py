@@ -91,35 +91,22 @@ class ChatPlan:
         return str(self.base_url)
 
     def attestation_request(self, nonce: bytes) -> httpx.Request:
-        url = self.base_url.copy_with(
-            path=self.base_url.path + routes.ATTESTATION,
-            query=attestation_query(self.model, nonce).encode(),
-        )
-        return httpx.Request(
-            "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
-        )
+        return self._side_request(routes.ATTESTATION, attestation_query(self.model, nonce))
 
     def signature_request(self, request_id: str) -> httpx.Request:
-        url = self.base_url.copy_with(
-            path=self.base_url.path + routes.SIGNATURE,
-            query=signature_query(self.model, request_id).encode(),
-        )
-        return httpx.Request(
-            "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
-        )
+        return self._side_request(routes.SIGNATURE, signature_query(self.model, request_id))
 
     def aci_attestation_request(self, nonce: bytes) -> httpx.Request:
         """``GET {base}/aci/attestation?nonce=N``: the service's ``aci/1`` report."""
-        url = self.base_url.copy_with(
-            path=self.base_url.path + routes.ACI_ATTESTATION, query=aci_query(nonce).encode()
-        )
-        return httpx.Request(
-            "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
-        )
+        return self._side_request(routes.ACI_ATTESTATION, aci_query(nonce))
 
     def receipt_request(self, receipt_id: str) -> httpx.Request:
         """``GET {base}/aci/receipts/{id}``, with the caller's key (the receipt is bound to it)."""
-        url = self.base_url.copy_with(path=self.base_url.path + receipt_path(receipt_id))
+        return self._side_request(receipt_path(receipt_id))
+
+    def _side_request(self, path: str, query: str = "") -> httpx.Request:
+        """``GET {base}{path}?{query}`` with the caller's credentials and timeouts."""
+        url = self.base_url.copy_with(path=self.base_url.path + path, query=query.encode())
         return httpx.Request(
             "GET", url, headers=_side_headers(self.original), extensions=_ext(self.original)
         )
