@@ -345,6 +345,8 @@ def test_chat_aci_prints_the_receipt(node: tuple[RealServer, str]) -> None:
     assert code == 0, out
     assert FAKE_ANSWER in out and "signature: ok" in out
     assert re.search(r"receipt: ok, chatcmpl-\w+ in aci/1 keyset sha256:[0-9a-f]{64}", out), out
+    # Two verifications (the attestation, the aci/1 report), one warning line.
+    assert out.count("INSECURE attestation policy") == 1, out
     other = "rev-a" if revision == "current" else "current"
     code, out = _run_cli([*base, "--aci", other])
     # The other revision's statement (rev-a: and workload id) is not what the quote binds.

@@ -55,11 +55,20 @@ def _one_line_warnings() -> None:
     the source line of whoever called. A command says it once, plainly.
     """
 
+    shown: set[str] = set()
+
     def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
-        print(f"enclaved: warning: {message}", file=sys.stderr)
+        # Deduplicated here, not by a "once" filter: Python forgets what a
+        # "once" filter has shown whenever any code changes the filters (an
+        # import can), and a command that verifies twice (the attestation,
+        # then an aci/1 report) printed the same line twice.
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            print(f"enclaved: warning: {text}", file=sys.stderr)
 
     warnings.showwarning = show
-    warnings.filterwarnings("once", message="INSECURE attestation policy")
+    warnings.filterwarnings("always", message="INSECURE attestation policy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
